@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh Debian 12 machine, as root:
+# the real registry clients and upstream (see docs/testing.md), then the Python venv in .venv.
+# Idempotent: safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  docker-registry skopeo containerd docker.io podman busybox-static   # real clients + origin
+  apache2-utils   # htpasswd -B, to check our htpasswd files are compatible
+  nftables iproute2 openssl curl
+)
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  echo "dev-setup: not root, skipping apt packages (${APT_PACKAGES[*]})" >&2
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'

@@ -1,0 +1,32 @@
+"""Shared pytest configuration: tool requirements and common fixtures.
+
+Tests that need an external program call ``require_tool``: when the ``CI`` environment variable is
+set a missing tool is a failure (CI installs everything), elsewhere it is a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_tool(*names: str) -> None:
+    """Fail under CI, skip elsewhere, when any of ``names`` is not on PATH."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    message = f"required tool(s) not installed: {', '.join(missing)}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_root() -> None:
+    """Fail under CI, skip elsewhere, when not running as root (network namespaces)."""
+    if os.geteuid() == 0:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("this test needs root")
+    pytest.skip("this test needs root")
