@@ -1,0 +1,519 @@
+"""The content-addressable blob store: one verified file per digest, committed atomically.
+
+Owns: ``BlobStore`` (what is committed under ``blobs/``, the temp files under ``tmp/``, the
+registry of writers in progress) and ``BlobWriter`` (one blob being written, which readers can
+follow while it grows).
+
+The commit protocol (docs/storage.md): bytes go to ``tmp/<random>.part`` and are hashed as they
+arrive (batched, off the event loop, see ``sink.py``); on commit the file is fsync'ed, the digest
+compared, and only a match is hard-linked to ``blobs/<alg>/<hex[:2]>/<hex>`` (``link`` never
+replaces, so concurrent writers of one digest cannot race) before the temp name is removed and the
+directory fsync'ed. A crash at any instant leaves at worst a temp file, which ``recover()`` deletes;
+a name under ``blobs/`` always holds complete, verified content.
+
+Must not import aiohttp, sqlite3, the metadata store or the registry/fetch/gossip packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from p2preg.oci.digest import Digest
+from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.storage.layout import StoreLayout, fsync_dir
+from p2preg.storage.sink import DEFAULT_FLUSH_BYTES, HashingSink, hash_and_write
+
+DEFAULT_ALGORITHM = "sha256"
+
+
+class _DigestMismatch(Exception):
+    def __init__(self, actual: Digest) -> None:
+        super().__init__(str(actual))
+        self.actual = actual
+
+
+def _mismatch_error(expected: Digest, actual: Digest) -> RegistryError:
+    return RegistryError(
+        ErrorCode.DIGEST_INVALID,
+        "provided digest did not match uploaded content",
+        {"expected": str(expected), "actual": str(actual)},
+    )
+
+
+def _storage_error(exc: OSError) -> RegistryError:
+    return RegistryError(ErrorCode.UNKNOWN, f"storage error: {exc.strerror or exc}")
+
+
+class BlobStore:
+    """Committed blobs under ``layout.blobs_dir`` plus the writers still in progress.
+
+    ``has``/``size``/``path`` only ever see committed, verified content. Counters behind
+    ``count()``/``total_bytes()`` are computed by one scan (at ``recover()`` or first use) and kept
+    up to date by this process's commits and deletes.
+    """
+
+    def __init__(self, layout: StoreLayout, *, flush_bytes: int = DEFAULT_FLUSH_BYTES) -> None:
+        self.layout = layout
+        self.flush_bytes = flush_bytes
+        layout.ensure()
+        self._writers: dict[Digest, list[BlobWriter]] = {}
+        self._count: int | None = None
+        self._total_bytes = 0
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Delete every leftover temp file (call once, before any writer exists); return how many.
+
+        Also recounts the committed blobs.
+        """
+        if any(self._writers.values()):
+            raise RuntimeError("recover() while blob writers are active")
+        removed = 0
+        for entry in os.scandir(self.layout.tmp_dir):
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        if removed:
+            fsync_dir(self.layout.tmp_dir)
+        self._scan()
+        return removed
+
+    # -- committed blobs -------------------------------------------------------------------------
+
+    def has(self, digest: Digest) -> bool:
+        return self.layout.blob_path(digest).is_file()
+
+    def size(self, digest: Digest) -> int | None:
+        """The committed blob's size in bytes, or None when it is not in the store."""
+        try:
+            return self.layout.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def path(self, digest: Digest) -> Path:
+        """The committed blob's file (for sendfile); raises ``BLOB_UNKNOWN`` when absent."""
+        path = self.layout.blob_path(digest)
+        if not path.is_file():
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(digest)})
+        return path
+
+    def mtime(self, digest: Digest) -> float | None:
+        """Wall-clock time the blob was committed or last re-committed; None when absent."""
+        try:
+            return self.layout.blob_path(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def delete(self, digest: Digest) -> bool:
+        """Remove a committed blob; False when it was not there. Metadata is the caller's job."""
+        path = self.layout.blob_path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(path.parent)
+        if self._count is not None:
+            self._count -= 1
+            self._total_bytes -= size
+        return True
+
+    def count(self) -> int:
+        if self._count is None:
+            self._scan()
+        assert self._count is not None
+        return self._count
+
+    def total_bytes(self) -> int:
+        if self._count is None:
+            self._scan()
+        return self._total_bytes
+
+    def digests(self) -> Iterator[Digest]:
+        """Every committed digest (a directory walk; order unspecified)."""
+        for path, _size in self._walk():
+            digest = self.layout.digest_of_blob_path(path)
+            if digest is not None:
+                yield digest
+
+    async def verify(self, digest: Digest) -> bool:
+        """Re-hash a committed blob (an fsck); False when absent or its bytes do not match."""
+        path = self.layout.blob_path(digest)
+
+        def rehash() -> bool:
+            try:
+                with open(path, "rb") as f:
+                    actual = hashlib.file_digest(f, digest.algorithm).hexdigest()
+            except FileNotFoundError:
+                return False
+            return actual == digest.hex
+
+        return await asyncio.to_thread(rehash)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def writer(self, expected: Digest | None = None) -> BlobWriter:
+        """A new temp file under ``tmp/`` hashed as written.
+
+        With ``expected`` the writer is registered so ``in_progress(expected)`` returns it until
+        it commits or fails; without, the digest is sha256 of whatever was written.
+        """
+        if expected is not None:
+            self.layout.blob_path(expected)  # validates the digest before any file exists
+        tmp_path = self.layout.new_tmp_path()
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        algorithm = expected.algorithm if expected is not None else DEFAULT_ALGORITHM
+        writer = BlobWriter(self, expected, tmp_path, fd, hashlib.new(algorithm))
+        if expected is not None:
+            self._writers.setdefault(expected, []).append(writer)
+        return writer
+
+    def in_progress(self, digest: Digest) -> BlobWriter | None:
+        """The oldest live writer registered for ``digest``, or None."""
+        for writer in self._writers.get(digest, ()):
+            if not writer.done and not writer.failed:
+                return writer
+        return None
+
+    async def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
+        """Store a small blob (a manifest) in one go; returns its digest."""
+        async with self.writer(expected) as writer:
+            await writer.write(data)
+            return await writer.commit()
+
+    async def commit_file(
+        self, src: Path, expected: Digest, *, actual: Digest | None = None
+    ) -> None:
+        """Verify an existing file (an upload's data) and move it into place as ``expected``.
+
+        ``src`` must be on the store's filesystem. ``actual`` is the digest the caller already
+        computed while writing ``src`` (skips re-reading it); otherwise the file is hashed here.
+        On a mismatch ``src`` is kept and ``RegistryError(DIGEST_INVALID)`` raised.
+        """
+        self.layout.blob_path(expected)
+
+        def verify_and_place() -> tuple[bool, int]:
+            with open(src, "rb") as f:
+                digest = actual
+                if digest is None or digest.algorithm != expected.algorithm:
+                    hexdigest = hashlib.file_digest(f, expected.algorithm).hexdigest()
+                    digest = Digest(expected.algorithm, hexdigest)
+                if digest != expected:
+                    raise _DigestMismatch(digest)
+                os.fsync(f.fileno())
+                size = os.fstat(f.fileno()).st_size
+            return self._place(src, expected), size
+
+        try:
+            placed, size = await asyncio.to_thread(verify_and_place)
+        except _DigestMismatch as exc:
+            raise _mismatch_error(expected, exc.actual) from None
+        except FileNotFoundError:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload data missing") from None
+        except OSError as exc:
+            raise _storage_error(exc) from exc
+        self._account(placed, size)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _place(self, src: Path, digest: Digest) -> bool:
+        """Give the fsync'ed, verified ``src`` its blob name, then drop ``src``. Thread-safe.
+
+        Returns True when this call created the blob, False when it already existed.
+        """
+        final = self.layout.blob_path(digest)
+        self._ensure_parent(final)
+        try:
+            os.link(src, final)
+            placed = True
+        except FileExistsError:
+            placed = False
+            # Fresh mtime: garbage collection spares blobs younger than its grace period, and this
+            # one is about to be linked again.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(final)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            placed = not final.exists()  # no hard links here: fall back to an atomic replace
+            os.replace(src, final)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(src)
+        fsync_dir(final.parent)
+        return placed
+
+    def _ensure_parent(self, final: Path) -> None:
+        prefix_dir = final.parent
+        if prefix_dir.is_dir():
+            return
+        algorithm_dir = prefix_dir.parent
+        if not algorithm_dir.is_dir():
+            algorithm_dir.mkdir(exist_ok=True)
+            fsync_dir(self.layout.blobs_dir)
+        prefix_dir.mkdir(exist_ok=True)
+        fsync_dir(algorithm_dir)
+
+    def _account(self, placed: bool, size: int) -> None:
+        if placed and self._count is not None:
+            self._count += 1
+            self._total_bytes += size
+
+    def _walk(self) -> Iterator[tuple[Path, int]]:
+        blobs_dir = self.layout.blobs_dir
+        for algorithm in sorted(os.listdir(blobs_dir)):
+            algorithm_dir = blobs_dir / algorithm
+            if not algorithm_dir.is_dir():
+                continue
+            for prefix in sorted(os.listdir(algorithm_dir)):
+                prefix_dir = algorithm_dir / prefix
+                if not prefix_dir.is_dir():
+                    continue
+                for entry in os.scandir(prefix_dir):
+                    if entry.is_file(follow_symlinks=False):
+                        yield Path(entry.path), entry.stat().st_size
+
+    def _scan(self) -> None:
+        count = total = 0
+        for path, size in self._walk():
+            if self.layout.digest_of_blob_path(path) is not None:
+                count += 1
+                total += size
+        self._count, self._total_bytes = count, total
+
+    def _unregister(self, writer: BlobWriter) -> None:
+        if writer.expected is None:
+            return
+        writers = self._writers.get(writer.expected)
+        if writers is None:
+            return
+        with contextlib.suppress(ValueError):
+            writers.remove(writer)
+        if not writers:
+            del self._writers[writer.expected]
+
+
+class BlobWriter:
+    """One blob being written to a temp file; readers may follow it while it grows.
+
+    ``size`` is the number of bytes already in ``tmp_path`` (readable by others); ``received``
+    also counts bytes still buffered in memory. A reader waits with ``wait_for(offset)`` and reads
+    from ``open_reader()``; it must treat the bytes as final only once ``done`` is True (a
+    ``failed`` writer's bytes did not match their digest or were abandoned).
+
+    One producer task calls ``write``/``flush``/``commit``; ``abort`` may come from anywhere.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        expected: Digest | None,
+        tmp_path: Path,
+        fd: int,
+        hasher: hashlib._Hash,
+    ) -> None:
+        self.expected = expected
+        self.tmp_path = tmp_path
+        self.done = False
+        self.failed = False
+        self.digest: Digest | None = None
+        self._store = store
+        self._fd = fd
+        self._sink = HashingSink(fd, hasher, flush_bytes=store.flush_bytes, on_flushed=self._grew)
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._commit_task: asyncio.Future[Digest] | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "failed" if self.failed else "writing"
+        return f"<BlobWriter {self.expected or '?'} {self.size} bytes {state}>"
+
+    @property
+    def size(self) -> int:
+        """Bytes in ``tmp_path`` so far (after ``commit``: the blob's size)."""
+        return self._sink.written
+
+    @property
+    def received(self) -> int:
+        """Bytes accepted by ``write`` so far, including those still buffered."""
+        return self._sink.total
+
+    @property
+    def final_path(self) -> Path | None:
+        """Where the blob lives once committed (None before)."""
+        return None if self.digest is None else self._store.layout.blob_path(self.digest)
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append ``chunk``; the disk work happens in batches in a worker thread."""
+        self._check_open()
+        try:
+            await self._sink.write(chunk)
+        except OSError as exc:
+            await self._fail()
+            raise _storage_error(exc) from exc
+
+    async def flush(self) -> None:
+        """Make every accepted byte visible in ``tmp_path`` now (e.g. when the source stalls)."""
+        self._check_open()
+        try:
+            await self._sink.flush()
+        except OSError as exc:
+            await self._fail()
+            raise _storage_error(exc) from exc
+
+    async def wait_for(self, offset: int) -> int:
+        """Wait until ``size > offset`` or the writer is done or failed; return ``size``."""
+        while self.size <= offset and not self.done and not self.failed:
+            await self._changed.wait()
+        return self.size
+
+    def open_reader(self) -> BinaryIO:
+        """Open the bytes written so far for reading (the temp file, or the blob once committed).
+
+        The returned file stays valid across the commit's rename. Raises ``BLOB_UNKNOWN`` when
+        the writer failed.
+        """
+        if not self.failed:
+            final = self.final_path
+            candidates = [final] if final is not None else [self.tmp_path]
+            if final is None and self.expected is not None:
+                # A commit thread may link + unlink right now: the blob name exists before the
+                # temp name goes, so trying both in this order cannot miss.
+                candidates.append(self._store.layout.blob_path(self.expected))
+            for path in candidates:
+                try:
+                    return open(path, "rb")
+                except FileNotFoundError:
+                    continue
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob write was abandoned")
+
+    async def commit(self, expected: Digest | None = None) -> Digest:
+        """fsync, verify against ``expected`` (or the writer's), link into place, fsync the dir.
+
+        On a mismatch the temp file is removed, ``failed`` set and ``DIGEST_INVALID`` raised.
+        Committing a digest that is already stored keeps the existing file. Cancelling the
+        caller does not interrupt a commit half-way: it completes (or fails) in its own task.
+        """
+        self._check_open()
+        self._closing = True
+        self._commit_task = asyncio.ensure_future(self._commit(expected))
+        self._commit_task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(self._commit_task)
+
+    async def _commit(self, expected: Digest | None) -> Digest:
+        if expected is None:
+            expected = self.expected
+        elif self.expected is not None and expected != self.expected:
+            await self._fail()
+            raise _mismatch_error(expected, self.expected)
+        try:
+            await self._sink.drain()
+        except OSError as exc:
+            await self._fail()
+            raise _storage_error(exc) from exc
+        chunks = self._sink.take_buffer()
+        fd, self._fd = self._fd, -1
+        hasher = self._sink.hasher
+        store = self._store
+        tmp_path = self.tmp_path
+
+        def finish() -> tuple[Digest, bool, int]:
+            try:
+                written = hash_and_write(fd, hasher, chunks)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            actual = Digest(hasher.name, hasher.hexdigest())
+            if expected is not None and actual != expected:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp_path)
+                raise _DigestMismatch(actual)
+            return actual, store._place(tmp_path, actual), written
+
+        try:
+            digest, placed, written = await asyncio.to_thread(finish)
+        except _DigestMismatch as exc:
+            self._set_failed()
+            assert expected is not None
+            raise _mismatch_error(expected, exc.actual) from None
+        except OSError as exc:
+            await self._fail()
+            raise _storage_error(exc) from exc
+        self.digest = digest
+        self.done = True
+        self._sink.advance(written)
+        store._account(placed, self.size)
+        store._unregister(self)
+        self._grew(self.size)
+        return digest
+
+    async def abort(self) -> None:
+        """Abandon the blob: remove the temp file and wake readers (idempotent)."""
+        if self._commit_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._commit_task)
+            return
+        if self.done or self.failed:
+            return
+        await self._fail()
+
+    async def __aenter__(self) -> BlobWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.done:
+            await self.abort()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.done or self.failed or self._closing:
+            raise RuntimeError(f"{self!r} is closed")
+
+    async def _fail(self) -> None:
+        if self.failed:
+            return
+        self._closing = True
+        self._set_failed()
+        self._sink.close()
+        try:
+            await self._sink.settle()  # never close the fd under a thread still writing to it
+        finally:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp_path)
+
+    def _set_failed(self) -> None:
+        self.failed = True
+        self._store._unregister(self)
+        self._grew(self.size)
+
+    def _grew(self, _size: int) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+
+def _retrieve_exception(task: asyncio.Future[Digest]) -> None:
+    # The committing caller may have been cancelled; the outcome is kept on the writer.
+    if not task.cancelled():
+        task.exception()
