@@ -3,19 +3,32 @@
 Owns: ``send_file_slice`` and ``send_chunks``. The caller opens the file *before* any header is
 sent, so a file that vanished is still an ordinary error response; once headers are out, a failure
 propagates and the connection is dropped (a client never sees a short "complete" response).
-uvloop has no ``loop.sendfile``: there the bytes go through worker-thread reads of
-``CHUNK_BYTES``. Must not import storage or handlers.
+uvloop has no ``loop.sendfile``: there a plain-TCP response is sent zero-copy by ``os.sendfile``
+in a dedicated worker thread (``_sendfile_thread``) on a duplicate of the socket's descriptor, while
+the transport's own buffer is empty and nothing else writes to the connection; TLS connections
+(and anything else without a raw socket) go through worker-thread reads of ``CHUNK_BYTES``.
+Must not import storage or handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import socket
+import threading
 from collections.abc import AsyncIterator
-from typing import BinaryIO
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
 CHUNK_BYTES = 1 << 20
+SENDFILE_IDLE_TIMEOUT_S = 60.0
+"""A client that accepts no byte for this long is dropped (the thread must not wait forever)."""
+_POLL_SLICE_MS = 500
+# Threads that mostly sit in poll(); kept apart from the default executor (storage writes use it).
+_SENDFILE_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="p2preg-sendfile")
 
 
 async def send_file_slice(
@@ -40,11 +53,100 @@ async def send_file_slice(
             await writer.drain()
             await loop.sendfile(transport, fobj, offset, count)
         except NotImplementedError:
-            await _copy_chunks(response, fobj, offset, count)
+            if _raw_socket(transport) is not None:
+                await _sendfile_thread(transport, fobj, offset, count)
+            else:
+                await _copy_chunks(response, fobj, offset, count)
         await response.write_eof()
         return response
     finally:
         fobj.close()
+
+
+def _raw_socket(transport: asyncio.BaseTransport) -> Any:
+    """The transport's socket when bytes written to it reach the client as they are (no TLS)."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    if transport.get_extra_info("ssl_object") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or getattr(sock, "type", None) != socket.SOCK_STREAM:
+        return None
+    return sock
+
+
+async def _sendfile_thread(
+    transport: asyncio.BaseTransport, fobj: BinaryIO, offset: int, count: int
+) -> None:
+    """Send ``count`` bytes of ``fobj`` from ``offset`` with ``os.sendfile`` in a worker thread.
+
+    The thread works on a ``dup`` of the socket descriptor, so the transport closing its own
+    descriptor can never make the thread write into a reused descriptor number; cancelling (the
+    client went away, shutdown) shuts the connection down, which ends the thread's sendfile at once.
+    """
+    buffered = transport.get_write_buffer_size  # type: ignore[attr-defined]  # uvloop's is no WriteTransport subclass
+    for _ in range(1000):  # headers are normally flushed at once; never send around them
+        if buffered() == 0:
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise ConnectionAbortedError("client is not reading the response headers")
+    sock = _raw_socket(transport)
+    out_fd = os.dup(sock.fileno())
+    in_fd = fobj.fileno()
+    stop = threading.Event()
+
+    def run() -> None:
+        poller = select.poll()
+        poller.register(out_fd, select.POLLOUT)
+        position, remaining, idle_ms = offset, count, 0.0
+        while remaining > 0:
+            if stop.is_set():
+                raise ConnectionAbortedError("response cancelled")
+            try:
+                sent = os.sendfile(out_fd, in_fd, position, min(remaining, 1 << 30))
+            except BlockingIOError:
+                events = poller.poll(_POLL_SLICE_MS)
+                if not events:
+                    idle_ms += _POLL_SLICE_MS
+                    if idle_ms >= SENDFILE_IDLE_TIMEOUT_S * 1000:
+                        raise TimeoutError("client accepted no bytes in time") from None
+                elif events[0][1] & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    raise ConnectionResetError("client went away") from None
+                continue
+            if sent == 0:
+                raise ConnectionAbortedError("file shorter than its recorded size")
+            idle_ms = 0.0
+            position += sent
+            remaining -= sent
+
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_SENDFILE_POOL, run)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        _shutdown(out_fd)
+        await asyncio.wait([future])
+        raise
+    finally:
+        if future.done():
+            os.close(out_fd)
+        else:  # only after a second cancellation: close once the thread has stopped
+            future.add_done_callback(lambda _f: os.close(out_fd))
+
+
+def _shutdown(fd: int) -> None:
+    try:
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
 
 
 async def _copy_chunks(

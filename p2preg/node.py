@@ -1,0 +1,131 @@
+"""One node, wired together: storage, the /v2 app, auth, observability, mirror and gossip.
+
+Owns: ``Node`` (``start``/``stop`` and the order things happen in) and nothing else; every part it
+wires is built and tested in its own package. ``cli`` runs it under a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from p2preg.clock import MonotonicClock, WallClock
+from p2preg.config import Config
+from p2preg.logs import event
+from p2preg.registry.app import Middleware, create_registry_app
+from p2preg.registry.auth import AuthPolicy, auth_middleware
+from p2preg.registry.content import ContentSource
+from p2preg.registry.context import RegistryContext
+from p2preg.registry.htpasswd import Htpasswd
+from p2preg.registry.observability import AccessLogger, Observability
+from p2preg.storage.blobs import BlobStore
+from p2preg.storage.layout import StoreLayout
+from p2preg.storage.lock import DataDirLock
+from p2preg.storage.metadata import MetadataStore
+from p2preg.storage.uploads import UploadManager
+
+log = logging.getLogger("p2preg.node")
+
+
+class Node:
+    """A running p2preg node. ``start`` binds the sockets; ``stop`` undoes everything it did."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = MonotonicClock()
+        self.wall_clock = WallClock()
+        self.layout = StoreLayout(Path(config.data_dir))
+        self.observability = Observability()
+        self._runner: web.AppRunner | None = None
+        self._lock: DataDirLock | None = None
+        self._meta: MetadataStore | None = None
+        self._closers: list[Any] = []
+        self.url = ""
+
+    @property
+    def metrics(self) -> Any:
+        return self.observability.metrics
+
+    async def start(self) -> None:
+        config = self.config
+        self.observability.health.set_unready("starting")
+        self.layout.ensure()
+        blobs = BlobStore(self.layout)
+        self._lock = DataDirLock(self.layout)
+        self._lock.acquire()  # before recover(): recovery deletes temp files
+        meta = self._meta = MetadataStore(self.layout.db_path)
+        uploads = UploadManager(self.layout, blobs, meta, self.wall_clock)
+        removed = blobs.recover()
+        recovery = uploads.recover()
+        event(log, "store_recovered", data_dir=str(self.layout.root), temp_files_removed=removed,
+              uploads=str(recovery))
+        self.metrics.set_store_readings(
+            bytes_reading=blobs.total_bytes, blobs_reading=blobs.count
+        )
+
+        content: ContentSource | None = None
+        if config.mode == "mirror":
+            from p2preg.registry.mirror import create_mirror
+
+            mirror = create_mirror(config, blobs, meta, metrics=self.metrics, clock=self.clock,
+                                   wall_clock=self.wall_clock)
+            self._closers.append(mirror)
+            content = mirror
+
+        ctx = RegistryContext(
+            blobs=blobs, meta=meta, uploads=uploads, clock=self.wall_clock,
+            read_only=config.mode == "mirror", max_manifest_bytes=config.manifest_max_bytes,
+        )
+        if content is not None:
+            ctx.content = content
+
+        middlewares: list[Middleware] = [self.observability.middleware]
+        if config.mode == "mirror":
+            from p2preg.registry.mirror import namespace_middleware
+
+            middlewares.append(namespace_middleware)
+        if config.htpasswd:
+            policy = AuthPolicy(Htpasswd(config.htpasswd), anonymous_read=config.anonymous_read)
+            middlewares.append(auth_middleware(policy))
+        app = create_registry_app(ctx, middlewares=middlewares)
+        self.observability.setup(app)
+
+        ssl_context: ssl.SSLContext | None = None
+        if config.tls_cert and config.tls_key:
+            from p2preg.tlsconfig import server_context
+
+            ssl_context = server_context(config.tls_cert, config.tls_key)
+
+        self._runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.listen_host, config.listen_port,
+                           ssl_context=ssl_context)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        scheme = "https" if ssl_context else "http"
+        shown_host = f"[{host}]" if ":" in host else host
+        self.url = f"{scheme}://{shown_host}:{port}"
+        self.observability.health.set_ready()
+        event(log, "listening", url=self.url, mode=config.mode)
+
+    async def stop(self) -> None:
+        self.observability.health.set_unready("draining")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for closer in reversed(self._closers):
+            result = closer.close()
+            if hasattr(result, "__await__"):
+                await result
+        self._closers.clear()
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        event(log, "stopped")

@@ -1,0 +1,173 @@
+"""The node's Prometheus metrics: one ``CollectorRegistry`` per node, never the global one.
+
+Owns: ``RegistryMetrics`` (every metric family of the registry HTTP surface, the mirror's upstream
+and cache counters, and the store gauges read through callbacks the node provides) and
+``exposition`` (render the registry for a scrape, content negotiated on ``Accept``).
+
+Labels are bounded by construction: ``route`` is a route pattern (or ``"other"``), ``method`` is
+folded to the HTTP methods a registry answers, ``source`` to ``local|upstream|peer|other``,
+``status`` to a number or ``"error"``. Callers never pass user input as a label value.
+
+Must not import aiohttp or any other p2preg module: this is pure bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+#: The values ``p2preg_blob_bytes_served_total{source}`` may carry; anything else is ``"other"``.
+BLOB_SOURCES = frozenset({"local", "upstream", "peer"})
+
+#: Methods kept as label values; anything else is counted as ``"OTHER"``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+#: Latency buckets in seconds: fast manifest hits up to multi-minute blob transfers.
+DURATION_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+StoreReading = Callable[[], int]
+
+
+def method_label(method: str) -> str:
+    """``method`` as a bounded label value."""
+    upper = method.upper()
+    return upper if upper in _METHODS else "OTHER"
+
+
+def source_label(source: str | None) -> str:
+    """A blob source as a bounded label value."""
+    return source if source in BLOB_SOURCES else "other"
+
+
+def status_label(status: int | str) -> str:
+    """An HTTP status (or ``"error"`` for a transport failure) as a bounded label value."""
+    if isinstance(status, int) and 100 <= status <= 599:
+        return str(status)
+    return "error"
+
+
+class _StoreCollector(Collector):
+    """Reads the store size through the node's callbacks at scrape time."""
+
+    def __init__(self) -> None:
+        self.bytes_reading: StoreReading | None = None
+        self.blobs_reading: StoreReading | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._gauge(
+            "p2preg_store_bytes", "Bytes of committed blobs in the local store.", self.bytes_reading
+        )
+        yield from self._gauge(
+            "p2preg_store_blobs", "Committed blobs in the local store.", self.blobs_reading
+        )
+
+    @staticmethod
+    def _gauge(name: str, documentation: str, reading: StoreReading | None) -> Iterator[Metric]:
+        if reading is None:
+            return
+        try:
+            value = reading()
+        except Exception:  # a failing callback must never break a scrape
+            log.exception("store metric callback %s failed", name)
+            return
+        yield GaugeMetricFamily(name, documentation, value=float(value))
+
+
+class RegistryMetrics:
+    """Every metric the registry exposes, registered in ``self.registry`` (one per node)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "p2preg_http_requests_total",
+            "HTTP requests answered, by route pattern, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "p2preg_http_request_duration_seconds",
+            "Time from the request's arrival until its response was sent completely.",
+            ["route", "method"],
+            buckets=DURATION_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._blob_bytes = Counter(
+            "p2preg_blob_bytes_served_total",
+            "Blob body bytes written to clients, by where the bytes came from.",
+            ["source"],
+            registry=self.registry,
+        )
+        self._upstream = Counter(
+            "p2preg_upstream_requests_total",
+            "Requests made to upstream registries, by registry, kind and status.",
+            ["registry", "kind", "status"],
+            registry=self.registry,
+        )
+        self._cache = Counter(
+            "p2preg_cache_requests_total",
+            "Mirror lookups answered from the local store (hit) or not (miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        for source in sorted(BLOB_SOURCES):
+            self._blob_bytes.labels(source=source)
+        for result in ("hit", "miss"):
+            self._cache.labels(result=result)
+        self._store = _StoreCollector()
+        self.registry.register(self._store)
+
+    # --- called by the HTTP layer -------------------------------------------------------------
+
+    def request_finished(self, route: str, method: str, status: int, duration_s: float) -> None:
+        """Count one answered request and observe its duration."""
+        method_value = method_label(method)
+        self._requests.labels(route=route, method=method_value, status=status_label(status)).inc()
+        self._duration.labels(route=route, method=method_value).observe(max(0.0, duration_s))
+
+    def blob_bytes_served(self, source: str | None, nbytes: int) -> None:
+        """Add ``nbytes`` blob body bytes sent to a client from ``source``."""
+        if nbytes > 0:
+            self._blob_bytes.labels(source=source_label(source)).inc(nbytes)
+
+    # --- called by the mirror ----------------------------------------------------------------
+
+    def upstream_request(self, registry: str, kind: str, status: int | str) -> None:
+        """Count one request to upstream ``registry`` (a configured host, e.g. ``docker.io``).
+
+        ``kind`` is one of a small fixed set chosen by the caller (``manifest``, ``blob``,
+        ``token``, ``ping``...); ``status`` is the HTTP status, or ``"error"`` when no response
+        arrived (connect failure, timeout, reset).
+        """
+        self._upstream.labels(registry=registry, kind=kind, status=status_label(status)).inc()
+
+    def cache(self, hit: bool) -> None:
+        """Count one mirror lookup as a cache hit or miss."""
+        self._cache.labels(result="hit" if hit else "miss").inc()
+
+    # --- provided by the node ----------------------------------------------------------------
+
+    def set_store_readings(
+        self, *, bytes_reading: StoreReading, blobs_reading: StoreReading
+    ) -> None:
+        """Register the callbacks read at scrape time for ``p2preg_store_bytes``/``_blobs``.
+
+        They run on the event loop during a scrape, so they must be cheap (keep running totals).
+        """
+        self._store.bytes_reading = bytes_reading
+        self._store.blobs_reading = blobs_reading
+
+
+def exposition(metrics: RegistryMetrics, accept: str | None) -> tuple[bytes, str]:
+    """The scrape body and its ``Content-Type`` (OpenMetrics when ``accept`` asks for it)."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(metrics.registry), content_type
