@@ -132,10 +132,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _members(args: argparse.Namespace) -> int:
     import json
 
-    from p2preg.gossip.http import fetch_members, format_members_table
+    from p2preg.gossip.http import MembersFetchError, fetch_members, format_members_table
 
-    data = asyncio.run(fetch_members(args.node))
-    print(json.dumps(data, indent=2) if args.json else format_members_table(data))
+    try:
+        data = asyncio.run(fetch_members(args.node))
+    except MembersFetchError as exc:
+        print(f"p2preg: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else format_members_table(data), end="")
     return 0
 
 

@@ -7,6 +7,7 @@ wires is built and tested in its own package. ``cli`` runs it under a signal han
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Node:
         self._lock: DataDirLock | None = None
         self._meta: MetadataStore | None = None
         self._closers: list[Any] = []
+        self.gossip: Any = None  # GossipService when --gossip-listen is set
         self.url = ""
 
     @property
@@ -66,6 +68,17 @@ class Node:
         self.metrics.set_store_readings(
             bytes_reading=blobs.total_bytes, blobs_reading=blobs.count
         )
+
+        # Bind the HTTP socket first: the gossip layer advertises its real address (port 0 too).
+        listen_sock = self._bind_listener(config.listen_host, config.listen_port)
+        host, port = listen_sock.getsockname()[:2]
+        http_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if config.gossip_listen:
+            from p2preg.gossip.service import GossipService, GossipServiceConfig
+
+            self.gossip = GossipService(
+                GossipServiceConfig.from_node_config(config, http_addr=http_addr)
+            )
 
         content: ContentSource | None = None
         if config.mode == "mirror":
@@ -93,6 +106,10 @@ class Node:
             middlewares.append(auth_middleware(policy))
         app = create_registry_app(ctx, middlewares=middlewares)
         self.observability.setup(app)
+        if self.gossip is not None:
+            from p2preg.gossip.http import members_routes
+
+            app.add_routes(members_routes(self.gossip))
 
         ssl_context: ssl.SSLContext | None = None
         if config.tls_cert and config.tls_key:
@@ -102,18 +119,28 @@ class Node:
 
         self._runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.listen_host, config.listen_port,
-                           ssl_context=ssl_context)
+        site = web.SockSite(self._runner, listen_sock, ssl_context=ssl_context)
         await site.start()
-        host, port = self._runner.addresses[0][:2]
+        if self.gossip is not None:
+            await self.gossip.start()
+            event(log, "gossip_started", node=self.gossip.node_name,
+                  gossip=str(self.gossip.bound_address))
         scheme = "https" if ssl_context else "http"
         shown_host = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown_host}:{port}"
         self.observability.health.set_ready()
         event(log, "listening", url=self.url, mode=config.mode)
 
+    @staticmethod
+    def _bind_listener(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=1024)
+
     async def stop(self) -> None:
         self.observability.health.set_unready("draining")
+        if self.gossip is not None:
+            await self.gossip.stop()
+            self.gossip = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

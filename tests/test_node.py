@@ -86,3 +86,54 @@ def test_bad_configuration_exits_2_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--listen" in result.stderr
+
+
+async def test_nodes_with_gossip_see_each_other_and_members_cli_prints_them(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    def config(name: str, join: tuple[str, ...]) -> Config:
+        return Config(mode="registry", listen="127.0.0.1:0", data_dir=str(tmp_path / name),
+                      gossip_listen="127.0.0.1:0", join=join, node_name=name)
+
+    first = Node(config("alpha", ()))
+    await first.start()
+    second = None
+    try:
+        host, port = first.gossip.bound_address[:2]
+        second = Node(config("beta", (f"{host}:{port}",)))
+        await second.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(first.url + "/p2p/v1/members") as response:
+                    doc = await response.json()
+                alive = {m["name"] for m in doc["members"] if m["status"] == "alive"}
+                if alive == {"alpha", "beta"}:
+                    break
+                assert loop.time() < deadline, doc
+                await asyncio.sleep(0.05)
+        beta = next(m for m in doc["members"] if m["name"] == "beta")
+        assert beta["advertise"] == second.url.removeprefix("http://")
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "p2preg", "members", "--node", first.url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "alpha" in result.stdout and "beta" in result.stdout and "alive" in result.stdout
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
+def test_members_cli_reports_an_unreachable_node_cleanly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "p2preg", "members", "--node", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("p2preg: ")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,50 @@
+"""What a cluster member is, as the rest of p2preg sees it.
+
+Owns: ``MemberStatus`` and the frozen ``Member`` snapshot handed out by the core. Must not import
+asyncio, sockets or other p2preg modules.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from p2preg.gossip.config import Addr
+
+
+class MemberStatus(enum.StrEnum):
+    """SWIM status of a member, as this node currently believes it."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A snapshot of one member. ``rtt_estimate_s`` is None until a coordinate is known."""
+
+    name: str
+    gossip_addr: Addr
+    http_addr: str
+    zone: str
+    incarnation: int
+    status: MemberStatus
+    load: float = 0.0
+    meta: dict[str, str] = field(default_factory=dict)
+    rtt_estimate_s: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The shape used by ``GET /p2p/v1/members``."""
+        return {
+            "name": self.name,
+            "address": self.http_addr,
+            "gossip_address": f"{self.gossip_addr[0]}:{self.gossip_addr[1]}",
+            "status": self.status.value,
+            "zone": self.zone,
+            "incarnation": self.incarnation,
+            "load": self.load,
+            "meta": dict(self.meta),
+            "rtt_estimate_s": self.rtt_estimate_s,
+        }

@@ -1,0 +1,390 @@
+"""SWIM member state: the incarnation rules, suspicion, refutation, leave and rejoin.
+
+The table of transitions (memberlist ``state.go``), for a message about member ``m`` whose
+incarnation is ``i`` while we hold ``m`` at incarnation ``j``:
+
+=========  ===========================  =============================================================
+message    about another member         about ourselves
+=========  ===========================  =============================================================
+alive      ``i > j``: alive (new: join)  ``i > ours`` or an address conflict: refute
+suspect    ``i >= j`` and alive: suspect  ``i >= ours``: refute (``inc = max(i, ours) + 1``)
+           already suspect: confirm
+dead       ``i >= j`` and not dead/left:  ``i >= ours`` and not leaving: refute
+           dead (``left`` if self-sent)
+=========  ===========================  =============================================================
+
+A suspicion becomes ``dead`` when its (Lifeguard, shrinking) timeout passes without a refutation.
+Dead and left members are remembered for ``dead_reclaim_s`` and then forgotten. Every accepted
+change is queued for piggybacking and reported as an event. Owns: ``MemberState``,
+``MemberTable``. Must not import asyncio, sockets, time or p2preg modules outside ``p2preg.gossip``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from typing import Any
+
+from p2preg.gossip import messages as msgs
+from p2preg.gossip.awareness import Awareness
+from p2preg.gossip.broadcast import BroadcastQueue
+from p2preg.gossip.config import Addr, GossipConfig
+from p2preg.gossip.events import (
+    Event,
+    LocalRefuted,
+    MemberAlive,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspect,
+    MemberUpdated,
+)
+from p2preg.gossip.member import Member, MemberStatus
+from p2preg.gossip.suspicion import Suspicion, expected_confirmations, suspicion_bounds
+from p2preg.gossip.wire import MessageType
+
+_LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+_STATUS_CODE = {MemberStatus(s): i for i, s in enumerate(msgs.STATUS_CODES)}
+
+
+class MemberState:
+    """What we know about one other member (mutable, internal)."""
+
+    __slots__ = (
+        "addr",
+        "changed_at",
+        "http",
+        "incarnation",
+        "meta",
+        "name",
+        "status",
+        "suspicion",
+        "zone",
+    )
+
+    def __init__(self, alive: msgs.Alive, now: float) -> None:
+        self.name = alive.name
+        self.addr: Addr = (alive.host, alive.port)
+        self.http = alive.http
+        self.zone = alive.zone
+        self.meta = alive.meta
+        self.incarnation = alive.incarnation
+        self.status = MemberStatus.ALIVE
+        self.changed_at = now
+        self.suspicion: Suspicion | None = None
+
+    def snapshot(self) -> Member:
+        return Member(
+            self.name,
+            self.addr,
+            self.http,
+            self.zone,
+            self.incarnation,
+            self.status,
+            0.0,
+            self.meta,
+        )
+
+
+class MemberTable:
+    """All other members, our own incarnation, and the suspicion and reclaim timers."""
+
+    def __init__(
+        self,
+        config: GossipConfig,
+        events: deque[Event],
+        queue: BroadcastQueue,
+        awareness: Awareness,
+    ) -> None:
+        self.config = config
+        self.incarnation = 0
+        self.leaving = False
+        self.num_live = 1
+        self._events = events
+        self._queue = queue
+        self._awareness = awareness
+        self._members: dict[str, MemberState] = {}
+        self._names: list[str] = []
+        self._pos: dict[str, int] = {}
+        self._suspicions: list[tuple[float, int, str, Suspicion]] = []
+        self._reaps: list[tuple[float, int, str, float]] = []
+        self._tiebreak = itertools.count()
+        self._forgotten: list[str] = []
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> MemberState | None:
+        return self._members.get(name)
+
+    def states(self) -> list[MemberState]:
+        return list(self._members.values())
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def random_members(
+        self,
+        rng: random.Random,
+        k: int,
+        now: float,
+        *,
+        exclude: str | None = None,
+        alive_only: bool = False,
+        gossip_targets: bool = False,
+    ) -> list[MemberState]:
+        """Up to ``k`` distinct random members (alive/suspect; alive only; or gossip targets,
+        which include the recently dead so they can hear and refute)."""
+        names = self._names
+        n = len(names)
+        if n == 0 or k <= 0:
+            return []
+        out: list[MemberState] = []
+        seen: set[str] = set()
+        max_tries = 3 * n if n <= 64 else 4 * k + 32
+        dead_horizon = now - self.config.gossip_to_dead_s
+        for _ in range(max_tries):
+            name = names[rng.randrange(n)]
+            if name in seen or name == exclude:
+                continue
+            seen.add(name)
+            m = self._members[name]
+            status = m.status
+            if alive_only:
+                ok = status == MemberStatus.ALIVE
+            elif gossip_targets:
+                ok = status in _LIVE or (
+                    status == MemberStatus.DEAD and m.changed_at > dead_horizon
+                )
+            else:
+                ok = status in _LIVE
+            if ok:
+                out.append(m)
+                if len(out) >= k:
+                    break
+        return out
+
+    def local_alive(self) -> msgs.Alive:
+        c = self.config
+        return msgs.Alive(
+            self.incarnation, c.name, c.gossip_addr[0], c.gossip_addr[1], c.http_addr, c.zone,
+            dict(c.meta),
+        )  # fmt: skip
+
+    def rows(self) -> list[msgs.MemberRow]:
+        """Full membership for a push-pull, ourselves first."""
+        c = self.config
+        me = MemberStatus.LEFT if self.leaving else MemberStatus.ALIVE
+        out: list[msgs.MemberRow] = [
+            [c.name, c.gossip_addr[0], c.gossip_addr[1], c.http_addr, c.zone, dict(c.meta),
+             self.incarnation, _STATUS_CODE[me]]
+        ]  # fmt: skip
+        for m in self._members.values():
+            out.append(
+                [m.name, m.addr[0], m.addr[1], m.http, m.zone, m.meta, m.incarnation,
+                 _STATUS_CODE[m.status]]
+            )  # fmt: skip
+        return out
+
+    def next_deadline(self) -> float | None:
+        t: float | None = None
+        if self._suspicions:
+            t = self._suspicions[0][0]
+        if self._reaps and (t is None or self._reaps[0][0] < t):
+            t = self._reaps[0][0]
+        return t
+
+    def take_forgotten(self) -> list[str]:
+        """Members that became dead, left or were reclaimed since the last call."""
+        out, self._forgotten = self._forgotten, []
+        return out
+
+    # -- our own lifecycle -------------------------------------------------------------------
+
+    def announce_self(self) -> None:
+        self._queue.queue(("m", self.config.name), MessageType.ALIVE, self.local_alive().encode())
+
+    def leave(self, now: float) -> None:
+        if self.leaving:
+            return
+        self.leaving = True
+        self.num_live -= 1
+        dead = msgs.Dead(self.incarnation, self.config.name, self.config.name)
+        self._queue.queue(("m", self.config.name), MessageType.DEAD, dead.encode())
+
+    def rejoin(self, now: float) -> None:
+        if not self.leaving:
+            return
+        self.leaving = False
+        self.num_live += 1
+        self.incarnation += 1
+        self.announce_self()
+
+    def _refute(self, accused_incarnation: int) -> None:
+        self.incarnation = max(self.incarnation, accused_incarnation) + 1
+        self._awareness.apply_delta(1)
+        self.announce_self()
+        self._events.append(LocalRefuted(self.incarnation))
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def on_alive(self, m: msgs.Alive, now: float) -> None:
+        cfg = self.config
+        if m.name == cfg.name:
+            conflict = (m.host, m.port) != cfg.gossip_addr
+            if not self.leaving and (
+                m.incarnation > self.incarnation or (m.incarnation == self.incarnation and conflict)
+            ):
+                self._refute(m.incarnation)
+            return
+        st = self._members.get(m.name)
+        if st is None:
+            st = MemberState(m, now)
+            self._members[m.name] = st
+            self._pos[m.name] = len(self._names)
+            self._names.append(m.name)
+            self.num_live += 1
+            self._events.append(MemberJoined(st.snapshot()))
+            self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
+            return
+        if m.incarnation <= st.incarnation:
+            return
+        old = st.status
+        changed = (st.addr, st.http, st.zone, st.meta) != ((m.host, m.port), m.http, m.zone, m.meta)
+        st.addr, st.http, st.zone, st.meta = (m.host, m.port), m.http, m.zone, m.meta
+        st.incarnation = m.incarnation
+        st.suspicion = None
+        if old != MemberStatus.ALIVE:
+            self._set_status(st, MemberStatus.ALIVE, now)
+        if old in (MemberStatus.DEAD, MemberStatus.LEFT):
+            self._events.append(MemberJoined(st.snapshot()))
+        elif old == MemberStatus.SUSPECT:
+            self._events.append(MemberAlive(st.name, st.incarnation))
+        elif changed:
+            self._events.append(MemberUpdated(st.snapshot()))
+        self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
+
+    def on_suspect(self, m: msgs.Suspect, now: float) -> None:
+        if m.name == self.config.name:
+            if not self.leaving and m.incarnation >= self.incarnation:
+                self._refute(m.incarnation)
+            return
+        st = self._members.get(m.name)
+        if st is None or m.incarnation < st.incarnation:
+            return
+        if st.status == MemberStatus.SUSPECT:
+            susp = st.suspicion
+            if susp is not None and susp.confirm(m.accuser):
+                heapq.heappush(
+                    self._suspicions, (susp.deadline, next(self._tiebreak), st.name, susp)
+                )
+                self._queue.queue(("m", m.name), MessageType.SUSPECT, m.encode())
+            return
+        if st.status != MemberStatus.ALIVE:
+            return
+        st.incarnation = m.incarnation
+        self._start_suspicion(st, m.accuser, now)
+
+    def suspect_by_probe(self, name: str, now: float) -> None:
+        """Our probe of ``name`` failed (no ack directly or indirectly)."""
+        st = self._members.get(name)
+        if st is not None and st.status in _LIVE:
+            self.on_suspect(msgs.Suspect(st.incarnation, name, self.config.name), now)
+
+    def on_dead(self, m: msgs.Dead, now: float) -> None:
+        if m.name == self.config.name:
+            if not self.leaving and m.incarnation >= self.incarnation:
+                self._refute(m.incarnation)
+            return
+        st = self._members.get(m.name)
+        if st is None or m.incarnation < st.incarnation:
+            return
+        if st.status in (MemberStatus.DEAD, MemberStatus.LEFT):
+            return
+        st.incarnation = m.incarnation
+        st.suspicion = None
+        left = m.accuser == m.name
+        self._set_status(st, MemberStatus.LEFT if left else MemberStatus.DEAD, now)
+        if left:
+            self._events.append(MemberLeft(st.name, st.incarnation))
+        else:
+            self._events.append(MemberDead(st.name, st.incarnation, m.accuser))
+        self._queue.queue(("m", m.name), MessageType.DEAD, m.encode())
+        heapq.heappush(
+            self._reaps, (now + self.config.dead_reclaim_s, next(self._tiebreak), st.name, now)
+        )
+        self._forgotten.append(st.name)
+
+    def merge_rows(self, rows: list[Any], now: float) -> None:
+        """Merge a peer's full membership (push-pull): its dead become suspects here."""
+        for name, host, port, http, zone, meta, inc, code in rows:
+            status = msgs.STATUS_CODES[code]
+            if status == "alive":
+                self.on_alive(msgs.Alive(inc, name, host, port, http, zone, meta), now)
+            elif status == "left":
+                self.on_dead(msgs.Dead(inc, name, name), now)
+            else:
+                self.on_suspect(msgs.Suspect(inc, name, self.config.name), now)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Turn timed-out suspicions into deaths; forget long-dead members."""
+        heap = self._suspicions
+        while heap and heap[0][0] <= now:
+            _, _, name, susp = heapq.heappop(heap)
+            st = self._members.get(name)
+            if st is None or st.suspicion is not susp or st.status != MemberStatus.SUSPECT:
+                continue
+            if susp.deadline > now:
+                continue
+            self.on_dead(msgs.Dead(st.incarnation, name, self.config.name), now)
+        reaps = self._reaps
+        while reaps and reaps[0][0] <= now:
+            _, _, name, changed_at = heapq.heappop(reaps)
+            st = self._members.get(name)
+            if st is None or st.status in _LIVE or st.changed_at != changed_at:
+                continue
+            self._remove(name)
+            self._forgotten.append(name)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _start_suspicion(self, st: MemberState, accuser: str, now: float) -> None:
+        cfg = self.config
+        n = self.num_live
+        min_s, max_s = suspicion_bounds(
+            cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n, cfg.probe_interval_s
+        )
+        if cfg.lifeguard:
+            k = expected_confirmations(cfg.suspicion_mult, n)
+        else:
+            k, max_s = 0, min_s
+        susp = Suspicion(accuser, now, k, min_s, max_s)
+        st.suspicion = susp
+        self._set_status(st, MemberStatus.SUSPECT, now)
+        heapq.heappush(self._suspicions, (susp.deadline, next(self._tiebreak), st.name, susp))
+        self._events.append(MemberSuspect(st.name, st.incarnation, accuser))
+        suspect = msgs.Suspect(st.incarnation, st.name, accuser)
+        self._queue.queue(("m", st.name), MessageType.SUSPECT, suspect.encode())
+
+    def _set_status(self, st: MemberState, status: MemberStatus, now: float) -> None:
+        was_live = st.status in _LIVE
+        is_live = status in _LIVE
+        if was_live and not is_live:
+            self.num_live -= 1
+        elif is_live and not was_live:
+            self.num_live += 1
+        st.status = status
+        st.changed_at = now
+
+    def _remove(self, name: str) -> None:
+        st = self._members.pop(name)
+        if st.status in _LIVE:
+            self.num_live -= 1
+        idx = self._pos.pop(name)
+        last = self._names.pop()
+        if last != name:
+            self._names[idx] = last
+            self._pos[last] = idx
