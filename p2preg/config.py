@@ -73,6 +73,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("tag_max_stale_s", float, 86400.0, "when an upstream is down, serve the last known "
            "digest of a tag for at most this long", "SECONDS"),
     Option("upstream_timeout_s", float, 30.0, "connect/idle timeout towards upstreams", "SECONDS"),
+    # Cache eviction and storage maintenance
+    Option("cache_max_bytes", int, 0, "mirror: quota on cached blob bytes; above it the least "
+           "recently used blobs are evicted (0 = unlimited)", "BYTES"),
+    Option("cache_low_water_ratio", float, 0.9, "eviction frees down to this fraction of "
+           "--cache-max-bytes", "RATIO"),
+    Option("cache_min_age_s", float, 600.0, "never evict a blob accessed more recently than "
+           "this", "SECONDS"),
+    Option("upload_max_age_s", float, 86400.0, "drop upload sessions idle longer than this "
+           "(0 = never)", "SECONDS"),
+    Option("maintenance_interval_s", float, 60.0, "how often upload expiry and eviction run",
+           "SECONDS"),
     # Gossip (issue 4)
     Option("gossip_listen", str, None, "UDP+TCP address for gossip; unset disables the "
            "peer-to-peer layer", "HOST:PORT"),
@@ -111,6 +122,11 @@ class Config:
     docker_config: str | None = None
     tag_max_stale_s: float = 86400.0
     upstream_timeout_s: float = 30.0
+    cache_max_bytes: int = 0
+    cache_low_water_ratio: float = 0.9
+    cache_min_age_s: float = 600.0
+    upload_max_age_s: float = 86400.0
+    maintenance_interval_s: float = 60.0
     gossip_listen: str | None = None
     join: tuple[str, ...] = ()
     join_dns: str | None = None
@@ -247,6 +263,14 @@ def validate(config: Config) -> None:
         registry, sep, url = value.partition("=")
         if not sep or not registry or not url.startswith(("http://", "https://")):
             raise ConfigError(f"--upstream: expected REGISTRY=http(s)://HOST[:PORT], got {value!r}")
+    if config.cache_max_bytes < 0:
+        raise ConfigError("--cache-max-bytes must be >= 0 (0 = unlimited)")
+    if not 0.0 < config.cache_low_water_ratio <= 1.0:
+        raise ConfigError("--cache-low-water-ratio must be in (0, 1]")
+    if config.cache_min_age_s < 0 or config.upload_max_age_s < 0:
+        raise ConfigError("--cache-min-age-s and --upload-max-age-s must be >= 0")
+    if config.maintenance_interval_s <= 0:
+        raise ConfigError("--maintenance-interval-s must be positive")
     if config.gossip_listen:
         split_host_port(config.gossip_listen, "--gossip-listen")
     for peer in config.join:

@@ -26,6 +26,7 @@ from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.storage.lock import DataDirLock
+from p2preg.storage.maintenance import Maintenance
 from p2preg.storage.metadata import MetadataStore
 from p2preg.storage.uploads import UploadManager
 
@@ -46,6 +47,7 @@ class Node:
         self._meta: MetadataStore | None = None
         self._closers: list[Any] = []
         self.gossip: Any = None  # GossipService when --gossip-listen is set
+        self.maintenance: Maintenance | None = None
         self.url = ""
 
     @property
@@ -67,6 +69,14 @@ class Node:
               uploads=str(recovery))
         self.metrics.set_store_readings(
             bytes_reading=blobs.total_bytes, blobs_reading=blobs.count
+        )
+        # Wall clock: access times are stored on disk and compared with file mtimes.
+        self.maintenance = Maintenance(
+            blobs, meta, uploads, self.wall_clock,
+            max_bytes=config.cache_max_bytes, min_age_s=config.cache_min_age_s,
+            upload_max_age_s=config.upload_max_age_s, interval_s=config.maintenance_interval_s,
+            mode=config.mode, low_water_ratio=config.cache_low_water_ratio,
+            on_evict=self._on_evict,
         )
 
         # Bind the HTTP socket first: the gossip layer advertises its real address (port 0 too).
@@ -121,6 +131,7 @@ class Node:
         await self._runner.setup()
         site = web.SockSite(self._runner, listen_sock, ssl_context=ssl_context)
         await site.start()
+        self.maintenance.start()
         if self.gossip is not None:
             await self.gossip.start()
             event(log, "gossip_started", node=self.gossip.node_name,
@@ -130,6 +141,10 @@ class Node:
         self.url = f"{scheme}://{shown_host}:{port}"
         self.observability.health.set_ready()
         event(log, "listening", url=self.url, mode=config.mode)
+
+    def _on_evict(self, digest: str) -> None:
+        if self.gossip is not None:
+            self.gossip.advertise_drop(digest)
 
     @staticmethod
     def _bind_listener(host: str, port: int) -> socket.socket:
@@ -149,6 +164,9 @@ class Node:
             if hasattr(result, "__await__"):
                 await result
         self._closers.clear()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
+            self.maintenance = None
         if self._meta is not None:
             self._meta.close()
             self._meta = None

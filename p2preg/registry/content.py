@@ -98,7 +98,7 @@ class LocalContentSource:
             raise self._manifest_unknown(repo, reference)
         try:
             body = await asyncio.to_thread(self._blobs.path(digest).read_bytes)
-        except FileNotFoundError:
+        except (FileNotFoundError, RegistryError):
             raise self._manifest_unknown(repo, reference) from None
         return ManifestContent(media_type=record.media_type, digest=digest, body=body)
 
