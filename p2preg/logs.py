@@ -1,7 +1,7 @@
 """Structured logging: one JSON object per line on stderr.
 
 Owns: ``setup_logging`` and ``JsonFormatter``. Fields passed with ``extra={"fields": {...}}`` are
-merged into the line. Must not import other p2preg modules.
+merged into the line; an access record (``extra={"access": {...}}``) is written as the line itself. Must not import other p2preg modules.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", ...fields}`` per record."""
 
     def format(self, record: logging.LogRecord) -> str:
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):  # p2preg.access: the record is the line
+            return json.dumps({"logger": record.name, **access}, default=str)
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
