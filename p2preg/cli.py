@@ -152,7 +152,7 @@ def _mirror_config(args: argparse.Namespace) -> int:
 
 
 def _htpasswd(args: argparse.Namespace) -> int:
-    from p2preg.registry.auth import make_htpasswd_line
+    from p2preg.registry.htpasswd import HtpasswdError, make_htpasswd_line
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
@@ -164,7 +164,11 @@ def _htpasswd(args: argparse.Namespace) -> int:
     if not password:
         print("p2preg: empty password", file=sys.stderr)
         return 1
-    print(make_htpasswd_line(args.user, password))
+    try:
+        print(make_htpasswd_line(args.user, password))
+    except HtpasswdError as exc:
+        print(f"p2preg htpasswd: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

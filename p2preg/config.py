@@ -33,7 +33,7 @@ def default_data_dir() -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One configuration option; ``name`` is the dataclass field, ``--name-with-dashes`` the flag."""
+    """One option: ``name`` is the dataclass field, ``--name-with-dashes`` the flag."""
 
     name: str
     kind: type  # str, int, float, bool or list (a repeatable string flag)
@@ -52,15 +52,17 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("mode", str, "mirror", "registry: a plain registry you push to; mirror: a pull-through "
-           "cache of the upstreams, shared with the peers", choices=MODES),
+    Option("mode", str, "mirror", "registry: a plain registry you push to; mirror: a "
+           "pull-through cache of the upstreams, shared with the peers", choices=MODES),
     Option("listen", str, "127.0.0.1:5000", "HTTP address of the registry API", "HOST:PORT"),
     Option("data_dir", str, None, "where blobs and metadata live (default: "
            "$XDG_DATA_HOME/p2preg)", "DIR"),
     Option("log_level", str, "info", "log verbosity", choices=LOG_LEVELS),
-    Option("tls_cert", str, None, "serve HTTPS with this PEM certificate (needs --tls-key)", "FILE"),
+    Option("tls_cert", str, None, "serve HTTPS with this PEM certificate (needs --tls-key)",
+           "FILE"),
     Option("tls_key", str, None, "PEM private key for --tls-cert", "FILE"),
-    Option("htpasswd", str, None, "require logins from this htpasswd file (bcrypt entries)", "FILE"),
+    Option("htpasswd", str, None, "require logins from this htpasswd file (bcrypt entries)",
+           "FILE"),
     Option("anonymous_read", bool, False, "with --htpasswd: allow pulls without login, "
            "require it for pushes and deletes"),
     Option("manifest_max_bytes", int, 4 * 1024 * 1024, "largest manifest accepted", "BYTES"),

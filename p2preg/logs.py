@@ -1,7 +1,8 @@
 """Structured logging: one JSON object per line on stderr.
 
-Owns: ``setup_logging`` and ``JsonFormatter``. Fields passed with ``extra={"fields": {...}}`` are
-merged into the line; an access record (``extra={"access": {...}}``) is written as the line itself. Must not import other p2preg modules.
+Owns: ``setup_logging`` and ``JsonFormatter``. Fields passed with ``extra={"fields": {...}}``
+are merged into the line; an access record (``extra={"access": {...}}``) is written as the line
+itself. Must not import other p2preg modules.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from p2preg.clock import MonotonicClock, WallClock
-from p2preg.config import Config
+from p2preg.config import Config, ConfigError
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
@@ -93,9 +93,13 @@ class Node:
         content: ContentSource | None = None
         if config.mode == "mirror":
             from p2preg.registry.mirror import create_mirror
+            from p2preg.upstream.config import UpstreamConfigError
 
-            mirror = create_mirror(config, blobs, meta, metrics=self.metrics, clock=self.clock,
-                                   wall_clock=self.wall_clock)
+            try:
+                mirror = create_mirror(config, blobs, meta, metrics=self.metrics,
+                                       clock=self.clock, wall_clock=self.wall_clock)
+            except UpstreamConfigError as exc:
+                raise ConfigError(str(exc)) from exc
             self._closers.append(mirror)
             content = mirror
 

@@ -82,11 +82,11 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_unreadable_or_invalid_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_config(parse("--config", str(tmp_path / "missing.toml")), environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("listen = \n")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_config(parse("--config", str(bad)), environ={})
 
 

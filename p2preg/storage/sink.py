@@ -168,3 +168,4 @@ class HashingSink:
         if future.cancelled() or future.exception() is not None:
             return  # drain() re-raises for the producer
         self.advance(future.result())
+        self._inflight_bytes = 0  # now counted in ``written``

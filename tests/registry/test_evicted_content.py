@@ -1,5 +1,7 @@
 """A row says "the repository has it"; only the file says "this node holds the bytes".
-When eviction removed a file, the API answers the right "unknown" code, never a 500 or a wrong one."""
+
+When eviction removed a file, the API answers the right "unknown" code, never a 500.
+"""
 
 from __future__ import annotations
 

@@ -6,12 +6,15 @@ import asyncio
 import hashlib
 import os
 import random
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.storage import sink
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 
@@ -335,13 +338,40 @@ async def test_verify_detects_corruption_on_disk(blobs: BlobStore) -> None:
     assert not await blobs.verify(sha256(b"absent"))
 
 
-async def test_abort_from_another_task_stops_a_writer_mid_flush(layout: StoreLayout) -> None:
+async def test_abort_from_another_task_stops_a_writer_mid_flush(
+    layout: StoreLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_hash_and_write = sink.hash_and_write
+
+    def held_hash_and_write(fd: int, hasher: Any, chunks: list[bytes]) -> int:
+        release.wait(timeout=30)  # the batch stays in flight until the test lets it go
+        return real_hash_and_write(fd, hasher, chunks)
+
+    monkeypatch.setattr(sink, "hash_and_write", held_hash_and_write)
     store = BlobStore(layout, flush_bytes=1024)
     writer = store.writer(expected=sha256(b"never"))
-    await writer.write(b"a" * 1024)  # a batch is now in flight
+    await writer.write(b"a" * 1024)  # a batch is now in flight (held)
     pending = asyncio.create_task(writer.write(b"b" * 1024))  # waits for that batch
     await asyncio.sleep(0)
-    await writer.abort()
+    abort = asyncio.create_task(writer.abort())
+    await asyncio.sleep(0)
+    release.set()
+    await abort
     with pytest.raises(RuntimeError):
         await pending
     assert writer.failed and tmp_files(layout) == []
+
+
+async def test_received_counts_each_byte_once_after_a_flush_completes(blobs: BlobStore) -> None:
+    writer = blobs.writer()
+    try:
+        await writer.write(b"x" * 1024)
+        await writer.flush()
+        await asyncio.sleep(0)  # let the flush's done-callback run
+        assert writer.received == 1024
+        assert writer.size == 1024
+        await writer.write(b"y" * 10)
+        assert writer.received == 1034
+    finally:
+        await writer.abort()

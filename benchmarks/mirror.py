@@ -1,0 +1,376 @@
+"""Benchmark p2preg in mirror mode against CNCF Distribution 2.8 in proxy mode, in one run.
+
+Owns the ``mirror`` benchmark. One Distribution origin holds the content; for every measurement
+each mirror starts cold (a new data directory) and gets the same requests, the two mirrors taking
+turns run by run:
+
+- cold blob GET (default 1 GiB): time to first byte and throughput, one curl client;
+- cold whole-image pull: the manifest by tag, then every blob, 3 at a time (dockerd's default
+  ``max-concurrent-downloads``), wall time;
+- fan-in: N concurrent cold GETs of one blob (default 20 x 64 MiB): wall time and how many blob
+  GETs reached the origin (counted from the origin's own log).
+
+Ratios are p2preg / Distribution: throughput above 1 and TTFB or time below 1 favour p2preg.
+Results are printed, written to ``docs/benchmarks/mirror.json`` and, with ``--update-docs``, to
+``docs/benchmarks-mirror.md``.
+
+The p2preg node runs as ``p2preg serve --mode mirror --upstream docker.io=ORIGIN`` once
+``p2preg.node`` exists, else through ``benchmarks/_mirror_node.py`` (the same components).
+
+Run from the repository root: ``.venv/bin/python -m benchmarks.mirror`` (``--help`` for sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    MIB,
+    BenchmarkError,
+    http_control,
+    machine_info,
+    push_monolithic,
+    update_docs_section,
+    write_blob_file,
+    write_results,
+)
+from tests.support.daemons import (
+    Distribution,
+    ManagedProcess,
+    distribution,
+    remove_tree,
+    short_tempdir,
+    wait_for_log,
+)
+from tests.support.node import running_node
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PATH = REPO_ROOT / "docs" / "benchmarks" / "mirror.json"
+DOCS_PATH = REPO_ROOT / "docs" / "benchmarks-mirror.md"
+TARGETS = ("p2preg", "distribution")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    status: int
+    nbytes: int
+    ttfb_s: float
+    total_s: float
+
+
+def curl_get(url: str) -> Get:
+    argv = [
+        "curl",
+        "--silent",
+        "--show-error",
+        "--noproxy",
+        "*",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+        url,
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode != 0:
+        raise BenchmarkError(f"curl GET {url}: {result.stderr}")
+    status, size, ttfb, total = result.stdout.split()
+    return Get(int(status), int(float(size)), float(ttfb), float(total))
+
+
+# ---------------------------------------------------------------------------------------- targets
+
+
+@contextlib.contextmanager
+def p2preg_mirror(origin: Distribution) -> Iterator[str]:
+    """A cold p2preg mirror of ``origin``; yields its base URL."""
+    upstream = f"docker.io={origin.url}"
+    if importlib.util.find_spec("p2preg.node") is not None:
+        with running_node(mode="mirror", extra_args=["--upstream", upstream]) as node:
+            yield node.url
+        return
+    base = short_tempdir("p2p-bm-")
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks._mirror_node",
+        "--data-dir",
+        str(base / "data"),
+        "--upstream",
+        upstream,
+    ]
+    process = ManagedProcess(argv, base / "node.log", cwd=REPO_ROOT)
+    try:
+        line = wait_for_log(process, "listening on ")
+        yield line.split("listening on ", 1)[1].strip()
+    finally:
+        process.stop()
+        remove_tree(base)
+
+
+@contextlib.contextmanager
+def distribution_proxy(origin: Distribution) -> Iterator[str]:
+    with distribution(proxy_remote_url=origin.url) as proxy:
+        yield proxy.url
+
+
+@contextlib.contextmanager
+def cold_target(name: str, origin: Distribution) -> Iterator[str]:
+    factory = p2preg_mirror if name == "p2preg" else distribution_proxy
+    with factory(origin) as url:
+        yield url
+
+
+def order(run: int) -> Sequence[str]:
+    return TARGETS if run % 2 == 0 else TARGETS[::-1]
+
+
+# ------------------------------------------------------------------------------------ measurements
+
+
+def cold_blob(
+    origin: Distribution, repo: str, digest: str, size: int, runs: int
+) -> dict[str, list[Get]]:
+    results: dict[str, list[Get]] = {t: [] for t in TARGETS}
+    for run in range(runs):
+        for target in order(run):
+            with cold_target(target, origin) as url:
+                got = curl_get(f"{url}/v2/{repo}/blobs/{digest}")
+            if got.status != 200 or got.nbytes != size:
+                raise BenchmarkError(f"{target}: cold GET gave {got.status}, {got.nbytes} bytes")
+            results[target].append(got)
+    return results
+
+
+def cold_image(
+    origin: Distribution, repo: str, blobs: Sequence[tuple[str, int]], runs: int
+) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {t: [] for t in TARGETS}
+    for run in range(runs):
+        for target in order(run):
+            with cold_target(target, origin) as url:
+                start = time.perf_counter()
+                status, _ = http_control(
+                    "GET", f"{url}/v2/{repo}/manifests/latest", {"Accept": OCI_MANIFEST}
+                )
+                if status != 200:
+                    raise BenchmarkError(f"{target}: manifest GET gave {status}")
+                with ThreadPoolExecutor(max_workers=3) as pool:
+                    gets = list(
+                        pool.map(lambda d: curl_get(f"{url}/v2/{repo}/blobs/{d[0]}"), blobs)
+                    )
+                seconds = time.perf_counter() - start
+            for got, (digest, size) in zip(gets, blobs, strict=True):
+                if got.status != 200 or got.nbytes != size:
+                    raise BenchmarkError(f"{target}: blob {digest} gave {got.status}")
+            results[target].append(seconds)
+    return results
+
+
+def fan_in(
+    origin: Distribution, repo: str, digest: str, size: int, clients: int
+) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for target in TARGETS:
+        before = origin.blob_gets(digest)
+        with cold_target(target, origin) as url:
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=clients) as pool:
+                gets = list(
+                    pool.map(lambda _: curl_get(f"{url}/v2/{repo}/blobs/{digest}"), range(clients))
+                )
+            seconds = time.perf_counter() - start
+        ok = sum(1 for g in gets if g.status == 200 and g.nbytes == size)
+        results[target] = {
+            "seconds": round(seconds, 3),
+            "complete_bodies": ok,
+            "origin_blob_gets": origin.blob_gets(digest) - before,
+        }
+    return results
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+def seed_image(
+    origin: Distribution, repo: str, work: Path, layer_sizes: Sequence[int]
+) -> list[tuple[str, int]]:
+    blobs: list[tuple[str, int]] = []
+    for i, size in enumerate(layer_sizes):
+        path = work / f"layer{i}"
+        digest = write_blob_file(path, size, seed=100 + i)
+        push_monolithic(origin.url, repo, path, digest)
+        blobs.append((digest, size))
+        path.unlink()
+    config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+    config_path = work / "config"
+    config_path.write_bytes(config)
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    push_monolithic(origin.url, repo, config_path, config_digest)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}
+                for d, s in blobs
+            ],
+        }
+    ).encode()
+    status, _ = http_control(
+        "PUT", f"{origin.url}/v2/{repo}/manifests/latest", {"Content-Type": OCI_MANIFEST}, manifest
+    )
+    if status != 201:
+        raise BenchmarkError(f"manifest PUT to the origin: {status}")
+    return [(config_digest, len(config)), *blobs]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    blob_bytes = args.blob_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="p2p-bm-mirror-") as tmp, distribution() as origin:
+        work = Path(tmp)
+        big = work / "big"
+        big_digest = write_blob_file(big, blob_bytes, seed=1)
+        push_monolithic(origin.url, "library/big", big, big_digest)
+        big.unlink()
+        fan = work / "fan"
+        fan_digest = write_blob_file(fan, args.fanin_mib * MIB, seed=2)
+        push_monolithic(origin.url, "library/fan", fan, fan_digest)
+        fan.unlink()
+        image_blobs = seed_image(
+            origin, "library/bench", work, [args.layer_mib * MIB] * args.layers
+        )
+
+        blob = cold_blob(origin, "library/big", big_digest, blob_bytes, args.runs)
+        image = cold_image(origin, "library/bench", image_blobs, args.runs)
+        fan_results = fan_in(
+            origin, "library/fan", fan_digest, args.fanin_mib * MIB, args.fanin_clients
+        )
+
+    def mib_s(gets: list[Get]) -> float:
+        return statistics.median(g.nbytes / MIB / g.total_s for g in gets)
+
+    def ttfb_ms(gets: list[Get]) -> float:
+        return statistics.median(g.ttfb_s for g in gets) * 1000
+
+    image_bytes = sum(s for _, s in image_blobs)
+    summary = {
+        "cold_blob": {
+            "size_MiB": args.blob_mib,
+            **{
+                t: {
+                    "MiB_per_s": round(mib_s(blob[t]), 1),
+                    "ttfb_ms": round(ttfb_ms(blob[t]), 1),
+                    "runs_s": [round(g.total_s, 3) for g in blob[t]],
+                }
+                for t in TARGETS
+            },
+            "throughput_ratio": round(mib_s(blob["p2preg"]) / mib_s(blob["distribution"]), 3),
+            "ttfb_ratio": round(ttfb_ms(blob["p2preg"]) / ttfb_ms(blob["distribution"]), 3),
+        },
+        "cold_image": {
+            "layers": args.layers,
+            "layer_MiB": args.layer_mib,
+            **{
+                t: {
+                    "median_s": round(statistics.median(image[t]), 3),
+                    "MiB_per_s": round(image_bytes / MIB / statistics.median(image[t]), 1),
+                    "runs_s": [round(s, 3) for s in image[t]],
+                }
+                for t in TARGETS
+            },
+            "time_ratio": round(
+                statistics.median(image["p2preg"]) / statistics.median(image["distribution"]), 3
+            ),
+        },
+        "fan_in": {"clients": args.fanin_clients, "size_MiB": args.fanin_mib, **fan_results},
+    }
+    return {
+        "benchmark": "mirror",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.mirror " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "results": summary,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r = report["results"]
+    b, i, f = r["cold_blob"], r["cold_image"], r["fan_in"]
+    p2p_b, dist_b = b["p2preg"], b["distribution"]
+    p2p_i, dist_i = i["p2preg"], i["distribution"]
+    p2p_f, dist_f = f["p2preg"], f["distribution"]
+    machine = report["machine"]
+    lines = [
+        "## Mirror mode: p2preg vs Distribution 2.8 proxy (`benchmarks/mirror.py`)",
+        "",
+        f"Measured {report['when']} on {machine['cpus']} CPUs "
+        f"(load at start {machine['loadavg_at_start']}), command: "
+        f"`{report['command']}`. Every run starts both mirrors cold; medians.",
+        "",
+        "| measure | p2preg | Distribution proxy | ratio (goal) |",
+        "|---|---|---|---|",
+        f"| cold blob GET, {b['size_MiB']} MiB, throughput | {p2p_b['MiB_per_s']} MiB/s "
+        f"| {dist_b['MiB_per_s']} MiB/s | {b['throughput_ratio']} (≥ 0.9) |",
+        f"| cold blob GET, time to first byte | {p2p_b['ttfb_ms']} ms "
+        f"| {dist_b['ttfb_ms']} ms | {b['ttfb_ratio']} (≤ 1.2) |",
+        f"| cold image pull, {i['layers']} x {i['layer_MiB']} MiB, 3 parallel "
+        f"| {p2p_i['median_s']} s | {dist_i['median_s']} s "
+        f"| {i['time_ratio']} (time, lower is better) |",
+        f"| fan-in, {f['clients']} concurrent cold GETs of {f['size_MiB']} MiB: "
+        f"origin blob GETs | {p2p_f['origin_blob_gets']} | {dist_f['origin_blob_gets']} | |",
+        f"| fan-in wall time | {p2p_f['seconds']} s | {dist_f['seconds']} s | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--blob-mib", type=int, default=1024, help="cold blob size (1024)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per target (3)")
+    parser.add_argument("--layers", type=int, default=4, help="image layers (4)")
+    parser.add_argument("--layer-mib", type=int, default=32, help="size of each layer (32)")
+    parser.add_argument("--fanin-clients", type=int, default=20)
+    parser.add_argument("--fanin-mib", type=int, default=64)
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help=f"write the results into {DOCS_PATH.relative_to(REPO_ROOT)}",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(json.dumps(report["results"], indent=2))
+    print(markdown(report))
+    if not args.no_write:
+        write_results(RESULTS_PATH, report)
+    if args.update_docs:
+        update_docs_section(DOCS_PATH, "mirror", markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

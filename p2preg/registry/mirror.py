@@ -1,0 +1,486 @@
+"""The mirror ``ContentSource``: pull-through caching of upstream registries.
+
+Owns: ``MirrorContentSource`` (manifests and blobs served from the local store when cached, else
+fetched from the upstream the request names and cached on the way), ``UpstreamPool`` (one
+``UpstreamClient`` per configured registry), ``namespace_middleware`` + ``current_namespace``
+(containerd's ``?ns=<registry>``; absent means docker.io, as Docker's ``registry-mirrors`` sends)
+and ``cache_repository`` (where a mirrored repository lives in the local store:
+``<registry>/<repo>``, with ``:`` in a registry's port written ``__``).
+
+Rules:
+- A tag is resolved against the upstream on every request (HEAD first: a moved tag is seen at
+  once and an unchanged one costs no download). When the upstream is down or failing, the last
+  known digest is served if it was confirmed within ``tag_max_stale_s``; a 404 from the upstream
+  is never papered over.
+- Manifests by digest are immutable: once cached they are served without asking the upstream.
+  Children of an index are fetched when a client asks for them.
+- Blobs: local hit -> the committed file; else one fill per digest per node (``BlobFetcher``)
+  over ``[peers..., upstream]``, every concurrent client streaming the growing file from byte 0.
+- Without ``?ns=``, a repository whose first component is a host name (``ghcr.io/org/app``) is
+  routed to that registry (podman mirrors per registry); otherwise it is Docker Hub's.
+- An unconfigured registry is ``NAME_UNKNOWN`` naming the configured ones; upstream failures
+  are OCI errors naming the upstream and the cause.
+
+Must not import the handlers or gossip (peers arrive as ``BlobSource`` callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from p2preg.clock import Clock, MonotonicClock, WallClock
+from p2preg.config import Config
+from p2preg.fetch.reader import follow
+from p2preg.fetch.singleflight import BlobFetcher, Fill, FillError
+from p2preg.fetch.sources import BlobSource, UpstreamBlobSource
+from p2preg.oci.digest import Digest, parse_digest
+from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.oci.manifest import parse_manifest
+from p2preg.oci.names import validate_name
+from p2preg.registry.content import BlobContent, ManifestContent
+from p2preg.registry.metrics import RegistryMetrics
+from p2preg.registry.ranges import RangeSpec, resolve_range
+from p2preg.registry.requestkeys import UPSTREAM_KEY
+from p2preg.storage.blobs import BlobStore
+from p2preg.storage.metadata import MetadataStore
+from p2preg.upstream.client import FetchedManifest, UpstreamClient
+from p2preg.upstream.config import (
+    DOCKER_HUB,
+    UpstreamConfig,
+    Upstreams,
+    normalize_registry,
+    upstreams_from_config,
+)
+from p2preg.upstream.errors import (
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+current_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "p2preg_mirror_namespace", default=None
+)
+"""The registry a request is for (``?ns=``), set by ``namespace_middleware``; None = docker.io."""
+
+_current_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar(
+    "p2preg_mirror_request", default=None
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def namespace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record containerd's ``?ns=<registry>`` for the mirror ``ContentSource`` of this request."""
+    token = current_namespace.set(request.query.get("ns") or None)
+    request_token = _current_request.set(request)
+    try:
+        return await handler(request)
+    finally:
+        _current_request.reset(request_token)
+        current_namespace.reset(token)
+
+
+def cache_repository(registry: str, repository: str) -> str:
+    """The local repository name that caches ``registry``'s ``repository``."""
+    return validate_name(f"{registry.replace(':', '__')}/{repository}")
+
+
+class MirrorMetrics(Protocol):
+    """What the mirror reports (``RegistryMetrics`` implements it)."""
+
+    def upstream_request(self, registry: str, kind: str, status: int | str) -> None: ...
+
+    def cache(self, hit: bool) -> None: ...
+
+
+class _NoMetrics:
+    def upstream_request(self, registry: str, kind: str, status: int | str) -> None:
+        return None
+
+    def cache(self, hit: bool) -> None:
+        return None
+
+
+class UpstreamPool:
+    """One ``UpstreamClient`` per configured registry, created on first use."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        metrics: MirrorMetrics | None = None,
+    ) -> None:
+        self.upstreams = upstreams
+        self._clock = clock or MonotonicClock()
+        self._rng = rng or random.Random()
+        self._metrics = metrics or _NoMetrics()
+        self._clients: dict[str, UpstreamClient] = {}
+
+    def resolve(self, namespace: str | None) -> UpstreamConfig:
+        """The upstream for ``namespace`` (None = docker.io), or ``NAME_UNKNOWN`` naming it."""
+        registry = normalize_registry(namespace) if namespace else DOCKER_HUB
+        config = self.upstreams.get(registry)
+        if config is None:
+            configured = ", ".join(self.upstreams.registries) or "none"
+            raise RegistryError(
+                ErrorCode.NAME_UNKNOWN,
+                f"registry {registry!r} is not an upstream of this mirror "
+                f"(configured: {configured}); add --upstream {registry}=https://...",
+                {"registry": registry, "configured": self.upstreams.registries},
+            )
+        return config
+
+    def client(self, config: UpstreamConfig) -> UpstreamClient:
+        client = self._clients.get(config.registry)
+        if client is None:
+            registry = config.registry
+            client = UpstreamClient(
+                config,
+                clock=self._clock,
+                rng=random.Random(self._rng.getrandbits(64)),
+                observer=lambda kind, status: self._metrics.upstream_request(registry, kind,
+                                                                             status),
+            )
+            self._clients[registry] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+class MirrorContentSource:
+    """Pull-through ``ContentSource`` (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        meta: MetadataStore,
+        pool: UpstreamPool,
+        fetcher: BlobFetcher,
+        *,
+        tag_max_stale_s: float = 86400.0,
+        wall_clock: Clock | None = None,
+        metrics: MirrorMetrics | None = None,
+        peer_sources: Callable[[Digest], Sequence[BlobSource]] | None = None,
+    ) -> None:
+        self._blobs = blobs
+        self._meta = meta
+        self._pool = pool
+        self._fetcher = fetcher
+        self._tag_max_stale_s = tag_max_stale_s
+        self._wall = wall_clock or WallClock()
+        self._metrics = metrics or _NoMetrics()
+        self._peer_sources = peer_sources or (lambda digest: ())
+        self._confirmed: dict[tuple[str, str], float] = {}  # (cache repo, tag) -> wall time
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.stale_served_total = 0
+
+    @property
+    def fetcher(self) -> BlobFetcher:
+        return self._fetcher
+
+    async def close(self) -> None:
+        """Stop background work, the fills in progress and the upstream clients."""
+        pending: list[asyncio.Future[Any]] = [*self._background, *self._inflight.values()]
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._fetcher.close()
+        await self._pool.close()
+
+    def route(self, repo: str) -> tuple[UpstreamConfig, str]:
+        """Which upstream serves ``repo`` and the repository name to ask it for.
+
+        ``?ns=<registry>`` (containerd) names it. Without it, a first path component that is a
+        host name (it has a dot: Docker Hub namespaces never do) names it, as podman sends with
+        a mirror ``location = "<node>/ghcr.io"``; anything else is Docker Hub.
+        """
+        namespace = current_namespace.get()
+        first, sep, rest = repo.partition("/")
+        if namespace:
+            routed = self._pool.resolve(namespace), repo
+        elif sep and "." in first:
+            routed = self._pool.resolve(first), rest
+        else:
+            routed = self._pool.resolve(None), repo
+        request = _current_request.get()
+        if request is not None:
+            request[UPSTREAM_KEY] = routed[0].registry  # the access log names the upstream
+        return routed
+
+    # -- manifests -------------------------------------------------------------------------------
+
+    async def manifest(
+        self, repo: str, reference: str, accept: Sequence[str]
+    ) -> ManifestContent:
+        config, repo = self.route(repo)
+        cache_repo = cache_repository(config.registry, repo)
+        client = self._pool.client(config)
+        if ":" in reference:
+            digest = parse_digest(reference)
+            cached = await self._cached_manifest(cache_repo, digest)
+            if cached is not None:
+                self._metrics.cache(True)
+                return cached
+            self._metrics.cache(False)
+            return await self._once(
+                (cache_repo, reference),
+                lambda: self._fetch_manifest(client, repo, cache_repo, reference, None),
+            )
+        return await self._once(
+            (cache_repo, "tag:" + reference),
+            lambda: self._manifest_by_tag(client, repo, cache_repo, reference),
+        )
+
+    async def _manifest_by_tag(
+        self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
+    ) -> ManifestContent:
+        try:
+            head = await client.head_manifest(repo, tag)
+            if head.digest is not None:
+                cached = await self._cached_manifest(cache_repo, head.digest)
+                if cached is not None:
+                    if self._meta.resolve_tag(cache_repo, tag) != str(head.digest):
+                        self._meta.put_manifest(cache_repo, str(head.digest), cached.media_type,
+                                                len(cached.body), tag=tag)
+                    self._confirmed[(cache_repo, tag)] = self._wall.now()
+                    self._metrics.cache(True)
+                    return cached
+            self._metrics.cache(False)
+            return await self._fetch_manifest(client, repo, cache_repo, tag, tag)
+        except UpstreamNotFound as exc:
+            raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
+        except (UpstreamUnavailable, UpstreamProtocolError) as exc:
+            stale = await self._stale_tag(cache_repo, tag)
+            if stale is None:
+                raise exc.to_registry_error() from exc
+            log.warning("serving %s:%s as last known %s: %s", cache_repo, tag, stale.digest, exc)
+            self.stale_served_total += 1
+            self._metrics.cache(True)
+            return stale
+        except UpstreamError as exc:
+            raise exc.to_registry_error() from exc
+
+    async def _fetch_manifest(
+        self, client: UpstreamClient, repo: str, cache_repo: str, reference: str, tag: str | None
+    ) -> ManifestContent:
+        try:
+            fetched = await client.get_manifest(repo, reference)
+        except UpstreamNotFound as exc:
+            raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
+        except UpstreamError as exc:
+            if tag is not None and isinstance(exc, UpstreamUnavailable | UpstreamProtocolError):
+                raise  # the tag path falls back to the last known digest
+            raise exc.to_registry_error() from exc
+        await self._store_manifest(cache_repo, fetched, tag)
+        if tag is not None:
+            self._confirmed[(cache_repo, tag)] = self._wall.now()
+        return ManifestContent(fetched.media_type, fetched.digest, fetched.body)
+
+    async def _store_manifest(
+        self, cache_repo: str, fetched: FetchedManifest, tag: str | None
+    ) -> None:
+        await self._blobs.put_bytes(fetched.body, fetched.digest)
+        references: list[str] = []
+        subject = artifact_type = None
+        annotations: dict[str, str] | None = None
+        try:
+            parsed = parse_manifest(fetched.body, fetched.media_type,
+                                    algorithm=fetched.digest.algorithm)
+        except RegistryError:
+            pass  # cached as the upstream sent it; the client judges it
+        else:
+            references = [str(d.digest) for d in
+                          [*parsed.blob_references(), *parsed.manifest_references()]]
+            subject = None if parsed.subject is None else str(parsed.subject.digest)
+            artifact_type = parsed.artifact_type
+            annotations = None if parsed.annotations is None else dict(parsed.annotations)
+        self._meta.put_manifest(
+            cache_repo, str(fetched.digest), fetched.media_type, len(fetched.body), tag=tag,
+            subject=subject, artifact_type=artifact_type, annotations=annotations,
+            references=references,
+        )
+
+    async def _cached_manifest(self, cache_repo: str, digest: Digest) -> ManifestContent | None:
+        record = self._meta.get_manifest(cache_repo, str(digest))
+        if record is None or not self._blobs.has(digest):
+            return None
+        try:
+            body = await asyncio.to_thread(self._blobs.path(digest).read_bytes)
+        except (FileNotFoundError, RegistryError):
+            return None
+        return ManifestContent(record.media_type, digest, body)
+
+    async def _stale_tag(self, cache_repo: str, tag: str) -> ManifestContent | None:
+        known = self._meta.resolve_tag(cache_repo, tag)
+        if known is None:
+            return None
+        digest = parse_digest(known)
+        confirmed = self._confirmed.get((cache_repo, tag))
+        if confirmed is None:
+            # Not confirmed by this process: the manifest's first caching time is a lower bound.
+            record = self._meta.get_manifest(cache_repo, known)
+            confirmed = record.created_at if record is not None else None
+        if confirmed is None or self._wall.now() - confirmed > self._tag_max_stale_s:
+            return None
+        return await self._cached_manifest(cache_repo, digest)
+
+    async def _once(
+        self, key: tuple[str, str], make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> T:
+        """Run ``make()`` once for concurrent callers with the same ``key``."""
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(make())
+            self._inflight[key] = pending
+
+            def forget(fut: asyncio.Future[Any], key: tuple[str, str] = key) -> None:
+                if self._inflight.get(key) is fut:
+                    del self._inflight[key]
+                if not fut.cancelled():
+                    fut.exception()
+
+            pending.add_done_callback(forget)
+        result: T = await asyncio.shield(pending)
+        return result
+
+    # -- blobs -----------------------------------------------------------------------------------
+
+    async def blob(
+        self,
+        repo: str,
+        digest: Digest,
+        byte_range: RangeSpec | None,
+        *,
+        want_body: bool = True,
+    ) -> BlobContent:
+        config, repo = self.route(repo)
+        cache_repo = cache_repository(config.registry, repo)
+        size = self._blobs.size(digest)
+        if size is not None:
+            self._metrics.cache(True)
+            resolved = None if byte_range is None else resolve_range(byte_range, size)
+            return BlobContent(digest, size, resolved,
+                               path=self._blobs.path(digest) if want_body else None,
+                               source="local")
+        client = self._pool.client(config)
+        fill = self._fetcher.in_flight(digest)
+        if fill is None and not want_body:
+            return await self._head_uncached(client, repo, digest, byte_range)
+        self._metrics.cache(False)
+        if fill is None:
+            sources = [*self._peer_sources(digest), UpstreamBlobSource(client, repo)]
+            fill = self._fetcher.fill(digest, sources)
+            self._spawn(self._link_when_done(fill, cache_repo))
+        try:
+            total = await fill.ready()
+            if total is None:  # no source said the size: serve it once it is complete
+                await fill.wait()
+                return await self.blob(repo, digest, byte_range, want_body=want_body)
+        except FillError as exc:
+            raise exc.to_registry_error() from exc
+        resolved = None if byte_range is None else resolve_range(byte_range, total)
+        source = fill.source_kind or "upstream"
+        if not want_body:
+            return BlobContent(digest, total, resolved, source=source)
+        start, end = (0, total) if resolved is None else (resolved.start, resolved.end + 1)
+        return BlobContent(digest, total, resolved, chunks=follow(fill, start, end),
+                           source=source)
+
+    async def _head_uncached(
+        self, client: UpstreamClient, repo: str, digest: Digest, byte_range: RangeSpec | None
+    ) -> BlobContent:
+        """HEAD of a blob not cached: ask the upstream for its size, download nothing."""
+        try:
+            size = await client.head_blob(repo, digest)
+        except UpstreamNotFound as exc:
+            raise exc.to_registry_error(ErrorCode.BLOB_UNKNOWN) from exc
+        except UpstreamError as exc:
+            raise exc.to_registry_error() from exc
+        if size is None:
+            raise RegistryError(ErrorCode.UPSTREAM_ERROR,
+                                f"upstream {client.config.registry} gave no size for {digest}")
+        resolved = None if byte_range is None else resolve_range(byte_range, size)
+        return BlobContent(digest, size, resolved, source="upstream")
+
+    async def _link_when_done(self, fill: Fill, cache_repo: str) -> None:
+        try:
+            await fill.wait()
+        except FillError:
+            return
+        size = self._blobs.size(fill.digest)
+        if size is not None:
+            self._meta.link_blob(cache_repo, fill.digest, size)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def create_mirror(
+    config: Config,
+    blobs: BlobStore,
+    meta: MetadataStore,
+    *,
+    metrics: RegistryMetrics | None = None,
+    clock: Clock | None = None,
+    wall_clock: Clock | None = None,
+    rng: random.Random | None = None,
+    peer_sources: Callable[[Digest], Sequence[BlobSource]] | None = None,
+) -> MirrorContentSource:
+    """The node's mirror from its ``Config`` (``--upstream``, ``--upstream-ca``,
+    ``--docker-config``, ``--upstream-timeout-s``, ``--tag-max-stale-s``).
+
+    With ``metrics``, upstream requests and cache lookups are counted there and fills are
+    counted as ``p2preg_blob_fills_total{source, outcome}`` (``ok``, ``wrong_bytes``,
+    ``failed``). Raises ``UpstreamConfigError`` for a bad upstream setting. Call ``close()`` at
+    shutdown.
+    """
+    observer = None
+    if metrics is not None:
+        fills = Counter(
+            "p2preg_blob_fills_total",
+            "Blob fills from peers or upstreams, by the last source and the outcome "
+            "(ok, wrong_bytes: content did not match its digest, failed).",
+            ["source", "outcome"],
+            registry=metrics.registry,
+        )
+        for outcome in ("ok", "wrong_bytes", "failed"):
+            fills.labels(source="upstream", outcome=outcome)
+
+        def observer(source: str, outcome: str) -> None:
+            fills.labels(source=source if source in ("upstream", "peer") else "other",
+                         outcome=outcome).inc()
+
+    pool = UpstreamPool(upstreams_from_config(config), clock=clock, rng=rng, metrics=metrics)
+    fetcher = BlobFetcher(blobs, clock=clock, observer=observer)
+    return MirrorContentSource(
+        blobs, meta, pool, fetcher,
+        tag_max_stale_s=config.tag_max_stale_s,
+        wall_clock=wall_clock,
+        metrics=metrics,
+        peer_sources=peer_sources,
+    )
