@@ -275,6 +275,9 @@ def validate(config: Config) -> None:
         raise ConfigError("--maintenance-interval-s must be positive")
     if config.gossip_listen:
         split_host_port(config.gossip_listen, "--gossip-listen")
+        if config.listen_host in ("0.0.0.0", "::", "") and not config.advertise:
+            raise ConfigError("with --gossip-listen and a wildcard --listen, set --advertise "
+                              "HOST:PORT: the address peers use to fetch blobs from this node")
     for peer in config.join:
         split_host_port(peer, "--join")
     if config.advertise:

@@ -48,6 +48,7 @@ class Node:
         self._closers: list[Any] = []
         self.gossip: Any = None  # GossipService when --gossip-listen is set
         self.maintenance: Maintenance | None = None
+        self.p2p: Any = None  # the peer blob path: mirror mode with gossip
         self.url = ""
 
     @property
@@ -95,12 +96,25 @@ class Node:
             from p2preg.registry.mirror import create_mirror
             from p2preg.upstream.config import UpstreamConfigError
 
+            if self.gossip is not None:
+                from p2preg.gossip.service import load_keyring
+                from p2preg.p2p.node_glue import P2P
+
+                self.p2p = P2P(self.gossip, blobs, keyring=load_keyring(config.cluster_key_file),
+                               clock=self.clock, wall_clock=self.wall_clock)
+                self.p2p.register_metrics(self.metrics.registry)
             try:
-                mirror = create_mirror(config, blobs, meta, metrics=self.metrics,
-                                       clock=self.clock, wall_clock=self.wall_clock)
+                mirror = create_mirror(
+                    config, blobs, meta, metrics=self.metrics, clock=self.clock,
+                    wall_clock=self.wall_clock,
+                    peer_sources=self.p2p.peer_sources if self.p2p is not None else None,
+                )
             except UpstreamConfigError as exc:
                 raise ConfigError(str(exc)) from exc
             self._closers.append(mirror)
+            if self.p2p is not None:
+                self.p2p.attach(mirror)
+                self._closers.append(self.p2p)  # closers run in reverse: p2p before the mirror
             content = mirror
 
         ctx = RegistryContext(
@@ -115,6 +129,8 @@ class Node:
             from p2preg.registry.mirror import namespace_middleware
 
             middlewares.append(namespace_middleware)
+        if self.p2p is not None:
+            middlewares.append(self.p2p.origin_middleware)
         if config.htpasswd:
             policy = AuthPolicy(Htpasswd(config.htpasswd), anonymous_read=config.anonymous_read)
             middlewares.append(auth_middleware(policy))
@@ -124,6 +140,8 @@ class Node:
             from p2preg.gossip.http import members_routes
 
             app.add_routes(members_routes(self.gossip))
+        if self.p2p is not None:
+            app.add_routes(self.p2p.routes())
 
         ssl_context: ssl.SSLContext | None = None
         if config.tls_cert and config.tls_key:
@@ -139,7 +157,9 @@ class Node:
         if self.gossip is not None:
             await self.gossip.start()
             event(log, "gossip_started", node=self.gossip.node_name,
-                  gossip=str(self.gossip.bound_address))
+                  gossip=str(self.gossip.bound_address), advertise=config.advertise or http_addr)
+        if self.p2p is not None:
+            await self.p2p.start()
         scheme = "https" if ssl_context else "http"
         shown_host = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown_host}:{port}"

@@ -1,0 +1,307 @@
+"""Wires membership, the mirror and the peer endpoint of one node together.
+
+Owns: ``P2PConfig`` and ``P2P``, the one object ``node.py`` builds for the p2p path::
+
+    p2p = P2P(gossip, blobs, keyring=load_keyring(config.cluster_key_file),
+              clock=MonotonicClock(), wall_clock=WallClock())
+    mirror = create_mirror(config, blobs, meta, ..., peer_sources=p2p.peer_sources)
+    p2p.attach(mirror)
+    middlewares.append(p2p.origin_middleware)   # before create_registry_app
+    app.add_routes(p2p.routes())                # GET/HEAD /p2p/v1/blobs/<digest>
+    await p2p.start()                           # client session; advertises committed blobs
+    ...
+    await p2p.close()                           # before mirror.close()
+
+What it does:
+- ``peer_sources(digest)`` (the mirror calls it when it starts a fill): asks membership for the
+  live members, holders and fetchers, lets ``routing.plan_route`` choose (penalties applied) and
+  returns one ``PeerBlobSource`` per choice; the mirror appends the upstream. It also
+  advertises ``fetching`` and watches the fill: ``have`` once committed, ``drop`` on failure,
+  and a penalty for every peer that delivered bytes to a fill whose digest did not match.
+- ``origin_middleware`` remembers which ``/v2/<name>/blobs/<digest>`` request a fill is for, so
+  the owner can be told the upstream registry and repository (the mirror's ``route``).
+- The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
+  named upstream and repository, with holders as its only peers (``acting_for_peer``).
+
+Must not import ``p2preg.node`` or ``p2preg.cli``; the gossip service comes in through the
+``Membership`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from p2preg.clock import Clock, MonotonicClock, WallClock
+from p2preg.fetch.singleflight import Fill, FillError
+from p2preg.fetch.sources import BlobSource
+from p2preg.gossip.wire import Keyring
+from p2preg.oci.digest import Digest
+from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.p2p.auth import DEFAULT_MAX_SKEW_S, RequestSigner, RequestVerifier
+from p2preg.p2p.membership import Membership, as_peers
+from p2preg.p2p.penalties import DEFAULT_FAILURE_S, DEFAULT_WRONG_BYTES_S, PenaltyBox
+from p2preg.p2p.routing import DEFAULT_MAX_PEERS, ROLE_OWNER, RoutePlan, plan_route
+from p2preg.p2p.server import P2PServer
+from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
+from p2preg.registry.content import BlobContent
+from p2preg.registry.mirror import MirrorContentSource, current_namespace
+from p2preg.registry.ranges import RangeSpec
+from p2preg.storage.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+_blob_repository: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "p2preg_p2p_blob_repository", default=None)
+_acting_for_peer: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "p2preg_p2p_acting_for_peer", default=False)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class P2PConfig:
+    """Tuning of the p2p path (defaults suit a LAN cluster)."""
+
+    max_peers: int = DEFAULT_MAX_PEERS
+    client: PeerClientConfig = field(default_factory=PeerClientConfig)
+    max_skew_s: float = DEFAULT_MAX_SKEW_S
+    wrong_bytes_penalty_s: float = DEFAULT_WRONG_BYTES_S
+    failure_penalty_s: float = DEFAULT_FAILURE_S
+    connections_per_peer: int = 8
+    advertise_committed_at_start: bool = True
+
+
+@dataclass
+class GlueStats:
+    fills_with_peers: int = 0
+    fills_without_peers: int = 0
+    wrong_bytes_fills: int = 0
+    last_plan: RoutePlan | None = None
+
+
+class P2P:
+    """The p2p path of one node (see the module docstring for the wiring)."""
+
+    def __init__(
+        self,
+        membership: Membership,
+        blobs: BlobStore,
+        *,
+        keyring: Keyring | None = None,
+        config: P2PConfig | None = None,
+        clock: Clock | None = None,
+        wall_clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.membership = membership
+        self.config = config or P2PConfig()
+        self._blobs = blobs
+        wall = wall_clock or WallClock()
+        self.penalties = PenaltyBox(clock or MonotonicClock(),
+                                    wrong_bytes_s=self.config.wrong_bytes_penalty_s,
+                                    failure_s=self.config.failure_penalty_s)
+        self._signer = None if keyring is None else RequestSigner(keyring, clock=wall, rng=rng)
+        verifier = None if keyring is None else RequestVerifier(
+            keyring, clock=wall, max_skew_s=self.config.max_skew_s)
+        self.server = P2PServer(blobs, fills=self._in_flight, owner_fill=self._owner_fill,
+                                verifier=verifier)
+        self.stats = GlueStats()
+        self._mirror: MirrorContentSource | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def attach(self, mirror: MirrorContentSource) -> None:
+        """The mirror whose fills peers may follow and which fills as owner."""
+        self._mirror = mirror
+
+    def routes(self) -> web.RouteTableDef:
+        return self.server.routes()
+
+    @web.middleware
+    async def origin_middleware(self, request: web.Request,
+                                handler: Handler) -> web.StreamResponse:
+        """Remember the repository of a ``/v2/<name>/blobs/<digest>`` request for its fill."""
+        name = request.match_info.get("name") if "digest" in request.match_info else None
+        if name is None or "/blobs/uploads" in request.path:
+            return await handler(request)
+        token = _blob_repository.set(name)
+        try:
+            return await handler(request)
+        finally:
+            _blob_repository.reset(token)
+
+    async def start(self) -> None:
+        """Open the peer client session; advertise every committed blob."""
+        self._client()
+        if self.config.advertise_committed_at_start:
+            digests = await asyncio.to_thread(lambda: [str(d) for d in self._blobs.digests()])
+            for digest in digests:
+                self.membership.advertise_have(digest)
+
+    async def close(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
+        for task in list(self._watchers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0,
+                                             limit_per_host=self.config.connections_per_peer)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    # -- the mirror's side -----------------------------------------------------------------------
+
+    def plan(self, digest: Digest) -> RoutePlan:
+        """The routing decision for ``digest`` now (membership + penalties)."""
+        return self._plan(digest)[0]
+
+    def _plan(self, digest: Digest) -> tuple[RoutePlan, set[str]]:
+        """The plan, and the names of the peers that hold or fetch ``digest``."""
+        key = str(digest)
+        membership = self.membership
+        try:
+            live = as_peers(membership.members())
+            holders = as_peers(membership.holders(key))
+            fetchers = as_peers(membership.fetchers(key))
+        except RuntimeError:  # gossip not running (yet, or any more): upstream only
+            live, holders, fetchers = [], [], []
+        plan = plan_route(key, self_name=membership.node_name, live=live, holders=holders,
+                          fetchers=fetchers, skipped=self.penalties.skipped(key),
+                          demoted=self.penalties.demoted(),
+                          acting_for_peer=_acting_for_peer.get(),
+                          max_peers=self.config.max_peers)
+        return plan, {p.name for p in [*holders, *fetchers]}
+
+    def peer_sources(self, digest: Digest) -> list[BlobSource]:
+        """The peer sources of a new fill of ``digest`` (the mirror appends the upstream)."""
+        plan, holders_or_fetchers = self._plan(digest)
+        self.stats.last_plan = plan
+        origin = self._origin()
+        ledger = Ledger()
+        sources: list[BlobSource] = []
+        for candidate in plan.candidates:
+            if (candidate.role == ROLE_OWNER and origin is None
+                    and candidate.peer.name not in holders_or_fetchers):
+                continue  # an owner cannot fill without knowing the upstream
+            sources.append(PeerBlobSource(
+                self._client(), candidate, node_name=self.membership.node_name,
+                signer=self._signer, origin=origin, config=self.config.client, ledger=ledger,
+                on_failure=lambda peer, reason: self.penalties.failed(peer)))
+        if sources:
+            self.stats.fills_with_peers += 1
+        else:
+            self.stats.fills_without_peers += 1
+        self.membership.advertise_fetching(str(digest))
+        asyncio.get_running_loop().call_soon(self._watch, digest, ledger)
+        return sources
+
+    def _origin(self) -> BlobOrigin | None:
+        name = _blob_repository.get()
+        if name is None or self._mirror is None:
+            return None
+        try:
+            config, repository = self._mirror.route(name)
+        except RegistryError:
+            return None
+        return BlobOrigin(config.registry, repository)
+
+    def _watch(self, digest: Digest, ledger: Ledger) -> None:
+        # Runs one loop turn after ``peer_sources``: the mirror creates the fill synchronously
+        # right after asking for its sources, so it is registered with the fetcher by now.
+        fill = self._in_flight(digest)
+        if fill is None:
+            self._settled(digest, ok=self._blobs.has(digest))
+            return
+        task = asyncio.get_running_loop().create_task(self._await_fill(fill, ledger))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _await_fill(self, fill: Fill, ledger: Ledger) -> None:
+        try:
+            await fill.wait()
+        except FillError as exc:
+            if exc.wrong_bytes:
+                self.stats.wrong_bytes_fills += 1
+                for peer, nbytes in ledger.delivered.items():
+                    if nbytes > 0:
+                        log.warning("penalising peer %s: wrong bytes for %s", peer, fill.digest)
+                        self.penalties.wrong_bytes(peer, str(fill.digest))
+            self._settled(fill.digest, ok=False)
+            return
+        self._settled(fill.digest, ok=True)
+
+    def _settled(self, digest: Digest, *, ok: bool) -> None:
+        if ok:
+            self.membership.advertise_have(str(digest))
+        else:
+            self.membership.advertise_drop(str(digest))
+
+    # -- the server's side -----------------------------------------------------------------------
+
+    def _in_flight(self, digest: Digest) -> Fill | None:
+        return None if self._mirror is None else self._mirror.fetcher.in_flight(digest)
+
+    async def _owner_fill(self, digest: Digest, origin: BlobOrigin, byte_range: RangeSpec | None,
+                          want_body: bool) -> BlobContent:
+        mirror = self._mirror
+        if mirror is None:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, "this node is not a mirror")
+        tokens = (current_namespace.set(origin.registry),
+                  _blob_repository.set(origin.repository), _acting_for_peer.set(True))
+        try:
+            return await mirror.blob(origin.repository, digest, byte_range, want_body=want_body)
+        finally:
+            _acting_for_peer.reset(tokens[2])
+            _blob_repository.reset(tokens[1])
+            current_namespace.reset(tokens[0])
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Expose ``p2preg_p2p_*`` counters in ``registry`` (the node's metrics registry)."""
+        registry.register(_P2PCollector(self))
+
+
+class _P2PCollector(Collector):
+    def __init__(self, p2p: P2P) -> None:
+        self._p2p = p2p
+
+    def collect(self) -> Iterator[Metric]:
+        p2p = self._p2p
+        served = CounterMetricFamily("p2preg_p2p_served", "Peer blob requests answered, by "
+                                     "kind (local, in_progress, owner, not_found).",
+                                     labels=["kind"])
+        for kind in ("local", "in_progress", "owner", "not_found"):
+            served.add_metric([kind], p2p.server.stats.served[kind])
+        yield served
+        rejected = CounterMetricFamily("p2preg_p2p_rejected", "Peer blob requests refused, by "
+                                       "reason.", labels=["reason"])
+        for reason, count in sorted(p2p.server.stats.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        penalties = CounterMetricFamily("p2preg_p2p_penalties", "Peers penalised, by cause.",
+                                        labels=["cause"])
+        penalties.add_metric(["wrong_bytes"], p2p.penalties.wrong_bytes_total)
+        penalties.add_metric(["failure"], p2p.penalties.failures_total)
+        yield penalties
+        yield GaugeMetricFamily("p2preg_p2p_penalty_entries", "Entries in the penalty list.",
+                                value=len(p2p.penalties))

@@ -1,0 +1,273 @@
+"""The peer endpoint: ``GET``/``HEAD /p2p/v1/blobs/<digest>`` (whole blob or one ``Range``).
+
+Owns: ``P2PServer`` (its handlers, ``routes()`` for any aiohttp app, ``app()`` standalone),
+``OwnerFill`` (how the node starts or joins a fill when asked as owner) and ``ServerStats``.
+
+What a request gets, in order:
+
+1. With a keyring: the cluster-key signature, timestamp and nonce are checked first
+   (``auth.RequestVerifier``); any failure is ``401 UNAUTHORIZED`` with ``detail.reason``.
+   Every peer request names its sender in ``P2preg-Node`` (the loop guard); without it: ``400``.
+   A malformed digest is ``400 DIGEST_INVALID``; a bad ``Range`` ``416``; an unknown
+   ``P2preg-Route`` ``400``. Every refusal is counted in ``ServerStats.rejected[reason]``.
+2. A committed blob: sent zero-copy (``fileslice.send_file_slice``), ``200`` or ``206``.
+3. A blob this node is filling right now: the bytes that have arrived so far, then the rest as
+   they come (``fetch.reader.follow``). The last byte is held back until the fill verified the
+   digest; when the fill fails the connection is aborted, so the receiver never takes a short
+   or wrong body for a complete one.
+4. Asked as ``owner`` (``P2preg-Route: owner`` with ``P2preg-Upstream``/``P2preg-Repository``):
+   ``OwnerFill`` starts or joins this node's one fill of the blob and streams it (3.).
+5. Anything else: ``404 BLOB_UNKNOWN`` at once. A peer request never makes this node fetch
+   anything except as owner (the loop guard).
+
+Must not import the mirror, gossip or node; the node's storage and fills come in as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiohttp import web
+
+from p2preg.fetch.reader import follow
+from p2preg.fetch.singleflight import Fill, FillError
+from p2preg.oci.digest import Digest, parse_digest
+from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.oci.names import validate_name
+from p2preg.p2p.auth import (
+    NODE_HEADER,
+    REPOSITORY_HEADER,
+    ROUTE_HEADER,
+    UPSTREAM_HEADER,
+    AuthFailure,
+    RequestVerifier,
+)
+from p2preg.p2p.routing import ROLE_OWNER, ROLES
+from p2preg.p2p.source import BLOBS_PATH, BlobOrigin
+from p2preg.registry.content import BlobContent
+from p2preg.registry.fileslice import send_chunks, send_file_slice
+from p2preg.registry.ranges import ByteRange, RangeSpec, parse_range_header, resolve_range
+from p2preg.registry.requestkeys import PEER_KEY, SOURCE_KEY
+from p2preg.storage.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+BLOB_ROUTE = BLOBS_PATH + "{digest}"
+ROUTE_NAME = "p2p_blob"
+_MAX_HEADER_CHARS = 512
+_STARTED = web.RequestKey("p2preg_p2p_response_started", bool)
+
+
+class OwnerFill(Protocol):
+    """Start or join the fill of ``digest`` from ``origin`` and return what to serve."""
+
+    def __call__(self, digest: Digest, origin: BlobOrigin, byte_range: RangeSpec | None,
+                 want_body: bool) -> Awaitable[BlobContent]: ...
+
+
+@dataclass
+class ServerStats:
+    """What the endpoint did: answers by kind and refusals by reason."""
+
+    served: Counter[str] = field(default_factory=Counter)  # local, in_progress, owner, not_found
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class P2PServer:
+    """The handlers of the peer endpoint over one node's store and fills."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        fills: Callable[[Digest], Fill | None] = lambda digest: None,
+        owner_fill: OwnerFill | None = None,
+        verifier: RequestVerifier | None = None,
+    ) -> None:
+        self._blobs = blobs
+        self._fills = fills
+        self._owner_fill = owner_fill
+        self._verifier = verifier
+        self.stats = ServerStats()
+
+    def routes(self) -> web.RouteTableDef:
+        """The routes to add to an app: ``app.add_routes(server.routes())``."""
+        table = web.RouteTableDef()
+        table.get(BLOB_ROUTE, name=ROUTE_NAME, allow_head=True)(self.handle)
+        return table
+
+    def app(self) -> web.Application:
+        """A stand-alone application serving only the peer endpoint."""
+        application = web.Application()
+        application.add_routes(self.routes())
+        return application
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except RegistryError as exc:
+            if request.get(_STARTED):
+                raise
+            return _error_response(request, exc)
+
+    # -- the request -----------------------------------------------------------------------------
+
+    def _reject(self, reason: str, code: ErrorCode, message: str,
+                status: int | None = None) -> RegistryError:
+        self.stats.rejected[reason] += 1
+        return RegistryError(code, message, {"reason": reason}, status=status)
+
+    def _authenticate(self, request: web.Request) -> str:
+        headers = request.headers
+        if self._verifier is not None:
+            try:
+                node = self._verifier.verify(request.method, request.raw_path, headers).node
+            except AuthFailure as exc:
+                log.info("refused peer request %s from %s: %s", request.path,
+                         request.remote, exc.message)
+                raise self._reject(exc.reason, ErrorCode.UNAUTHORIZED, exc.message,
+                                   status=503 if exc.reason == "overloaded" else 401) from None
+        else:
+            node = headers.get(NODE_HEADER, "")
+        if not node or len(node) > _MAX_HEADER_CHARS:
+            raise self._reject("not_a_peer", ErrorCode.UNSUPPORTED,
+                               f"peer requests must name their node in {NODE_HEADER}",
+                               status=400)
+        return node
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        node = self._authenticate(request)
+        request[PEER_KEY] = node
+        try:
+            digest = parse_digest(request.match_info["digest"])
+        except RegistryError as exc:
+            self.stats.rejected["bad_digest"] += 1
+            raise exc
+        role = request.headers.get(ROUTE_HEADER, "holder")
+        if role not in ROLES:
+            raise self._reject("bad_route", ErrorCode.UNSUPPORTED,
+                               f"{ROUTE_HEADER} must be one of {sorted(ROLES)}", status=400)
+        try:
+            spec = parse_range_header(request.headers.get("Range"))
+        except RegistryError:
+            self.stats.rejected["bad_range"] += 1
+            raise
+        want_body = request.method != "HEAD"
+
+        size = self._blobs.size(digest)
+        if size is not None:
+            return await self._send_committed(request, digest, size, spec, want_body)
+        fill = self._fills(digest)
+        if fill is not None:
+            return await self._send_fill(request, digest, fill, spec, want_body)
+        if role == ROLE_OWNER and self._owner_fill is not None:
+            origin = _origin(request)
+            if origin is None:
+                raise self._reject("no_origin", ErrorCode.UNSUPPORTED,
+                                   f"an owner request needs {UPSTREAM_HEADER} and "
+                                   f"{REPOSITORY_HEADER}", status=400)
+            content = await self._owner_fill(digest, origin, spec, want_body)
+            self.stats.served["owner"] += 1
+            return await self._send_content(request, content, want_body)
+        self.stats.served["not_found"] += 1
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, "this node neither holds nor fetches the blob",
+                            {"digest": str(digest)})
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    async def _send_committed(self, request: web.Request, digest: Digest, size: int,
+                              spec: RangeSpec | None, want_body: bool) -> web.StreamResponse:
+        resolved = None if spec is None else resolve_range(spec, size)
+        self.stats.served["local"] += 1
+        path = self._blobs.path(digest) if want_body else None
+        return await self._send_content(
+            request, BlobContent(digest, size, resolved, path=path, source="local"), want_body)
+
+    async def _send_fill(self, request: web.Request, digest: Digest, fill: Fill,
+                         spec: RangeSpec | None, want_body: bool) -> web.StreamResponse:
+        try:
+            total = await fill.ready()
+            if total is None:  # the source said no size: serve the blob once committed
+                await fill.wait()
+        except FillError as exc:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"the fill of this blob failed: "
+                                f"{exc.reason}", {"digest": str(digest)}) from None
+        if total is None:
+            size = self._blobs.size(digest)
+            if size is None:
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob vanished after its fill",
+                                    {"digest": str(digest)})
+            return await self._send_committed(request, digest, size, spec, want_body)
+        resolved = None if spec is None else resolve_range(spec, total)
+        start, end = (0, total) if resolved is None else (resolved.start, resolved.end + 1)
+        self.stats.served["in_progress"] += 1
+        chunks = follow(fill, start, end) if want_body else None
+        content = BlobContent(digest, total, resolved, chunks=chunks,
+                              source=fill.source_kind or "upstream")
+        return await self._send_content(request, content, want_body)
+
+    async def _send_content(self, request: web.Request, content: BlobContent,
+                            want_body: bool) -> web.StreamResponse:
+        request[SOURCE_KEY] = content.source
+        response = web.StreamResponse(status=200 if content.byte_range is None else 206)
+        _set_headers(response, content.digest, content.byte_range)
+        offset, count = _span(content.size, content.byte_range)
+        if not want_body:
+            await _close(content.chunks)
+            response.content_length = count
+            return response
+        if content.path is not None:
+            try:
+                fobj = await asyncio.to_thread(open, content.path, "rb")
+            except FileNotFoundError:
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob unknown to this node",
+                                    {"digest": str(content.digest)}) from None
+            request[_STARTED] = True
+            return await send_file_slice(request, response, fobj, offset, count)
+        if content.chunks is None:
+            raise RegistryError(ErrorCode.UNKNOWN, "nothing to send", status=500)
+        request[_STARTED] = True
+        return await send_chunks(request, response, content.chunks, count)
+
+
+def _origin(request: web.Request) -> BlobOrigin | None:
+    registry = request.headers.get(UPSTREAM_HEADER, "")
+    repository = request.headers.get(REPOSITORY_HEADER, "")
+    if not registry or not repository or len(registry) > _MAX_HEADER_CHARS:
+        return None
+    validate_name(repository)
+    return BlobOrigin(registry, repository)
+
+
+def _span(size: int, byte_range: ByteRange | None) -> tuple[int, int]:
+    return (0, size) if byte_range is None else (byte_range.start, byte_range.length)
+
+
+def _set_headers(response: web.StreamResponse, digest: Digest,
+                 byte_range: ByteRange | None) -> None:
+    response.content_type = "application/octet-stream"
+    response.headers["Docker-Content-Digest"] = str(digest)
+    response.headers["Accept-Ranges"] = "bytes"
+    if byte_range is not None:
+        response.headers["Content-Range"] = byte_range.content_range()
+
+
+async def _close(chunks: AsyncIterator[bytes] | None) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
+
+
+def _error_response(request: web.Request, error: RegistryError) -> web.Response:
+    headers = dict(error.headers)
+    if request.method == "HEAD":
+        return web.Response(status=error.status, headers=headers)
+    return web.Response(status=error.status, body=error.body_bytes(),
+                        content_type="application/json", headers=headers)

@@ -1,0 +1,135 @@
+"""The p2p path over the real gossip layer: ``GossipService`` on 127.0.0.1 UDP/TCP as membership
+and catalog, one cluster key for gossip packets and peer requests.
+
+Waits are on gossip events (a callback sets an ``asyncio.Event``), each bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from p2preg.clock import FakeClock
+from p2preg.gossip.events import Event
+from p2preg.gossip.service import GossipService, GossipServiceConfig, load_keyring
+from p2preg.p2p.membership import Membership
+from p2preg.p2p.routing import owner_of
+from tests.p2p.harness import KEY_A, ClusterNode, CountingUpstream, payload, start_node
+
+REPO = "library/app"
+CONVERGE_TIMEOUT_S = 15.0
+
+
+class GossipCluster:
+    def __init__(self, root: Path, upstream_url: str) -> None:
+        self.root = root
+        self.upstream_url = upstream_url
+        self.key_file = root / "cluster.key"
+        root.mkdir(parents=True, exist_ok=True)
+        self.key_file.write_text(KEY_A.hex() + "\n")
+        self.nodes: list[ClusterNode] = []
+        self.services: dict[str, GossipService] = {}
+        self.changed = asyncio.Event()
+
+    def _on_event(self, event: Event) -> None:
+        self.changed.set()
+
+    async def add_node(self, name: str) -> ClusterNode:
+        join = tuple(f"{h}:{p}" for h, p in
+                     (s.gossip_address for s in self.services.values()))
+
+        async def membership_for(host: str) -> Membership:
+            service = GossipService(GossipServiceConfig(
+                gossip_listen="127.0.0.1:0", join=join[:1], cluster_key_file=str(self.key_file),
+                node_name=name, advertise=host, probe_interval_s=0.2, probe_timeout_s=0.1,
+                gossip_interval_s=0.05, push_pull_interval_s=2.0, seed_interval_s=1.0,
+                leave_timeout_s=0.2, random_seed=len(self.services)))
+            await service.start()
+            service.add_event_callback(self._on_event)
+            self.services[name] = service
+            return service
+
+        node = await start_node(self.root, name, self.upstream_url, membership_for,
+                                keyring=load_keyring(str(self.key_file)), clock=FakeClock(),
+                                seed=len(self.nodes))
+        node.on_stop = self.services[name].stop
+        self.nodes.append(node)
+        return node
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait for gossip events until ``condition()`` holds (bounded)."""
+        async def wait() -> None:
+            while True:
+                self.changed.clear()  # before the check: no event can slip in between
+                if condition():
+                    return
+                await self.changed.wait()
+
+        await asyncio.wait_for(wait(), CONVERGE_TIMEOUT_S)
+
+    def converged(self) -> bool:
+        names = set(self.services)
+        return all({m.name for m in s.members() if m.status.value == "alive"} == names
+                   for s in self.services.values())
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[CountingUpstream]:
+    fake = await CountingUpstream().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def gossip_cluster(tmp_path: Path,
+                         upstream: CountingUpstream) -> AsyncIterator[GossipCluster]:
+    cluster = GossipCluster(tmp_path, f"http://{upstream.host}")
+    yield cluster
+    await cluster.stop()
+
+
+async def test_peers_learn_the_holder_by_gossip_and_stream_from_it(
+        gossip_cluster: GossipCluster, upstream: CountingUpstream) -> None:
+    data, digest = payload(800_000)
+    upstream.add(data)
+    holder = await gossip_cluster.add_node("a")
+    others = [await gossip_cluster.add_node("b"), await gossip_cluster.add_node("c")]
+    await gossip_cluster.until(gossip_cluster.converged)
+    await holder.blobs.put_bytes(data, digest)
+    holder.membership.advertise_have(str(digest))
+    await gossip_cluster.until(lambda: all(
+        [m.name for m in n.membership.holders(str(digest))] == ["a"] for n in others))
+
+    for node in others:
+        assert await node.get_blob(REPO, str(digest)) == (200, data)
+    assert upstream.blob_gets[str(digest)] == 0
+    assert holder.p2p.server.stats.served["local"] == 2
+    assert holder.p2p.server.stats.rejected == {}
+    # the pullers advertised what they now hold
+    await gossip_cluster.until(lambda: {m.name for m in holder.membership.holders(str(digest))}
+                               == {"b", "c"})
+
+
+async def test_gossip_nodes_pulling_at_once_cause_one_upstream_get(
+        gossip_cluster: GossipCluster, upstream: CountingUpstream) -> None:
+    data, digest = payload(1_500_000, seed=5)
+    upstream.add(data)
+    gate = asyncio.Event()
+    upstream.holds[str(digest)] = (400_000, gate)
+    nodes = [await gossip_cluster.add_node(f"g{i}") for i in range(4)]
+    await gossip_cluster.until(gossip_cluster.converged)
+
+    pulls = [asyncio.create_task(n.get_blob(REPO, str(digest))) for n in nodes]
+    await asyncio.wait_for(upstream.held.wait(), 10)
+    gate.set()
+    assert await asyncio.gather(*pulls) == [(200, data)] * len(nodes)
+    assert upstream.blob_gets[str(digest)] == 1
+    owner = owner_of(str(digest), [n.name for n in nodes])
+    assert next(n for n in nodes if n.name == owner).p2p.stats.fills_without_peers == 1
