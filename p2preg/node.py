@@ -115,7 +115,9 @@ class Node:
             if self.p2p is not None:
                 self.p2p.attach(mirror)
                 self._closers.append(self.p2p)  # closers run in reverse: p2p before the mirror
-            content = mirror
+            from p2preg.registry.recording import RecordingContentSource
+
+            content = RecordingContentSource(mirror, self.maintenance.recorder, blobs)
 
         ctx = RegistryContext(
             blobs=blobs, meta=meta, uploads=uploads, clock=self.wall_clock,

@@ -94,3 +94,24 @@ async def test_cold_concurrent_pulls_on_every_node_leave_the_origin_once(
         bodies = await asyncio.gather(*(pull(http, n, digest) for n in cluster for _ in range(2)))
     assert all(body == data for body in bodies)
     assert upstream.blob_gets[digest] == 1
+
+
+async def test_mirror_records_access_times_of_what_it_serves(
+    tmp_path: Path, upstream: CountingUpstream
+) -> None:
+    data, _ = payload(64 * 1024, seed=13)
+    digest = upstream.add(data)
+    node = Node(Config(mode="mirror", listen="127.0.0.1:0", data_dir=str(tmp_path / "solo"),
+                       upstream=(f"docker.io=http://{upstream.host}",)))
+    await node.start()
+    try:
+        assert node.maintenance is not None
+        recorder = node.maintenance.recorder
+        async with aiohttp.ClientSession() as http:
+            assert await pull(http, node, digest) == data  # cold: filled from the upstream
+            await until(lambda: node.layout.blob_path(parse_digest(digest)).exists())
+            assert await pull(http, node, digest) == data  # hot: a local hit
+        assert recorder.last_access(digest) is not None
+        assert upstream.blob_gets[digest] == 1
+    finally:
+        await node.stop()
