@@ -11,8 +11,8 @@ Rules:
 - A source that declares a different size than an earlier one, or sends more bytes than the size,
   is lying: the fill fails as ``wrong_bytes``. So does a commit whose digest does not match: the
   writer removes its temp file and nothing is committed.
-- Readers (``reader.follow``) never hand out the last byte of a response before the commit
-  verified the digest, so a wrong blob can never reach a client as a complete response.
+- Readers (``reader.FollowedSpan``) never hand out the last byte of a response before the
+  writer verified the digest, so a wrong blob can never reach a client as a complete response.
 
 Must not import aiohttp, the registry package or gossip.
 """
@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 #: While bytes arrive, followers never wait longer than this for bytes already received.
 FLUSH_INTERVAL_S = 0.05
+
+#: A fill's writer hashes and writes in batches of this size (the store's default, 1 MiB, suits
+#: uploads). Measured on a cold 1 GiB pull-through: 4 MiB batches instead of 1 MiB cut the node's
+#: CPU by ~0.9 s per GiB (fewer worker-thread hand-offs and follower wake-ups) and the wall time
+#: by ~20%; 8 MiB gained nothing more. Memory: about two batches per fill.
+FILL_FLUSH_BYTES = 4 << 20
 
 #: Called once per finished fill: (source kind or "none", outcome) with outcome one of
 #: ``ok``, ``wrong_bytes``, ``failed``.
@@ -119,8 +125,10 @@ class BlobFetcher:
         *,
         clock: Clock | None = None,
         observer: FillObserver | None = None,
+        flush_bytes: int = FILL_FLUSH_BYTES,
     ) -> None:
         self._blobs = blobs
+        self._flush_bytes = flush_bytes
         self._clock = clock or MonotonicClock()
         self._observe = observer or (lambda kind, outcome: None)
         self._fills: dict[Digest, Fill] = {}
@@ -137,7 +145,7 @@ class BlobFetcher:
         running = self.in_flight(digest)
         if running is not None:
             return running
-        fill = Fill(digest, self._blobs.writer(expected=digest))
+        fill = Fill(digest, self._blobs.writer(expected=digest, flush_bytes=self._flush_bytes))
         self._fills[digest] = fill
         self.started_total += 1
         fill._task = asyncio.create_task(self._run(fill, list(sources)),

@@ -14,6 +14,9 @@ Contract of a ``ContentSource`` (every implementation must keep it):
   ``RangeSpec`` or None. Returns a ``BlobContent`` whose ``byte_range`` is resolved against the
   blob's size (``ranges.resolve_range``, which raises the 416), with either ``path`` (a committed
   file served with sendfile) or ``chunks`` (exactly the bytes of ``byte_range``, or the whole blob).
+  A blob still arriving may also come as ``growing`` (a ``GrowingFile``: the same bytes as
+  ``chunks``, sent with sendfile range by range as they reach the file); a server that uses it
+  closes ``chunks`` unread.
   With ``want_body=False`` (HEAD) neither is needed. Raises ``BLOB_UNKNOWN`` when the blob is not
   visible in ``repo``. ``source`` names where the bytes come from (``local``, ``peer``,
   ``upstream``): the metrics middleware counts bytes by it.
@@ -27,7 +30,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
@@ -45,6 +48,20 @@ class ManifestContent:
     body: bytes
 
 
+class GrowingFile(Protocol):
+    """A file still being written, whose bytes of one response may be sent as they land."""
+
+    def open_file(self) -> BinaryIO:
+        """Open the file (a local file just created: quick enough for the event loop); raises
+        ``RegistryError`` when it is already gone."""
+        ...
+
+    def ranges(self) -> AsyncIterator[tuple[int, int]]:
+        """``(offset, count)`` of the file, in order and contiguous, as they may be sent; the
+        counts add up to the response's length. Raises when the response must be aborted."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class BlobContent:
     """A blob (or a range of it) ready to serve. See the module docstring for the fields' rules."""
@@ -55,6 +72,7 @@ class BlobContent:
     path: Path | None = None
     chunks: AsyncIterator[bytes] | None = None
     source: str = "local"
+    growing: GrowingFile | None = None
 
 
 class ContentSource(Protocol):

@@ -39,7 +39,7 @@ from prometheus_client import Counter
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.config import Config
-from p2preg.fetch.reader import follow
+from p2preg.fetch.reader import FollowedSpan
 from p2preg.fetch.singleflight import BlobFetcher, Fill, FillError
 from p2preg.fetch.sources import BlobSource, UpstreamBlobSource
 from p2preg.oci.digest import Digest, parse_digest
@@ -406,8 +406,9 @@ class MirrorContentSource:
         if not want_body:
             return BlobContent(digest, total, resolved, source=source)
         start, end = (0, total) if resolved is None else (resolved.start, resolved.end + 1)
-        return BlobContent(digest, total, resolved, chunks=follow(fill, start, end),
-                           source=source)
+        span = FollowedSpan(fill, start, end)
+        return BlobContent(digest, total, resolved, chunks=span.chunks(), source=source,
+                           growing=span)
 
     async def _head_uncached(
         self, client: UpstreamClient, repo: str, digest: Digest, byte_range: RangeSpec | None

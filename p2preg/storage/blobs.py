@@ -5,11 +5,13 @@ registry of writers in progress) and ``BlobWriter`` (one blob being written, whi
 follow while it grows).
 
 The commit protocol (docs/storage.md): bytes go to ``tmp/<random>.part`` and are hashed as they
-arrive (batched, off the event loop, see ``sink.py``); on commit the file is fsync'ed, the digest
-compared, and only a match is hard-linked to ``blobs/<alg>/<hex[:2]>/<hex>`` (``link`` never
-replaces, so concurrent writers of one digest cannot race) before the temp name is removed and the
-directory fsync'ed. A crash at any instant leaves at worst a temp file, which ``recover()`` deletes;
-a name under ``blobs/`` always holds complete, verified content.
+arrive (batched, off the event loop, see ``sink.py``); on commit the digest is compared first (a
+match sets ``BlobWriter.verified`` at once, so readers following the temp file may release its
+last bytes without waiting for the disk), then the file is fsync'ed and only then hard-linked to
+``blobs/<alg>/<hex[:2]>/<hex>`` (``link`` never replaces, so concurrent writers of one digest
+cannot race) before the temp name is removed and the directory fsync'ed. A crash at any instant
+leaves at worst a temp file, which ``recover()`` deletes; a name under ``blobs/`` always holds
+complete, verified content.
 
 Must not import aiohttp, sqlite3, the metadata store or the registry/fetch/gossip packages.
 """
@@ -163,11 +165,15 @@ class BlobStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def writer(self, expected: Digest | None = None) -> BlobWriter:
+    def writer(
+        self, expected: Digest | None = None, *, flush_bytes: int | None = None
+    ) -> BlobWriter:
         """A new temp file under ``tmp/`` hashed as written.
 
         With ``expected`` the writer is registered so ``in_progress(expected)`` returns it until
         it commits or fails; without, the digest is sha256 of whatever was written.
+        ``flush_bytes`` overrides the store's batch size for this writer (memory: about two
+        batches per writer; bigger batches cost fewer thread hand-offs per byte).
         """
         if expected is not None:
             self.layout.blob_path(expected)  # validates the digest before any file exists
@@ -177,7 +183,8 @@ class BlobStore:
         except OSError as exc:
             raise _storage_error(exc) from exc
         algorithm = expected.algorithm if expected is not None else DEFAULT_ALGORITHM
-        writer = BlobWriter(self, expected, tmp_path, fd, hashlib.new(algorithm))
+        writer = BlobWriter(self, expected, tmp_path, fd, hashlib.new(algorithm),
+                            flush_bytes=self.flush_bytes if flush_bytes is None else flush_bytes)
         if expected is not None:
             self._writers.setdefault(expected, []).append(writer)
         return writer
@@ -310,9 +317,13 @@ class BlobWriter:
     """One blob being written to a temp file; readers may follow it while it grows.
 
     ``size`` is the number of bytes already in ``tmp_path`` (readable by others); ``received``
-    also counts bytes still buffered in memory. A reader waits with ``wait_for(offset)`` and reads
-    from ``open_reader()``; it must treat the bytes as final only once ``done`` is True (a
-    ``failed`` writer's bytes did not match their digest or were abandoned).
+    also counts bytes still buffered in memory. A reader waits with ``wait_for(offset)`` (or
+    ``wait_for_final``) and reads from ``open_reader()``; it must treat the bytes as final only
+    once ``verified`` is True: every byte is in the file and matches the digest (set by
+    ``commit`` before the fsync; ``done`` follows once the blob is durable under its name). A
+    ``failed`` writer's bytes did not match their digest or were abandoned; a writer that fails
+    after ``verified`` (the disk refused the fsync or the link) had correct bytes, but nothing is
+    committed.
 
     One producer task calls ``write``/``flush``/``commit``; ``abort`` may come from anywhere.
     """
@@ -324,15 +335,18 @@ class BlobWriter:
         tmp_path: Path,
         fd: int,
         hasher: hashlib._Hash,
+        *,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
     ) -> None:
         self.expected = expected
         self.tmp_path = tmp_path
         self.done = False
         self.failed = False
+        self.verified = False
         self.digest: Digest | None = None
         self._store = store
         self._fd = fd
-        self._sink = HashingSink(fd, hasher, flush_bytes=store.flush_bytes, on_flushed=self._grew)
+        self._sink = HashingSink(fd, hasher, flush_bytes=flush_bytes, on_flushed=self._grew)
         self._changed = asyncio.Event()
         self._closing = False
         self._commit_task: asyncio.Future[Digest] | None = None
@@ -380,6 +394,12 @@ class BlobWriter:
             await self._changed.wait()
         return self.size
 
+    async def wait_for_final(self, offset: int) -> int:
+        """Like ``wait_for``, but also returns once ``verified`` (the size is final then)."""
+        while self.size <= offset and not self.verified and not self.done and not self.failed:
+            await self._changed.wait()
+        return self.size
+
     def open_reader(self) -> BinaryIO:
         """Open the bytes written so far for reading (the temp file, or the blob once committed).
 
@@ -401,8 +421,9 @@ class BlobWriter:
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob write was abandoned")
 
     async def commit(self, expected: Digest | None = None) -> Digest:
-        """fsync, verify against ``expected`` (or the writer's), link into place, fsync the dir.
+        """Verify against ``expected`` (or the writer's), fsync, link into place, fsync the dir.
 
+        ``verified`` is set (and readers woken) as soon as the digest matches, before the fsync.
         On a mismatch the temp file is removed, ``failed`` set and ``DIGEST_INVALID`` raised.
         Committing a digest that is already stored keeps the existing file. Cancelling the
         caller does not interrupt a commit half-way: it completes (or fails) in its own task.
@@ -430,21 +451,30 @@ class BlobWriter:
         store = self._store
         tmp_path = self.tmp_path
 
-        def finish() -> tuple[Digest, bool, int]:
+        def verify() -> tuple[Digest, int]:
+            # Writes the last batch and checks the digest; the fd stays open for ``make_durable``
+            # only when the bytes match.
             try:
                 written = hash_and_write(fd, hasher, chunks)
-                os.fsync(fd)
+                actual = Digest(hasher.name, hasher.hexdigest())
+                if expected is not None and actual != expected:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp_path)
+                    raise _DigestMismatch(actual)
+            except BaseException:
+                os.close(fd)
+                raise
+            return actual, written
+
+        def make_durable(digest: Digest) -> bool:
+            try:
+                _fsync_file(fd)
             finally:
                 os.close(fd)
-            actual = Digest(hasher.name, hasher.hexdigest())
-            if expected is not None and actual != expected:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp_path)
-                raise _DigestMismatch(actual)
-            return actual, store._place(tmp_path, actual), written
+            return store._place(tmp_path, digest)
 
         try:
-            digest, placed, written = await asyncio.to_thread(finish)
+            digest, written = await asyncio.to_thread(verify)
         except _DigestMismatch as exc:
             self._set_failed()
             assert expected is not None
@@ -452,9 +482,15 @@ class BlobWriter:
         except OSError as exc:
             await self._fail()
             raise _storage_error(exc) from exc
+        self.verified = True
+        self._sink.advance(written)  # wakes the readers: the whole blob may be released now
+        try:
+            placed = await asyncio.to_thread(make_durable, digest)
+        except OSError as exc:
+            await self._fail()
+            raise _storage_error(exc) from exc
         self.digest = digest
         self.done = True
-        self._sink.advance(written)
         store._account(placed, self.size)
         store._unregister(self)
         self._grew(self.size)
@@ -511,6 +547,11 @@ class BlobWriter:
     def _grew(self, _size: int) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+
+
+def _fsync_file(fd: int) -> None:
+    """``os.fsync`` of a finished blob (one name, so tests can hold a commit at this point)."""
+    os.fsync(fd)
 
 
 def _retrieve_exception(task: asyncio.Future[Digest]) -> None:

@@ -97,10 +97,11 @@ class BlobStream:
         self.status = resp.status
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body in chunks of at most ``BLOB_CHUNK_BYTES``."""
+        """The body as it arrives (whatever the transport delivered; no re-chunking copies)."""
         try:
-            async for chunk in self._resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-                yield chunk
+            async for chunk, _ in self._resp.content.iter_chunks():
+                if chunk:
+                    yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamUnavailable(
                 self._registry, f"blob body broke off: {exc or type(exc).__name__}"

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 
 import pytest
 
-from p2preg.fetch.reader import FollowAborted, follow
-from p2preg.fetch.singleflight import BlobFetcher, Fill, FillError
+from p2preg.fetch.reader import EARLY_RELEASE_MIN_BYTES, FollowAborted, FollowedSpan, follow
+from p2preg.fetch.singleflight import FILL_FLUSH_BYTES, BlobFetcher, Fill, FillError
 from p2preg.fetch.sources import BlobSource, SourceStream, UpstreamBlobSource
 from p2preg.oci.digest import Digest, parse_digest
-from p2preg.oci.errors import ErrorCode
+from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.upstream.client import UpstreamClient
 from p2preg.upstream.config import UpstreamConfig
+from tests.storage.heldfsync import HeldFsync
 from tests.upstream.fakes import FakeUpstream, StepClock
 
 MiB = 1 << 20
@@ -126,13 +128,17 @@ async def test_twenty_concurrent_readers_share_one_upstream_fetch(
     fetcher = BlobFetcher(blobs)
     source = UpstreamBlobSource(client, "library/big")
 
+    fills: list[Fill] = []
+
     async def one_client() -> bytes:
-        return await read_all(fetcher.fill(digest, [source]))
+        fills.append(fetcher.fill(digest, [source]))
+        return await read_all(fills[-1])
 
     bodies = await asyncio.gather(*(one_client() for _ in range(20)))
     assert all(body == data for body in bodies)
     assert upstream.blob_gets(str(digest)) == 1
     assert fetcher.started_total == 1
+    assert await fills[0].wait() == digest  # bodies end once verified; the commit follows
     assert blobs.has(digest)
     assert tmp_files(blobs) == []
 
@@ -193,6 +199,7 @@ async def test_a_source_that_dies_is_resumed_by_the_next_at_the_same_offset(
     dying_peer = GatedSource(data, die_at=1 * MiB + 123)
     fill = BlobFetcher(blobs).fill(digest, [dying_peer, UpstreamBlobSource(client, "a")])
     assert await read_all(fill) == data
+    await fill.wait()  # readers get the last byte once verified, before the commit is durable
     assert blobs.has(digest)
     ranges = [r.headers.get("Range") for r in upstream.requests if r.method == "GET"]
     assert ranges == [f"bytes={1 * MiB + 123}-"]
@@ -303,3 +310,83 @@ async def test_a_reader_that_verifies_itself_gets_a_range_before_the_commit(
     assert not fill.finished
     source.gate.set()
     await fill.wait()
+
+
+@pytest.fixture
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldFsync]:
+    held = HeldFsync().install(monkeypatch)
+    yield held
+    held.release()
+
+
+async def test_a_large_blob_is_released_once_verified_before_its_fsync(
+    blobs: BlobStore, held_fsync: HeldFsync
+) -> None:
+    data, digest = payload(EARLY_RELEASE_MIN_BYTES + 1000)
+    fill = BlobFetcher(blobs).fill(digest, [GatedSource(data, chunk=512 * 1024)])
+    # The whole body arrives while the commit is still stuck in its fsync.
+    assert await read_all(fill) == data
+    assert fill.writer.verified and not fill.finished
+    assert not blobs.has(digest)
+    await held_fsync.wait_entered()
+    held_fsync.release()
+    assert await fill.wait() == digest
+    assert blobs.has(digest)
+
+
+async def test_a_small_blob_keeps_its_last_byte_until_the_commit(
+    blobs: BlobStore, held_fsync: HeldFsync
+) -> None:
+    data, digest = payload(100_000)
+    fill = BlobFetcher(blobs).fill(digest, [GatedSource(data)])
+    reader = asyncio.create_task(read_all(fill))
+    await held_fsync.wait_entered()
+    assert fill.writer.verified
+    for _ in range(5):
+        await asyncio.sleep(0)  # let the reader run: it must still be waiting
+    assert not reader.done()
+    held_fsync.release()
+    assert await reader == data
+    assert blobs.has(digest)
+
+
+async def test_ranges_cover_the_span_in_order_one_per_wakeup(blobs: BlobStore) -> None:
+    data, digest = payload(1 * MiB)
+    source = GatedSource(data, pause_at=(256 * 1024,))
+    fill = BlobFetcher(blobs).fill(digest, [source])
+    await fill.ready()
+    span = FollowedSpan(fill, 1000, 900_000, early_release_min_bytes=0)
+    ranges = span.ranges()
+    first = await anext(ranges)
+    assert first[0] == 1000 and first[0] + first[1] <= 256 * 1024 - 1  # held: not the end yet
+    source.gate.set()
+    rest = [r async for r in ranges]
+    spans = [first, *rest]
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert spans[-1][0] + spans[-1][1] == 900_000
+    with span.open_file() as f:
+        assert os.pread(f.fileno(), 899_000, 1000) == data[1000:900_000]
+
+
+async def test_a_failed_fill_cannot_be_opened_for_sending(blobs: BlobStore) -> None:
+    data, digest = payload(10_000)
+    fill = BlobFetcher(blobs).fill(digest, [GatedSource(bytes(len(data)))])  # wrong bytes
+    with pytest.raises(FillError):
+        await fill.wait()
+    with pytest.raises(RegistryError) as info:
+        FollowedSpan(fill).open_file()
+    assert info.value.code is ErrorCode.BLOB_UNKNOWN
+
+
+async def test_a_fill_writes_in_large_batches_after_its_first_chunk(blobs: BlobStore) -> None:
+    data, digest = payload(3 * MiB)
+    source = GatedSource(data, chunk=64 * 1024, pause_at=(2 * MiB,))
+    fill = BlobFetcher(blobs, clock=StepClock()).fill(digest, [source])  # time stands still
+    await source.paused.wait()
+    # The first chunk went to the file at once (time to first byte); the rest waits for a
+    # FILL_FLUSH_BYTES batch (fewer thread hand-offs), not the store's 1 MiB default.
+    assert fill.received == 2 * MiB
+    assert fill.writer.size == 64 * 1024
+    assert 2 * MiB < FILL_FLUSH_BYTES
+    source.gate.set()
+    assert await fill.wait() == digest

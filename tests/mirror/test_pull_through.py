@@ -7,18 +7,23 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from p2preg.clock import MonotonicClock
+from p2preg.fetch.reader import EARLY_RELEASE_MIN_BYTES
 from p2preg.oci import mediatypes
 from p2preg.oci.digest import parse_digest
+from p2preg.registry import fileslice
 from p2preg.registry.mirror import cache_repository
 from p2preg.upstream.config import UpstreamConfig
 from tests.mirror.conftest import MirrorFactory, MirrorNode
+from tests.storage.heldfsync import HeldFsync
 from tests.upstream.fakes import FakeUpstream
 
 ACCEPT = {"Accept": ", ".join([mediatypes.OCI_INDEX, mediatypes.OCI_MANIFEST,
@@ -368,3 +373,104 @@ async def test_a_blob_sent_without_content_length_is_served_once_complete(
 def test_cached_repositories_are_named_by_registry_with_ports_spelled_out() -> None:
     assert cache_repository("docker.io", "library/busybox") == "docker.io/library/busybox"
     assert cache_repository("127.0.0.1:5056", "org/app") == "127.0.0.1__5056/org/app"
+
+
+@pytest.fixture
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldFsync]:
+    held = HeldFsync(min_bytes=EARLY_RELEASE_MIN_BYTES).install(monkeypatch)
+    yield held
+    held.release()
+
+
+async def test_a_large_blob_reaches_the_client_before_the_commit_fsync_ends(
+    mirror_factory: MirrorFactory, fake_upstream: FakeUpstream, held_fsync: HeldFsync
+) -> None:
+    node = await mirror_factory({"docker.io": fake_upstream.url})
+    data = random.Random(12).randbytes(EARLY_RELEASE_MIN_BYTES + 5000)
+    digest = fake_upstream.add_blob(data)
+    reply = await node.request("GET", f"/v2/library/app/blobs/{digest}")
+    assert reply.status == 200 and reply.body == data  # complete while the fsync is held
+    fill = node.fetcher.in_flight(parse_digest(digest))
+    assert fill is not None and not node.blobs.has(parse_digest(digest))
+    await held_fsync.wait_entered()
+    held_fsync.release()
+    assert await fill.wait() == parse_digest(digest)
+    assert node.blobs.has(parse_digest(digest))
+
+
+async def test_wrong_bytes_of_a_large_blob_never_complete_a_response(
+    mirror_factory: MirrorFactory, fake_upstream: FakeUpstream
+) -> None:
+    node = await mirror_factory({"docker.io": fake_upstream.url})
+    data = random.Random(13).randbytes(EARLY_RELEASE_MIN_BYTES + 5000)
+    digest = fake_upstream.add_blob(data)
+    fake_upstream.blob_body = lambda d, body: bytes(len(body))
+    received = 0
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with node.http.get(f"{node.base_url}/v2/library/app/blobs/{digest}") as resp:
+            async for chunk in resp.content.iter_any():
+                received += len(chunk)
+    assert received < len(data)
+    assert not node.blobs.has(parse_digest(digest))
+
+
+@pytest.mark.parametrize("sender", ["loop.sendfile", "os.sendfile thread (uvloop)"])
+async def test_a_blob_still_arriving_is_sent_from_its_file_with_sendfile(
+    mirror_factory: MirrorFactory, monkeypatch: pytest.MonkeyPatch, sender: str
+) -> None:
+    data = random.Random(14).randbytes(3 * 1024 * 1024 + 77)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    half = len(data) // 2
+    gate = asyncio.Event()
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[:half])
+        await gate.wait()
+        await resp.write(data[half:])
+        await resp.write_eof()
+        return resp
+
+    sent: list[int] = []
+    loop = asyncio.get_running_loop()
+    if sender == "loop.sendfile":
+        real_sendfile = loop.sendfile
+
+        async def spy_sendfile(transport: Any, file: Any, offset: int = 0,
+                               count: int | None = None, **kw: Any) -> int:
+            sent.append(count or 0)
+            return await real_sendfile(transport, file, offset, count, **kw)
+
+        monkeypatch.setattr(loop, "sendfile", spy_sendfile)
+    else:  # uvloop has no loop.sendfile: ranges go to os.sendfile in a worker thread
+        async def no_sendfile(*args: object, **kwargs: object) -> int:
+            raise NotImplementedError
+
+        real_send = fileslice._ThreadSender.send
+
+        async def spy_send(self: Any, offset: int, count: int) -> None:
+            sent.append(count)
+            await real_send(self, offset, count)
+
+        monkeypatch.setattr(loop, "sendfile", no_sendfile)
+        monkeypatch.setattr(fileslice._ThreadSender, "send", spy_send)
+
+    app = web.Application()
+    app.router.add_get("/v2/library/app/blobs/{digest}", gated)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        node = await mirror_factory({"docker.io": f"http://127.0.0.1:{runner.addresses[0][1]}"})
+        async with node.http.get(f"{node.base_url}/v2/library/app/blobs/{digest}") as resp:
+            assert resp.status == 200
+            first = await resp.content.readexactly(1000)  # before the upstream sent the rest
+            assert sent, "the first bytes went out with sendfile while the blob was arriving"
+            gate.set()
+            body = first + await resp.read()
+        assert body == data
+        assert sum(sent) == len(data) and len(sent) >= 2
+    finally:
+        gate.set()
+        await runner.cleanup()

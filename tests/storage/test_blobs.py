@@ -14,11 +14,13 @@ import pytest
 
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.storage import blobs as blobs_module
 from p2preg.storage import sink
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 
 from .conftest import random_bytes
+from .heldfsync import HeldFsync
 
 
 def sha256(data: bytes) -> Digest:
@@ -375,3 +377,71 @@ async def test_received_counts_each_byte_once_after_a_flush_completes(blobs: Blo
         assert writer.received == 1034
     finally:
         await writer.abort()
+
+
+@pytest.fixture
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> Any:
+    held = HeldFsync().install(monkeypatch)
+    yield held
+    held.release()
+
+
+async def test_verified_is_set_before_the_fsync_and_done_after_it(
+    blobs: BlobStore, held_fsync: HeldFsync, rng: random.Random
+) -> None:
+    data = random_bytes(rng, 300_000)
+    writer = blobs.writer(expected=sha256(data))
+    await writer.write(data)
+    commit = asyncio.create_task(writer.commit())
+    # Readers waiting for the final size wake on ``verified``, while the fsync is still held.
+    assert await writer.wait_for_final(len(data)) == len(data)
+    assert writer.verified and not writer.done
+    assert not blobs.has(sha256(data))
+    with writer.open_reader() as f:
+        assert f.read() == data
+    await held_fsync.wait_entered()
+    held_fsync.release()
+    assert await commit == sha256(data)
+    assert writer.done and blobs.has(sha256(data))
+
+
+async def test_plain_wait_for_still_waits_for_the_commit(
+    blobs: BlobStore, held_fsync: HeldFsync
+) -> None:
+    writer = blobs.writer(expected=sha256(b"abc"))
+    await writer.write(b"abc")
+    commit = asyncio.create_task(writer.commit())
+    waiter = asyncio.create_task(writer.wait_for(3))
+    await held_fsync.wait_entered()
+    assert writer.verified
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    held_fsync.release()
+    assert await waiter == 3
+    await commit
+
+
+async def test_wrong_bytes_are_never_verified(blobs: BlobStore) -> None:
+    writer = blobs.writer(expected=sha256(b"right"))
+    await writer.write(b"wrong")
+    with pytest.raises(RegistryError):
+        await writer.commit()
+    assert writer.failed and not writer.verified
+    assert await writer.wait_for_final(0) == 0  # a waiting reader wakes and sees the failure
+
+
+async def test_a_failed_fsync_after_verification_commits_nothing(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(blobs_module, "_fsync_file", broken_fsync)
+    writer = blobs.writer(expected=sha256(b"data"))
+    await writer.write(b"data")
+    with pytest.raises(RegistryError) as info:
+        await writer.commit()
+    assert info.value.code is ErrorCode.UNKNOWN
+    assert writer.verified and writer.failed and not writer.done
+    assert not blobs.has(sha256(b"data"))
+    assert tmp_files(blobs.layout) == []

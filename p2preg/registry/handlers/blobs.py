@@ -3,6 +3,7 @@
 Owns: ``get_blob`` (200 or 206 with a single ``Range``, 416 with ``Content-Range: bytes */size``;
 ``Docker-Content-Digest``, ``ETag``, ``Accept-Ranges``) and ``delete_blob`` (202, unlinks the blob
 from the repository; the bytes are reclaimed by garbage collection when nothing references them).
+A blob still arriving (``BlobContent.growing``) is sent with sendfile as its file grows.
 Reads go through ``ctx.content`` and record ``request["p2preg_source"]`` for the metrics.
 Must not import other handler modules.
 """
@@ -10,12 +11,13 @@ Must not import other handler modules.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.registry.content import BlobContent
-from p2preg.registry.fileslice import send_chunks, send_file_slice
+from p2preg.registry.fileslice import send_chunks, send_file_slice, send_growing_file
 from p2preg.registry.handlers.common import (
     API_VERSION,
     context,
@@ -49,6 +51,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                 ErrorCode.BLOB_UNKNOWN, "blob unknown to registry", {"digest": str(digest)}
             ) from None
         return await send_file_slice(request, response, fobj, offset, count)
+    if blob.growing is not None:
+        if blob.chunks is not None:
+            await _close(blob.chunks)  # unread: the growing file is sent instead
+        return await send_growing_file(request, response, blob.growing, count)
     if blob.chunks is not None:
         return await send_chunks(request, response, blob.chunks, count)
     raise RuntimeError("content source returned a blob with neither path nor chunks")
@@ -66,6 +72,12 @@ async def delete_blob(request: web.Request) -> web.Response:
             {"repository": name, "digest": str(digest)},
         )
     return web.Response(status=202, headers={**API_VERSION, "Docker-Content-Digest": str(digest)})
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _span(blob: BlobContent) -> tuple[int, int]:
