@@ -1,9 +1,9 @@
 """Lifeguard local health awareness (memberlist ``awareness.go``).
 
 A score in ``[0, max_multiplier - 1]``: missed nacks and refuting suspicions about ourselves raise
-it, successful probes lower it. Timeouts are stretched by ``score + 1`` so a node that is
-itself slow or starved stops accusing healthy peers. Owns: ``Awareness``. Must not import asyncio, sockets or
-other p2preg modules.
+it, successful probes lower it. Timeouts are stretched by ``score + 1`` so a node that is itself
+slow or starved stops accusing healthy peers. Owns: ``Awareness``. Must not import asyncio, sockets
+or other p2preg modules.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Every node owns one versioned map ``key -> (version, value)``: a digest with a state code
 (``have``/``fetching``/dropped tombstone), plus ``LOAD_KEY`` with its load. Each local change takes
-the next version number of that node, tagged with the node's boot ``generation`` (a restarted
-node's newer generation replaces its old state). Replicas track a *watermark* per node: every current entry
-with a version at or below it is known. Gossip deltas advance it when they arrive in order; push-pull
-anti-entropy sends exactly the entries above the other side's watermark and then lifts it.
+the next version number of that node, tagged with the node's boot ``generation`` (a restarted node's
+newer generation replaces its old state). Replicas track a *watermark* per node: every current entry
+with a version at or below it is known. Gossip deltas advance it when they arrive in order; push-
+pull anti-entropy sends exactly the entries above the other side's watermark and then lifts it.
 
 The index ``digest -> set(node)`` answers lookups in O(holders). Liveness and ordering are not
 decided here (the core filters and sorts). Owns: ``Catalog``. Must not import asyncio, sockets or
@@ -15,6 +15,7 @@ other p2preg modules.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from p2preg.gossip.messages import (
     LOAD_KEY,
@@ -121,8 +122,12 @@ class Catalog:
         out: list[EntriesRow] = []
         for node, st in self._nodes.items():
             known = theirs.get(node)
-            if known is None or known[0] < st.generation:
+            if known is None:
+                if st.watermark == 0:
+                    continue  # nothing to tell
                 floor = 0
+            elif known[0] < st.generation:
+                floor = 0  # even an empty block: it retires the old generation there
             elif known[0] == st.generation and known[1] < st.watermark:
                 floor = known[1]
             else:
@@ -194,10 +199,8 @@ class Catalog:
     def known_nodes(self) -> list[str]:
         return list(self._nodes)
 
-    def fingerprint(
-        self, nodes: Iterable[str]
-    ) -> tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]:
-        """A comparable summary of the live state of ``nodes`` (tests: replicas identical?)."""
+    def fingerprint(self, nodes: Iterable[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """A comparable summary of the live digest states of ``nodes`` (are replicas equal?)."""
         out = []
         for node in sorted(nodes):
             st = self._nodes.get(node)
@@ -210,7 +213,8 @@ class Catalog:
                     if k != LOAD_KEY and v != STATE_DROPPED
                 )
             )
-            out.append((node, st.generation, items))
+            if items:
+                out.append((node, items))
         return tuple(out)
 
     # -- internals ----------------------------------------------------------------------------

@@ -41,8 +41,11 @@ class GossipConfig:
     gossip_to_dead_s: float = 30.0
     push_pull_interval_s: float = 30.0
     """Base anti-entropy period; scaled up with cluster size like memberlist's pushPullScale."""
-    dead_reclaim_s: float = 60.0
-    """How long a dead or left member is remembered (and reported) before it is forgotten."""
+    reconnect_interval_s: float = 30.0
+    """Average period of reconnect push-pulls to a random failed member (Serf's reconnect)."""
+    dead_reclaim_s: float = 3600.0
+    """How long a dead or left member is remembered (reported, and retried with a reconnect
+    push-pull each period so a healed partition re-merges) before it is forgotten."""
     awareness_max_multiplier: int = 8
     lifeguard: bool = True
     """Lifeguard refinements: local health awareness (nacks, stretched timeouts), dynamic

@@ -159,6 +159,8 @@ class GossipCore:
         self._probe_index = 0
         self._relays: dict[int, _Relay] = {}
         self._relay_heap: list[tuple[float, int]] = []
+        self._catch_up_peer: str | None = None
+        self._catch_ups_left = 0
         start = rng.random()
         self._next_probe_at = now + start * config.probe_interval_s
         self._next_gossip_at = now + start * config.gossip_interval_s
@@ -175,6 +177,12 @@ class GossipCore:
         """Contact ``seeds`` with a push-pull each (queued for the driver); rejoin after a leave."""
         if self.table.leaving:
             self.table.rejoin(now)
+        # Join catch-up: one more push-pull with a random member soon after joining repairs
+        # whatever was broadcast before our seed itself knew it.
+        # Two more follow at growing intervals: a peer picked for catch-up can itself be behind.
+        catch_up = now + (2.0 + self._rng.random()) * self.config.probe_interval_s
+        self._next_push_pull_at = min(self._next_push_pull_at, catch_up)
+        self._catch_ups_left = 2
         for addr in seeds:
             if addr != self.config.gossip_addr:
                 self._pp_outbox.append(
@@ -224,12 +232,25 @@ class GossipCore:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
+    def spread_push_pull_schedule(self, now: float) -> None:
+        """Pick a uniformly random phase within the size-scaled push-pull period (a simulation
+        that seeds a large cluster directly calls this, as a long-running cluster looks)."""
+        period = push_pull_scale(self.config.push_pull_interval_s, self.table.num_live)
+        self._next_push_pull_at = now + self._rng.random() * period
+
+    def clear_events(self) -> None:
+        """Discard queued events (a simulation that seeds state directly does not want them)."""
+        self._events.clear()
+
     def get_timer(self) -> float | None:
         """The next time ``handle_timer`` has work to do."""
-        t = self._next_gossip_at
-        if not self.table.leaving:
-            t = min(t, self._next_probe_at, self._next_push_pull_at)
+        # With nothing to piggyback, gossip ticks are no-ops: skip them entirely.
+        t = self._next_gossip_at if self._queue else math.inf
         probe = self._probe
+        if not self.table.leaving:
+            t = min(t, self._next_push_pull_at)
+            if probe is None:
+                t = min(t, self._next_probe_at)
         if probe is not None:
             t = min(t, probe.end_at)
             if not probe.acked and not probe.indirect_sent:
@@ -239,7 +260,7 @@ class GossipCore:
         nxt = self.table.next_deadline()
         if nxt is not None:
             t = min(t, nxt)
-        return t
+        return None if t == math.inf else t
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at ``now``: probe phases, gossip, push-pull, expiries."""
@@ -256,12 +277,13 @@ class GossipCore:
                 self._start_push_pull(now)
         if now >= self._next_gossip_at:
             self._gossip(now)
-            self._next_gossip_at = max(
-                self._next_gossip_at + self.config.gossip_interval_s, now + 1e-3
-            )
+            interval = self.config.gossip_interval_s
+            self._next_gossip_at += (
+                math.floor((now - self._next_gossip_at) / interval) + 1
+            ) * interval
         self._expire_relays(now)
         self.table.expire(now)
-        self._drain_forgotten()
+        self._drain_forgotten(now)
 
     # -- catalog -------------------------------------------------------------------------------
 
@@ -401,6 +423,13 @@ class GossipCore:
         target = self._next_probe_target()
         if target is None:
             return
+        if self._rng.random() < cfg.probe_interval_s / cfg.reconnect_interval_s:
+            # Reconnect (as Serf does): try a failed member now and then, so that the two sides
+            # of a healed partition find each other again.
+            dead = self.table.random_dead(self._rng)
+            if dead is not None:
+                request = self.push_pull_request(now)
+                self._pp_outbox.append(PushPullStart(dead.addr, dead.name, request))
         seq = self._next_seq()
         interval = self._awareness.scale_timeout(cfg.probe_interval_s)
         self._probe = _Probe(seq, target.name, now, now + cfg.probe_timeout_s, now + interval)
@@ -465,7 +494,7 @@ class GossipCore:
             self.table.on_suspect(m, now)
         elif isinstance(m, msgs.Dead):
             self.table.on_dead(m, now)
-            self._drain_forgotten()
+            self._drain_forgotten(now)
         elif isinstance(m, msgs.CatalogDelta):
             self._on_catalog(m)
         elif isinstance(m, msgs.IndirectPing):
@@ -530,7 +559,14 @@ class GossipCore:
         if delta is not None:
             self._queue.queue(("c", self.name, key), MessageType.CATALOG, delta.encode())
 
-    def _drain_forgotten(self) -> None:
+    def _drain_forgotten(self, now: float) -> None:
+        if self.table.revived:
+            # Members came back (a healed partition, a refuted false death): run anti-entropy
+            # with one of them soon, so catalog changes made while apart flow both ways.
+            self._catch_up_peer = self._rng.choice(self.table.revived)
+            self.table.revived = []
+            soon = now + (1.0 + self._rng.random()) * self.config.probe_interval_s
+            self._next_push_pull_at = min(self._next_push_pull_at, soon)
         for name in self.table.take_forgotten():
             self.catalog.forget(name)
             self._coords.pop(name, None)
@@ -563,7 +599,17 @@ class GossipCore:
     def _start_push_pull(self, now: float) -> None:
         n = self.table.num_live
         self._next_push_pull_at = now + push_pull_scale(self.config.push_pull_interval_s, n)
+        if self._catch_ups_left > 0:
+            wait = (3.0 ** (3 - self._catch_ups_left) + self._rng.random()) * 2.0
+            self._catch_ups_left -= 1
+            soon = now + wait * self.config.probe_interval_s
+            self._next_push_pull_at = min(self._next_push_pull_at, soon)
         peers = self.table.random_members(self._rng, 1, now, alive_only=True)
+        if self._catch_up_peer is not None:
+            peer_state = self.table.get(self._catch_up_peer)
+            self._catch_up_peer = None
+            if peer_state is not None and peer_state.status == MemberStatus.ALIVE:
+                peers = [peer_state]
         if peers:
             peer = peers[0]
             self._pp_outbox.append(PushPullStart(peer.addr, peer.name, self.push_pull_request(now)))

@@ -92,6 +92,8 @@ class Simulation:
         self._timer_at: dict[str, float] = {}
         self._group: dict[str, int] = {}
         self._zone_centers: dict[str, tuple[float, float]] = {}
+        self._lag: dict[str, float] = {}
+        self._cut: set[frozenset[str]] = set()
         self.on_event: Callable[[str, object], None] | None = None
 
     # -- topology --------------------------------------------------------------------------------
@@ -113,6 +115,24 @@ class Simulation:
         if join:
             self.join(name, join)
         return node.core
+
+    def add_converged_cluster(
+        self, count: int, *, prefix: str = "n", zones: tuple[str, ...] = (), **overrides: Any
+    ) -> list[str]:
+        """Start ``count`` nodes that already know each other (the state a finished join storm
+        leaves), without simulating the storm: for tests of everything that happens after it."""
+        names = [f"{prefix}{i}" for i in range(count)]
+        for i, name in enumerate(names):
+            zone = zones[i % len(zones)] if zones else ""
+            self.add_node(name, zone=zone, **overrides)
+        alives = [self.nodes[name].core.table.local_alive() for name in names]
+        for name in names:
+            node = self.nodes[name]
+            for alive in alives:
+                node.core.table.add_known(alive, self.now)
+            node.core.spread_push_pull_schedule(self.now)
+            self._after(node)
+        return names
 
     def _make_core(
         self, name: str, addr: Addr, zone: str, generation: int, overrides: dict[str, Any]
@@ -156,12 +176,22 @@ class Simulation:
         node.core.leave(self.now)
         self._after(node)
 
+    def set_inbound_lag(self, name: str, lag_s: float) -> None:
+        """Make ``name`` a degraded node: everything sent to it is processed ``lag_s`` late
+        (a starved CPU or a backlogged event loop, the situation Lifeguard was built for)."""
+        self._lag[name] = lag_s
+
     def partition(self, *groups: Iterable[str]) -> None:
         """Split the network: nodes in different groups cannot reach each other."""
         self._group = {name: i for i, group in enumerate(groups) for name in group}
 
+    def cut(self, a: str, b: str) -> None:
+        """Break the single link between ``a`` and ``b`` (both still reach everyone else)."""
+        self._cut.add(frozenset((a, b)))
+
     def heal(self) -> None:
         self._group = {}
+        self._cut = set()
 
     def live_nodes(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.up and not n.core.leaving]
@@ -211,9 +241,7 @@ class Simulation:
         return all(n.core.num_live() == expected for n in self.live_nodes())
 
     def membership_views(self) -> dict[str, dict[str, MemberStatus]]:
-        return {
-            n.name: {m.name: m.status for m in n.core.members()} for n in self.live_nodes()
-        }
+        return {n.name: {m.name: m.status for m in n.core.members()} for n in self.live_nodes()}
 
     def latency_s(self, a: SimNode, b: SimNode) -> float:
         dist = math.dist(a.pos, b.pos)
@@ -226,6 +254,8 @@ class Simulation:
 
     def _blocked(self, a: str, b: str) -> bool:
         group = self._group
+        if self._cut and frozenset((a, b)) in self._cut:
+            return True
         return bool(group) and group.get(a, -1) != group.get(b, -1)
 
     def _after(self, node: SimNode) -> None:
@@ -249,6 +279,8 @@ class Simulation:
                 counters.datagrams_lost += 1
                 continue
             delay = self.latency_s(node, self.nodes[dst]) + rng.random() * self.jitter_s
+            if self._lag:
+                delay += self._lag.get(dst, 0.0)
             self._push(now + delay, _DGRAM, (dst, data, node.addr))
         for start in core.push_pulls_to_start(now):
             dst = self._by_addr.get(start.addr)

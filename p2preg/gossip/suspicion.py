@@ -2,8 +2,8 @@
 
 A suspicion starts at ``max_s`` and shrinks towards ``min_s`` as independent confirmations arrive:
 ``timeout(c) = max(min_s, max_s - (max_s - min_s) * log(c + 1) / log(k + 1))`` with ``k`` the number
-of confirmations expected. Owns: ``suspicion_timeout``, ``suspicion_bounds``, ``Suspicion``. Must not
-import asyncio, sockets or other p2preg modules.
+of confirmations expected. Owns: ``suspicion_timeout``, ``suspicion_bounds``, ``Suspicion``. Must
+not import asyncio, sockets or other p2preg modules.
 """
 
 from __future__ import annotations

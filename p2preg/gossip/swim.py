@@ -3,20 +3,21 @@
 The table of transitions (memberlist ``state.go``), for a message about member ``m`` whose
 incarnation is ``i`` while we hold ``m`` at incarnation ``j``:
 
-=========  ===========================  =============================================================
-message    about another member         about ourselves
-=========  ===========================  =============================================================
-alive      ``i > j``: alive (new: join)  ``i > ours`` or an address conflict: refute
-suspect    ``i >= j`` and alive: suspect  ``i >= ours``: refute (``inc = max(i, ours) + 1``)
-           already suspect: confirm
-dead       ``i >= j`` and not dead/left:  ``i >= ours`` and not leaving: refute
-           dead (``left`` if self-sent)
-=========  ===========================  =============================================================
+=======  ===============================  ===============================================
+message  about another member             about ourselves
+=======  ===============================  ===============================================
+alive    ``i > j``: alive (unknown: join)  ``i > ours`` or an address conflict: refute
+suspect  ``i >= j`` and alive: suspect;    ``i >= ours``: refute (``inc = max(i, ours) + 1``)
+         already suspect: confirm
+dead     ``i >= j``, not dead/left: dead   ``i >= ours`` and not leaving: refute
+         (``left`` if sent by ``m``)
+=======  ===============================  ===============================================
 
 A suspicion becomes ``dead`` when its (Lifeguard, shrinking) timeout passes without a refutation.
 Dead and left members are remembered for ``dead_reclaim_s`` and then forgotten. Every accepted
 change is queued for piggybacking and reported as an event. Owns: ``MemberState``,
-``MemberTable``. Must not import asyncio, sockets, time or p2preg modules outside ``p2preg.gossip``.
+``MemberTable``. Must not import asyncio, sockets, time or p2preg modules outside
+``p2preg.gossip``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class MemberTable:
         self._reaps: list[tuple[float, int, str, float]] = []
         self._tiebreak = itertools.count()
         self._forgotten: list[str] = []
+        self._dead: dict[str, None] = {}
+        self.revived: list[str] = []
+        """Dead/left members seen alive again since the core last looked (a healed partition)."""
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class MemberTable:
         return t
 
     def take_forgotten(self) -> list[str]:
-        """Members that became dead, left or were reclaimed since the last call."""
+        """Members reclaimed (forgotten for good) since the last call."""
         out, self._forgotten = self._forgotten, []
         return out
 
@@ -229,7 +233,9 @@ class MemberTable:
 
     # -- messages ----------------------------------------------------------------------------
 
-    def on_alive(self, m: msgs.Alive, now: float) -> None:
+    def on_alive(self, m: msgs.Alive, now: float, *, rebroadcast: bool = True) -> None:
+        """Apply an alive claim; ``rebroadcast=False`` for state merged from a push-pull (old
+        news to the cluster: re-gossiping it all would make a join storm cost O(N^2))."""
         cfg = self.config
         if m.name == cfg.name:
             conflict = (m.host, m.port) != cfg.gossip_addr
@@ -246,7 +252,8 @@ class MemberTable:
             self._names.append(m.name)
             self.num_live += 1
             self._events.append(MemberJoined(st.snapshot()))
-            self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
+            if rebroadcast:
+                self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
             return
         if m.incarnation <= st.incarnation:
             return
@@ -258,12 +265,14 @@ class MemberTable:
         if old != MemberStatus.ALIVE:
             self._set_status(st, MemberStatus.ALIVE, now)
         if old in (MemberStatus.DEAD, MemberStatus.LEFT):
+            self.revived.append(st.name)
             self._events.append(MemberJoined(st.snapshot()))
         elif old == MemberStatus.SUSPECT:
             self._events.append(MemberAlive(st.name, st.incarnation))
         elif changed:
             self._events.append(MemberUpdated(st.snapshot()))
-        self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
+        if rebroadcast or old != MemberStatus.ALIVE:
+            self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
 
     def on_suspect(self, m: msgs.Suspect, now: float) -> None:
         if m.name == self.config.name:
@@ -314,17 +323,23 @@ class MemberTable:
         heapq.heappush(
             self._reaps, (now + self.config.dead_reclaim_s, next(self._tiebreak), st.name, now)
         )
-        self._forgotten.append(st.name)
 
     def merge_rows(self, rows: list[Any], now: float) -> None:
-        """Merge a peer's full membership (push-pull): its dead become suspects here."""
-        for name, host, port, http, zone, meta, inc, code in rows:
+        """Merge a peer's full membership (push-pull): its dead become suspects here. Only the
+        sender's own row (the first) is re-gossiped: that is how a join spreads."""
+        for i, (name, host, port, http, zone, meta, inc, code) in enumerate(rows):
             status = msgs.STATUS_CODES[code]
             if status == "alive":
-                self.on_alive(msgs.Alive(inc, name, host, port, http, zone, meta), now)
+                alive = msgs.Alive(inc, name, host, port, http, zone, meta)
+                self.on_alive(alive, now, rebroadcast=i == 0)
             elif status == "left":
                 self.on_dead(msgs.Dead(inc, name, name), now)
             else:
+                if status == "suspect" and name not in self._members:
+                    # A member we never heard of, suspected over there: learn it (as alive)
+                    # first, or we would ignore it until the next push-pull.
+                    alive = msgs.Alive(inc, name, host, port, http, zone, meta)
+                    self.on_alive(alive, now, rebroadcast=False)
                 self.on_suspect(msgs.Suspect(inc, name, self.config.name), now)
 
     # -- timers ------------------------------------------------------------------------------
@@ -369,7 +384,26 @@ class MemberTable:
         suspect = msgs.Suspect(st.incarnation, st.name, accuser)
         self._queue.queue(("m", st.name), MessageType.SUSPECT, suspect.encode())
 
+    def add_known(self, alive: msgs.Alive, now: float) -> None:
+        """Insert a member silently (no event, no broadcast): simulations seeding a cluster."""
+        if alive.name == self.config.name or alive.name in self._members:
+            return
+        self._members[alive.name] = MemberState(alive, now)
+        self._pos[alive.name] = len(self._names)
+        self._names.append(alive.name)
+        self.num_live += 1
+
+    def random_dead(self, rng: random.Random) -> MemberState | None:
+        """A random failed (not left) member, for a reconnect attempt after a partition."""
+        if not self._dead:
+            return None
+        return self._members[rng.choice(list(self._dead))]
+
     def _set_status(self, st: MemberState, status: MemberStatus, now: float) -> None:
+        if status == MemberStatus.DEAD:
+            self._dead[st.name] = None
+        else:
+            self._dead.pop(st.name, None)
         was_live = st.status in _LIVE
         is_live = status in _LIVE
         if was_live and not is_live:
@@ -381,6 +415,7 @@ class MemberTable:
 
     def _remove(self, name: str) -> None:
         st = self._members.pop(name)
+        self._dead.pop(name, None)
         if st.status in _LIVE:
             self.num_live -= 1
         idx = self._pos.pop(name)
