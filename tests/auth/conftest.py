@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from p2preg.registry.accesslog import ACCESS_LOGGER_NAME
 from p2preg.registry.htpasswd import make_htpasswd_line
-from tests.observability.tinyapp import AccessLines
+from tests.observability.tinyapp import AccessLines, capture_access_lines
 
 USERS = {"alice": "wonderland", "bob": "hunter2"}
 REALM = "p2preg-test"
@@ -32,13 +30,5 @@ def htpasswd_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def access_lines() -> Iterator[AccessLines]:
-    logger = logging.getLogger(ACCESS_LOGGER_NAME)
-    handler = AccessLines()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with capture_access_lines() as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)

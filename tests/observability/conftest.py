@@ -5,7 +5,6 @@ event loops the byte-counting tests run under (the stdlib loop uses native sendf
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 import uvloop
 
 from p2preg.clock import FakeClock
-from p2preg.registry.accesslog import ACCESS_LOGGER_NAME
 from p2preg.registry.metrics import RegistryMetrics
 from p2preg.registry.observability import Observability
-from tests.observability.tinyapp import AccessLines
+from tests.observability.tinyapp import AccessLines, capture_access_lines
 
 BLOB_SIZE = 3 * 1024 * 1024 + 17
 WALL_START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -45,16 +43,8 @@ def blob_file(tmp_path: Path, blob_bytes: bytes) -> Path:
 
 @pytest.fixture
 def access_lines() -> Iterator[AccessLines]:
-    logger = logging.getLogger(ACCESS_LOGGER_NAME)
-    handler = AccessLines()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with capture_access_lines() as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 @pytest.fixture

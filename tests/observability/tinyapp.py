@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from p2preg.registry.accesslog import ACCESS_LOGGER_NAME
 from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.registry.requestkeys import SOURCE_KEY
 
@@ -153,3 +154,18 @@ class AccessLines(logging.Handler):
                 self._changed = asyncio.Event()
                 await self._changed.wait()
         return self.records
+
+
+@contextmanager
+def capture_access_lines() -> Iterator[AccessLines]:
+    """Collect the ``p2preg.access`` records for the duration of the block."""
+    logger = logging.getLogger(ACCESS_LOGGER_NAME)
+    handler = AccessLines()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
