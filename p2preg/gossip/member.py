@@ -34,17 +34,3 @@ class Member:
     load: float = 0.0
     meta: dict[str, str] = field(default_factory=dict)
     rtt_estimate_s: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        """The shape used by ``GET /p2p/v1/members``."""
-        return {
-            "name": self.name,
-            "address": self.http_addr,
-            "gossip_address": f"{self.gossip_addr[0]}:{self.gossip_addr[1]}",
-            "status": self.status.value,
-            "zone": self.zone,
-            "incarnation": self.incarnation,
-            "load": self.load,
-            "meta": dict(self.meta),
-            "rtt_estimate_s": self.rtt_estimate_s,
-        }
