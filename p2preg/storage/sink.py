@@ -1,10 +1,12 @@
 """Buffered, hashed appends to an open file, with the disk work done off the event loop.
 
 Owns: ``HashingSink``. Small chunks are gathered in memory until ``flush_bytes`` (1 MiB) have
-arrived; then one worker-thread call hashes and writes the whole batch. At most one batch is in
-flight: while the thread hashes and writes batch N the event loop keeps receiving batch N+1, and a
-writer that gets ahead waits for the batch in flight (back-pressure, bounded memory of about two
-batches). ``hashlib`` releases the GIL on large buffers, so the hashing really runs in parallel.
+arrived; then worker threads hash and write the whole batch: two threads at once for a large
+batch (one hashes, one ``writev``s the same buffers, so a batch costs the longer of the two, not
+their sum), one call for a small one. At most one batch is in flight: while the threads work on
+batch N the event loop keeps receiving batch N+1, and a writer that gets ahead waits for the batch
+in flight (back-pressure, bounded memory of about two batches). ``hashlib``, ``os.write`` and
+``os.writev`` release the GIL on large buffers, so all of this really runs in parallel.
 
 Must not import aiohttp, sqlite3 or other p2preg packages; it knows nothing of digests or paths.
 """
@@ -44,21 +46,58 @@ def writev_all(fd: int, chunks: list[bytes]) -> None:
                 written = 0
 
 
+#: Batches at least this big are hashed and written by two threads at once (below it the second
+#: thread hand-off costs more than the overlap saves).
+PARALLEL_MIN_BYTES = 256 << 10
+
+
+def write_chunks(fd: int, chunks: list[bytes]) -> int:
+    """Append ``chunks`` to ``fd`` where they are (no joined copy); returns the byte count."""
+    if len(chunks) == 1:
+        write_all(fd, chunks[0])
+    elif chunks:
+        writev_all(fd, chunks)
+    return sum(len(c) for c in chunks)
+
+
+def hash_chunks(hasher: hashlib._Hash, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+
+
 def hash_and_write(fd: int, hasher: hashlib._Hash, chunks: list[bytes]) -> int:
     """Hash then append ``chunks`` to ``fd``; runs in a worker thread. Returns the byte count.
 
     Each chunk is hashed and written where it is (``hashlib`` and ``writev`` release the GIL):
     joining them first would copy every byte once more.
     """
-    if not chunks:
-        return 0
-    for chunk in chunks:
-        hasher.update(chunk)
-    if len(chunks) == 1:
-        write_all(fd, chunks[0])
-    else:
-        writev_all(fd, chunks)
-    return sum(len(c) for c in chunks)
+    hash_chunks(hasher, chunks)
+    return write_chunks(fd, chunks)
+
+
+def _both(write: asyncio.Future[int], hashed: asyncio.Future[None]) -> asyncio.Future[int]:
+    """A future done once *both* threads are done (so the fd and hasher are free again).
+
+    Its result is the write's byte count; its error the write's, else the hash's.
+    """
+    combined: asyncio.Future[int] = write.get_loop().create_future()
+
+    def done(_: asyncio.Future[Any]) -> None:
+        if not (write.done() and hashed.done()) or combined.done():
+            return
+        for part in (write, hashed):
+            if part.cancelled():
+                combined.cancel()
+                return
+            error = part.exception()
+            if error is not None:
+                combined.set_exception(error)
+                return
+        combined.set_result(write.result())
+
+    write.add_done_callback(done)
+    hashed.add_done_callback(done)
+    return combined
 
 
 async def settle(future: asyncio.Future[Any]) -> None:
@@ -181,11 +220,20 @@ class HashingSink:
         if self.closed:  # closed while we waited: the fd may already be gone (or reused)
             raise RuntimeError("write to a closed sink")
         chunks = self.take_buffer()
-        self._inflight_bytes = sum(len(c) for c in chunks)
+        nbytes = self._inflight_bytes = sum(len(c) for c in chunks)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, hash_and_write, self.fd, self.hasher, chunks)
+        future: asyncio.Future[int]
+        if nbytes >= PARALLEL_MIN_BYTES:
+            written = loop.run_in_executor(None, write_chunks, self.fd, chunks)
+            hashed = loop.run_in_executor(None, hash_chunks, self.hasher, chunks)
+            future = _both(written, hashed)
+        else:
+            future = written = loop.run_in_executor(None, hash_and_write, self.fd, self.hasher,
+                                                    chunks)
         self._inflight = future
-        future.add_done_callback(self._flushed)
+        # Readers may see the bytes as soon as they are in the file, hashed or not (the digest
+        # is checked at the commit, before the last byte of any response is released).
+        written.add_done_callback(self._flushed)
 
     def _flushed(self, future: asyncio.Future[int]) -> None:
         if future.cancelled() or future.exception() is not None:

@@ -1,10 +1,13 @@
-"""hash_and_write: every chunk hashed and appended in order, without joining them first."""
+"""The sink: every chunk hashed and appended in order, without joining them first; big batches
+hashed and written by two threads at once, the descriptor busy until both let go."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,61 @@ def test_more_chunks_than_one_vector_holds(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+
+
+# -- HashingSink: big batches are hashed and written by two threads at once ----------------------
+
+
+async def test_big_batches_reach_the_file_in_order_with_the_right_digest(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    pieces = [rng.randbytes(rng.randint(50_000, 300_000)) for _ in range(30)]
+    grown: list[int] = []
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    hasher = hashlib.sha256()
+    try:
+        out = sink.HashingSink(fd, hasher, flush_bytes=sink.PARALLEL_MIN_BYTES,
+                               on_flushed=grown.append)
+        for piece in pieces:
+            await out.write(piece)
+        await out.flush()
+    finally:
+        os.close(fd)
+    data = b"".join(pieces)
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert out.written == len(data) == grown[-1]
+    assert len(grown) > 5 and grown == sorted(grown)  # batch by batch, never backwards
+
+
+async def test_a_failed_write_is_raised_only_once_the_hashing_thread_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_failed, release_hash = threading.Event(), threading.Event()
+
+    def failing_write(fd: int, chunks: list[bytes]) -> int:
+        write_failed.set()
+        raise OSError(28, "No space left on device")
+
+    def slow_hash(hasher: hashlib._Hash, chunks: list[bytes]) -> None:
+        release_hash.wait(timeout=30)
+
+    monkeypatch.setattr(sink, "write_chunks", failing_write)
+    monkeypatch.setattr(sink, "hash_chunks", slow_hash)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        out = sink.HashingSink(fd, hashlib.sha256(), flush_bytes=sink.PARALLEL_MIN_BYTES)
+        await out.write(b"x" * sink.PARALLEL_MIN_BYTES)  # starts both threads
+        drained = asyncio.ensure_future(out.drain())
+        await asyncio.to_thread(write_failed.wait, 30)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # The write is over but the hasher still holds the buffers: the fd must stay open.
+        assert not drained.done()
+        release_hash.set()
+        with pytest.raises(OSError, match="No space"):
+            await drained
+        await out.settle()
+    finally:
+        release_hash.set()
+        os.close(fd)
+    assert out.written == 0  # nothing counted as in the file
