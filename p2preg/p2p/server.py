@@ -35,7 +35,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from p2preg.fetch.reader import follow
+from p2preg.fetch.reader import FollowedSpan
 from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
@@ -51,7 +51,7 @@ from p2preg.p2p.auth import (
 from p2preg.p2p.routing import ROLE_OWNER, ROLES
 from p2preg.p2p.source import BLOBS_PATH, BlobOrigin
 from p2preg.registry.content import BlobContent
-from p2preg.registry.fileslice import send_chunks, send_file_slice
+from p2preg.registry.fileslice import send_chunks, send_file_slice, send_growing_file
 from p2preg.registry.ranges import ByteRange, RangeSpec, parse_range_header, resolve_range
 from p2preg.registry.requestkeys import PEER_KEY, SOURCE_KEY
 from p2preg.storage.blobs import BlobStore
@@ -207,9 +207,9 @@ class P2PServer:
         resolved = None if spec is None else resolve_range(spec, total)
         start, end = (0, total) if resolved is None else (resolved.start, resolved.end + 1)
         self.stats.served["in_progress"] += 1
-        chunks = follow(fill, start, end) if want_body else None
-        content = BlobContent(digest, total, resolved, chunks=chunks,
-                              source=fill.source_kind or "upstream")
+        span = FollowedSpan(fill, start, end) if want_body else None
+        content = BlobContent(digest, total, resolved, source=fill.source_kind or "upstream",
+                              growing=span)
         return await self._send_content(request, content, want_body)
 
     async def _send_content(self, request: web.Request, content: BlobContent,
@@ -230,6 +230,10 @@ class P2PServer:
                                     {"digest": str(content.digest)}) from None
             request[_STARTED] = True
             return await send_file_slice(request, response, fobj, offset, count)
+        if content.growing is not None:
+            # Zero-copy like a committed file, range by range as the fill grows. Not marked
+            # started: a fill that already failed is refused (BLOB_UNKNOWN) before any header.
+            return await send_growing_file(request, response, content.growing, count)
         if content.chunks is None:
             raise RegistryError(ErrorCode.UNKNOWN, "nothing to send", status=500)
         request[_STARTED] = True
