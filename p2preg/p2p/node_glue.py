@@ -58,6 +58,7 @@ from p2preg.registry.content import BlobContent
 from p2preg.registry.mirror import MirrorContentSource, current_namespace
 from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
+from p2preg.upstream.client import READ_BUFFER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,10 @@ class P2P:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0,
                                              limit_per_host=self.config.connections_per_peer)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            # Like the upstream client's: up to 4 MiB of a body may wait in memory before the
+            # socket is paused (aiohttp's 64 KiB default pauses and resumes it constantly).
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  read_bufsize=READ_BUFFER_BYTES)
         return self._session
 
     # -- the mirror's side -----------------------------------------------------------------------

@@ -58,11 +58,10 @@ class PeerError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class PeerClientConfig:
-    """Timeouts and read size of peer blob requests."""
+    """Timeouts of peer blob requests."""
 
     connect_timeout_s: float = 3.0
     idle_timeout_s: float = 30.0
-    chunk_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +190,10 @@ class PeerBlobStream:
         expected = (self.size or 0) - self.offset
         received = 0
         try:
-            async for chunk in self._response.content.iter_chunked(source._config.chunk_bytes):
+            # The transport's own chunks: re-chunking to a fixed size would copy every byte.
+            async for chunk, _ in self._response.content.iter_chunks():
+                if not chunk:
+                    continue
                 received += len(chunk)
                 source.ledger.add(source.peer.name, len(chunk))
                 yield chunk
