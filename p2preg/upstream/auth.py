@@ -4,7 +4,15 @@ Owns: ``parse_challenges`` (RFC 7235 header grammar, quoted strings included),
 ``parse_token_response`` (the Docker token JSON), ``TokenCache`` (tokens per (realm, service,
 scope) until they expire, read through an injected ``now``) and ``Authenticator`` (fetches tokens
 with one request per scope at a time, remembers each upstream's challenge so later requests carry a
-token from the start). Must not import storage, registry, gossip or fetch.
+token from the start).
+
+Tokens are asked for as the Docker token spec says: ``GET realm?service=&scope=`` with Basic
+credentials (or none), or, when the credentials are an identity token (an OAuth2 refresh token),
+``POST realm`` with ``grant_type=refresh_token`` (docs.docker.com registry ``oauth``); a token
+server that answers that ``POST`` with 404 or 405 does not speak OAuth2 and is asked with ``GET``
+and the identity token as the Basic password, as docker falls back. A refresh token the server
+rotates (a new ``refresh_token`` in its answer) replaces the old one for later requests.
+Must not import storage, registry, gossip or fetch.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -28,6 +37,8 @@ EXPIRY_MARGIN_S = 5.0
 #: The Docker token spec: a token without ``expires_in`` lives 60 s.
 DEFAULT_TOKEN_LIFETIME_S = 60.0
 MAX_TOKEN_RESPONSE_BYTES = 1 << 20
+#: ``client_id`` of the OAuth2 refresh-token flow (the spec asks clients to name themselves).
+OAUTH_CLIENT_ID = "p2preg"
 
 _SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PARAM = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*')
@@ -86,6 +97,25 @@ def parse_token_response(body: bytes, now: float) -> tuple[str, float]:
         lifetime = DEFAULT_TOKEN_LIFETIME_S
     margin = min(EXPIRY_MARGIN_S, float(lifetime) * 0.1)
     return token, now + float(lifetime) - margin
+
+
+def _oauth_error(body: bytes) -> str:
+    """``error`` (and ``error_description``) of an OAuth2 error answer, for the message."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "no OAuth2 error body"
+    if not isinstance(data, dict):
+        return "no OAuth2 error body"
+    parts = [str(data[k])[:200] for k in ("error", "error_description") if k in data]
+    return ": ".join(parts) or "no OAuth2 error body"
+
+
+def _refresh_token_of(body: bytes) -> str | None:
+    """The ``refresh_token`` of an OAuth2 answer, if it has one (already parsed once: valid)."""
+    data = json.loads(body)
+    token = data.get("refresh_token")
+    return token if isinstance(token, str) and token else None
 
 
 TokenKey = tuple[str, str, str]  # (realm, service, scope)
@@ -153,6 +183,8 @@ class Authenticator:
         self._session = session_factory
         self._clock = clock
         self._credentials = credentials
+        self._refresh_token = credentials.identity_token if credentials is not None else None
+        self._oauth = self._refresh_token is not None  # cleared when the server lacks OAuth2
         self._cache = TokenCache()
         self._bearer: Challenge | None = None
         self._basic = False
@@ -227,22 +259,36 @@ class Authenticator:
         realm = challenge.params["realm"]
         if not realm.startswith(("https://", "http://")):
             raise UpstreamProtocolError(self._registry, f"token realm {realm!r} is not a URL")
+        if self._oauth and self._refresh_token is not None:
+            form = {**params, "grant_type": "refresh_token", "refresh_token": self._refresh_token,
+                    "client_id": OAUTH_CLIENT_ID}  # fmt: skip
+            status, body = await self._ask(realm, "POST", data=form)
+            if status == 400:  # RFC 6749: invalid_grant (expired or revoked refresh token)
+                raise UpstreamDenied(self._registry, f"token server refused the identity token "
+                                     f"({_oauth_error(body)})", status=401)
+            if status not in (404, 405):
+                return self._accept(status, body)
+            self._oauth = False  # no OAuth2 here: GET with the token as password from now on
         headers = {}
         if self._credentials is not None:
             headers["Authorization"] = basic_header(self._credentials)
+        return self._accept(*await self._ask(realm, "GET", params=params, headers=headers))
+
+    async def _ask(self, realm: str, method: str, **kwargs: Any) -> tuple[int, bytes]:
         self.token_requests += 1
         try:
-            async with self._session().get(
-                realm, params=params, headers=headers, allow_redirects=False
+            async with self._session().request(
+                method, realm, allow_redirects=False, **kwargs
             ) as resp:
                 self._observe(resp.status)
-                body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES)
-                status = resp.status
+                return resp.status, await resp.content.read(MAX_TOKEN_RESPONSE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._observe("error")
             raise UpstreamUnavailable(
                 self._registry, f"token server {realm} unreachable: {exc or type(exc).__name__}"
             ) from exc
+
+    def _accept(self, status: int, body: bytes) -> tuple[str, float]:
         if status in (401, 403):
             raise UpstreamDenied(self._registry, f"token server refused the credentials "
                                  f"({status})", status=status)
@@ -250,7 +296,11 @@ class Authenticator:
             raise UpstreamUnavailable(self._registry, f"token server answered {status}",
                                       status=status)
         try:
-            return parse_token_response(body, self._clock.now())
+            token = parse_token_response(body, self._clock.now())
         except ValueError as exc:
             raise UpstreamProtocolError(self._registry, str(exc)) from exc
+        rotated = _refresh_token_of(body)
+        if rotated is not None and self._oauth:
+            self._refresh_token = rotated
+        return token
 

@@ -39,10 +39,16 @@ class UpstreamConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A user name and password (or identity token) for one upstream. Never printed."""
+    """A user name and password, or an identity token, for one upstream. Never printed.
+
+    ``identity_token`` is an OAuth2 refresh token (what ``docker login`` stores as
+    ``identitytoken`` for registries such as Azure Container Registry or Harbor with OIDC): tokens
+    are then asked for with the OAuth2 ``POST`` flow (``auth.Authenticator``).
+    """
 
     username: str
     password: str = field(repr=False)
+    identity_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,23 +140,31 @@ def docker_config_credentials(config: Mapping[str, Any], registry: str) -> Crede
 
 
 def _credentials_from_entry(entry: Mapping[str, Any]) -> Credentials | None:
+    user, password = _user_password(entry)
+    token = entry.get("identitytoken")
+    if isinstance(token, str) and token:
+        # As docker does: an identity token wins over a user name and password stored beside it
+        # (``docker login`` to such registries stores a placeholder user with no password).
+        return Credentials(user or "<token>", token, identity_token=token)
+    if user:
+        return Credentials(user, password)
+    return None
+
+
+def _user_password(entry: Mapping[str, Any]) -> tuple[str, str]:
     auth = entry.get("auth")
     if isinstance(auth, str) and auth:
         try:
             decoded = base64.b64decode(auth, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            return None
+            return "", ""
         user, sep, password = decoded.partition(":")
         if sep and user:
-            return Credentials(user, password)
+            return user, password
     name, secret = entry.get("username"), entry.get("password")
     if isinstance(name, str) and isinstance(secret, str) and name:
-        return Credentials(name, secret)
-    token = entry.get("identitytoken")
-    if isinstance(token, str) and token:
-        # Docker's convention: an identity token is sent as the password of user "<token>".
-        return Credentials("<token>", token)
-    return None
+        return name, secret
+    return "", ""
 
 
 def load_docker_config(path: str | Path) -> dict[str, Any]:

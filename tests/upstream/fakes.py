@@ -67,6 +67,12 @@ class FakeUpstream:
     requests: list[Recorded] = field(default_factory=list)
     storage_requests: list[Recorded] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    # OAuth2 (POST /token, grant_type=refresh_token): valid refresh tokens; with ``oauth`` False
+    # the token server answers POST with 404, as token servers without OAuth2 do.
+    oauth: bool = False
+    refresh_tokens: set[str] = field(default_factory=set)
+    rotate_refresh_tokens: bool = False
+    oauth_requests: list[dict[str, str]] = field(default_factory=list)
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (scope, expiry)
     _runners: list[web.AppRunner] = field(default_factory=list)
     url: str = ""
@@ -106,6 +112,7 @@ class FakeUpstream:
     async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_get("/token", self._token)
+        app.router.add_post("/token", self._oauth_token)
         app.router.add_route("*", r"/v2/{tail:.*}", self._v2)
         storage = web.Application()
         storage.router.add_get(r"/data/{digest}", self._storage)
@@ -137,6 +144,27 @@ class FakeUpstream:
         scope = request.query.get("scope", "")
         self._tokens[token] = (scope, self.clock.now() + self.token_lifetime_s)
         return web.json_response({"token": token, "expires_in": self.token_lifetime_s})
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.oauth_requests.append(form)
+        if not self.oauth:
+            return web.json_response({"details": "not found"}, status=404)
+        if form.get("grant_type") != "refresh_token" or not form.get("client_id"):
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        if form.get("refresh_token") not in self.refresh_tokens:
+            return web.json_response({"error": "invalid_grant",
+                                      "error_description": "refresh token expired"}, status=400)
+        self._serial += 1
+        token = f"oauth-{self._serial}"
+        self._tokens[token] = (form.get("scope", ""), self.clock.now() + self.token_lifetime_s)
+        answer: dict[str, object] = {"access_token": token, "expires_in": self.token_lifetime_s}
+        if self.rotate_refresh_tokens:
+            self.refresh_tokens.discard(form["refresh_token"])
+            rotated = f"refresh-{self._serial}"
+            self.refresh_tokens.add(rotated)
+            answer["refresh_token"] = rotated
+        return web.json_response(answer)
 
     def _authorized(self, request: web.Request, repo: str) -> bool:
         header = request.headers.get("Authorization", "")

@@ -177,6 +177,76 @@ async def test_token_server_gets_the_configured_credentials(upstream: FakeUpstre
         await anonymous.close()
 
 
+def identity(token: str) -> Credentials:
+    """What ``docker login`` stores for an OAuth2 registry: a placeholder user + the token."""
+    return Credentials("00000000-0000-0000-0000-000000000000", token, identity_token=token)
+
+
+async def test_an_identity_token_gets_access_tokens_with_the_oauth2_post_flow(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.token_auth = upstream.oauth = True
+    upstream.refresh_tokens = {"refresh-A"}
+    upstream.add_manifest("team/app", "v1", MANIFEST)
+    client = make_client(upstream, credentials=identity("refresh-A"))
+    try:
+        await client.get_manifest("team/app", "v1")
+    finally:
+        await client.close()
+    assert upstream.token_requests == []  # never the GET flow
+    (form,) = upstream.oauth_requests
+    assert form == {"grant_type": "refresh_token", "refresh_token": "refresh-A",
+                    "client_id": "p2preg", "service": "fake-registry",
+                    "scope": "repository:team/app:pull"}  # fmt: skip
+
+
+async def test_a_rotated_refresh_token_is_used_for_the_next_access_token(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.token_auth = upstream.oauth = upstream.rotate_refresh_tokens = True
+    upstream.token_lifetime_s = 60
+    upstream.refresh_tokens = {"refresh-A"}
+    upstream.add_manifest("team/app", "v1", MANIFEST)
+    client = make_client(upstream, credentials=identity("refresh-A"))
+    try:
+        await client.get_manifest("team/app", "v1")
+        upstream.clock.t += 61  # the access token expired; "refresh-A" was rotated away
+        await client.get_manifest("team/app", "v1")
+    finally:
+        await client.close()
+    assert [f["refresh_token"] for f in upstream.oauth_requests] == ["refresh-A", "refresh-1"]
+
+
+async def test_a_token_server_without_oauth2_gets_the_identity_token_as_basic_password(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.token_auth = True  # oauth stays off: POST /token answers 404
+    upstream.users = {"00000000-0000-0000-0000-000000000000": "idt"}
+    upstream.token_lifetime_s = 60
+    upstream.add_manifest("team/app", "v1", MANIFEST)
+    client = make_client(upstream, credentials=identity("idt"))
+    try:
+        await client.get_manifest("team/app", "v1")
+        upstream.clock.t += 61
+        await client.get_manifest("team/app", "v1")
+    finally:
+        await client.close()
+    assert len(upstream.oauth_requests) == 1  # tried once, then remembered it is not spoken
+    assert len(upstream.token_requests) == 2
+
+
+async def test_an_expired_identity_token_is_a_clear_denial(upstream: FakeUpstream) -> None:
+    upstream.token_auth = upstream.oauth = True
+    upstream.refresh_tokens = {"other"}
+    upstream.add_manifest("team/app", "v1", MANIFEST)
+    client = make_client(upstream, credentials=identity("stale"))
+    try:
+        with pytest.raises(UpstreamDenied, match=r"refused the identity token .*invalid_grant"):
+            await client.get_manifest("team/app", "v1")
+    finally:
+        await client.close()
+
+
 async def test_basic_auth_upstream(upstream: FakeUpstream) -> None:
     upstream.basic_auth = True
     upstream.users = {"bob": "pw"}

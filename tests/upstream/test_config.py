@@ -64,7 +64,15 @@ def test_credentials_are_matched_by_host_with_or_without_scheme() -> None:
     config = {"auths": {"https://ghcr.io": {"username": "bob", "password": "pw"},
                         "quay.io": {"identitytoken": "idt"}}}
     assert docker_config_credentials(config, "ghcr.io") == Credentials("bob", "pw")
-    assert docker_config_credentials(config, "quay.io") == Credentials("<token>", "idt")
+    assert docker_config_credentials(config, "quay.io") == Credentials(
+        "<token>", "idt", identity_token="idt")
+
+
+def test_an_identity_token_wins_over_the_placeholder_login_stored_beside_it() -> None:
+    user = "00000000-0000-0000-0000-000000000000"
+    config = {"auths": {"myreg.azurecr.io": {"auth": _auth(user, ""), "identitytoken": "rt"}}}
+    creds = docker_config_credentials(config, "myreg.azurecr.io")
+    assert creds == Credentials(user, "rt", identity_token="rt")
     assert docker_config_credentials(config, "docker.io") is None
 
 
