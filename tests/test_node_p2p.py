@@ -115,3 +115,76 @@ async def test_mirror_records_access_times_of_what_it_serves(
         assert upstream.blob_gets[digest] == 1
     finally:
         await node.stop()
+
+
+# -- manifests -------------------------------------------------------------------------------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def image_manifest(seed: int) -> bytes:
+    """An OCI image manifest without ``mediaType`` (optional in OCI): the type must be inferred."""
+    layer = "sha256:" + f"{seed:064x}"
+    return (b'{"schemaVersion": 2, "config": {"mediaType": '
+            b'"application/vnd.oci.image.config.v1+json", "digest": "' + layer.encode()
+            + b'", "size": 2}, "layers": []}')  # fmt: skip
+
+
+async def get_manifest(http: aiohttp.ClientSession, node: Node, reference: str
+                       ) -> tuple[int, str, bytes]:  # fmt: skip
+    async with http.get(f"{node.url}/v2/{REPO}/manifests/{reference}",
+                        headers={"Accept": OCI_MANIFEST}) as response:
+        return response.status, response.content_type, await response.read()
+
+
+def holds(node: Node, digest: str, holder: str) -> bool:
+    assert node.gossip is not None
+    return any(m.name == holder for m in node.gossip.holders(digest))
+
+
+async def test_a_tag_pulled_on_every_host_is_fetched_from_the_upstream_once(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    body = image_manifest(1)
+    digest = upstream.add_manifest("v1", OCI_MANIFEST, body)
+    first, *others = cluster
+    async with aiohttp.ClientSession() as http:
+        assert await get_manifest(http, first, "v1") == (200, OCI_MANIFEST, body)
+        await until(lambda: all(holds(n, digest, "n0") for n in others))
+        answers = await asyncio.gather(*(get_manifest(http, n, "v1") for n in others))
+    assert answers == [(200, OCI_MANIFEST, body)] * 2
+    # Every host asked the upstream where the tag points (HEAD: a moved tag is seen at once), but
+    # only the first downloaded the manifest; the others took it from n0 and checked its digest.
+    assert upstream.manifest_requests[("HEAD", "v1")] == 3
+    assert upstream.manifest_requests[("GET", "v1")] == 1
+    assert upstream.manifest_requests[("GET", digest)] == 0
+    assert sum(n.p2p.stats.manifests_from_peers for n in others if n.p2p) == 2
+
+
+async def test_a_manifest_by_digest_comes_from_a_peer_while_the_upstream_is_down(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    body = image_manifest(2)
+    digest = upstream.add_manifest("v2", OCI_MANIFEST, body)
+    first, second, _ = cluster
+    async with aiohttp.ClientSession() as http:
+        assert (await get_manifest(http, first, digest))[0] == 200
+        await until(lambda: holds(second, digest, "n0"))
+        await upstream.stop()
+        assert await get_manifest(http, second, digest) == (200, OCI_MANIFEST, body)
+
+
+async def test_a_peer_that_holds_a_manifest_with_wrong_bytes_is_penalised_and_skipped(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    body = image_manifest(3)
+    digest = upstream.add_manifest("v3", OCI_MANIFEST, body)
+    first, second, _ = cluster
+    async with aiohttp.ClientSession() as http:
+        assert (await get_manifest(http, first, digest))[0] == 200
+        await until(lambda: holds(second, digest, "n0"))
+        # n0's copy rots on disk: the bytes no longer match the digest it advertises.
+        first.layout.blob_path(parse_digest(digest)).write_bytes(body.replace(b"2", b"3", 1))
+        assert await get_manifest(http, second, digest) == (200, OCI_MANIFEST, body)
+    assert upstream.manifest_requests[("GET", digest)] == 2  # n1 went to the upstream
+    assert second.p2p is not None and second.p2p.penalties.wrong_bytes_total == 1

@@ -51,7 +51,14 @@ from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.p2p.auth import DEFAULT_MAX_SKEW_S, RequestSigner, RequestVerifier
 from p2preg.p2p.membership import Membership, as_peers
 from p2preg.p2p.penalties import DEFAULT_FAILURE_S, DEFAULT_WRONG_BYTES_S, PenaltyBox
-from p2preg.p2p.routing import DEFAULT_MAX_PEERS, ROLE_OWNER, RoutePlan, plan_route
+from p2preg.p2p.routing import (
+    DEFAULT_MAX_PEERS,
+    ROLE_HOLDER,
+    ROLE_OWNER,
+    Candidate,
+    RoutePlan,
+    plan_route,
+)
 from p2preg.p2p.server import P2PServer
 from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
 from p2preg.registry.content import BlobContent
@@ -59,6 +66,7 @@ from p2preg.registry.mirror import MirrorContentSource, current_namespace
 from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
 from p2preg.upstream.client import READ_BUFFER_BYTES
+from p2preg.upstream.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,7 @@ class P2PConfig:
 
 @dataclass
 class GlueStats:
+    manifests_from_peers: int = 0
     fills_with_peers: int = 0
     fills_without_peers: int = 0
     wrong_bytes_fills: int = 0
@@ -125,8 +134,48 @@ class P2P:
     # -- wiring ----------------------------------------------------------------------------------
 
     def attach(self, mirror: MirrorContentSource) -> None:
-        """The mirror whose fills peers may follow and which fills as owner."""
+        """The mirror whose fills peers may follow and which fills as owner; its manifests come
+        from holders first and are advertised once stored."""
         self._mirror = mirror
+        mirror.peer_manifest = self.peer_manifest
+        mirror.on_manifest_stored = lambda digest: self.membership.advertise_have(str(digest))
+
+    async def peer_manifest(self, digest: Digest, max_bytes: int) -> bytes | None:
+        """A manifest by digest from a live peer that holds it (nearest first, penalties
+        applied), checked against the digest; None when no holder could give it.
+
+        Only holders are asked (the plan's order: nearest first, the digest's owner among them
+        when it holds it): a manifest is small, and a peer without it would have to fetch it from
+        the upstream, which the mirror does itself right after.
+        """
+        plan, _ = self._plan(digest)
+        try:
+            holding = {m.name for m in self.membership.holders(str(digest))}
+        except RuntimeError:  # gossip not running
+            return None
+        for planned in plan.candidates:
+            if planned.peer.name not in holding:
+                continue  # a fetcher or an owner without it: the mirror asks the upstream itself
+            candidate = Candidate(planned.peer, ROLE_HOLDER)  # asked for what it has, never a fill
+            source = PeerBlobSource(
+                self._client(), candidate, node_name=self.membership.node_name,
+                signer=self._signer, config=self.config.client,
+                on_failure=lambda peer, reason: self.penalties.failed(peer))  # fmt: skip
+            try:
+                body = await _read_whole(source, digest, max_bytes)
+            except (OSError, UpstreamError) as exc:
+                log.info("manifest %s from peer %s failed: %s", digest, candidate.peer.name, exc)
+                continue
+            if body is None:
+                continue
+            if Digest.of_bytes(body, digest.algorithm) != digest:
+                log.warning("penalising peer %s: wrong bytes for manifest %s",
+                            candidate.peer.name, digest)  # fmt: skip
+                self.penalties.wrong_bytes(candidate.peer.name, str(digest))
+                continue
+            self.stats.manifests_from_peers += 1
+            return body
+        return None
 
     def routes(self) -> web.RouteTableDef:
         return self.server.routes()
@@ -285,6 +334,17 @@ class P2P:
         registry.register(_P2PCollector(self))
 
 
+async def _read_whole(source: PeerBlobSource, digest: Digest, max_bytes: int) -> bytes | None:
+    """The whole body of ``digest`` from ``source``; None when it announces more than
+    ``max_bytes`` (a manifest that big is refused before a byte is read)."""
+    stream = await source.open(digest, 0)
+    async with stream:
+        if stream.size is None or stream.size > max_bytes:
+            return None
+        parts = [chunk async for chunk in stream.chunks()]
+    return b"".join(parts)
+
+
 class _P2PCollector(Collector):
     def __init__(self, p2p: P2P) -> None:
         self._p2p = p2p
@@ -307,5 +367,8 @@ class _P2PCollector(Collector):
         penalties.add_metric(["wrong_bytes"], p2p.penalties.wrong_bytes_total)
         penalties.add_metric(["failure"], p2p.penalties.failures_total)
         yield penalties
+        yield CounterMetricFamily("p2preg_p2p_manifests_from_peers", "Manifests this node "
+                                  "took from a peer instead of its upstream.",
+                                  value=p2p.stats.manifests_from_peers)
         yield GaugeMetricFamily("p2preg_p2p_penalty_entries", "Entries in the penalty list.",
                                 value=len(p2p.penalties))

@@ -13,7 +13,13 @@ Rules:
   known digest is served if it was confirmed within ``tag_max_stale_s``; a 404 from the upstream
   is never papered over.
 - Manifests by digest are immutable: once cached they are served without asking the upstream.
-  Children of an index are fetched when a client asks for them.
+  Children of an index are fetched when a client asks for them. With peers (``peer_manifest``,
+  set by the p2p layer) a manifest the node lacks comes from a peer that holds it before the
+  upstream is asked, by digest and for a tag alike (the tag's HEAD names the digest): the
+  upstream sees one manifest GET per cluster, not one per host (Docker Hub counts GETs against
+  its pull rate limit, HEADs it does not), and manifests by digest still pull while the upstream
+  is down. The peer's bytes are checked against the digest before they are stored or served.
+  Every manifest stored is reported to ``on_manifest_stored`` (the p2p layer advertises it).
 - Blobs: local hit -> the committed file; else one fill per digest per node (``BlobFetcher``)
   over ``[peers..., upstream]``, every concurrent client streaming the growing file from byte 0.
 - Without ``?ns=``, a repository whose first component is a host name (``ghcr.io/org/app``) is
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -42,6 +49,7 @@ from p2preg.config import Config
 from p2preg.fetch.reader import FollowedSpan
 from p2preg.fetch.singleflight import BlobFetcher, Fill, FillError
 from p2preg.fetch.sources import BlobSource, UpstreamBlobSource
+from p2preg.oci import mediatypes
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.oci.manifest import parse_manifest
@@ -52,7 +60,7 @@ from p2preg.registry.ranges import RangeSpec, resolve_range
 from p2preg.registry.requestkeys import UPSTREAM_KEY
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import MetadataStore
-from p2preg.upstream.client import FetchedManifest, UpstreamClient
+from p2preg.upstream.client import MAX_MANIFEST_BYTES, FetchedManifest, UpstreamClient
 from p2preg.upstream.config import (
     DOCKER_HUB,
     UpstreamConfig,
@@ -167,6 +175,28 @@ class UpstreamPool:
         self._clients.clear()
 
 
+#: ``peer_manifest(digest, max_bytes)``: a peer's copy of a manifest, verified, or None.
+PeerManifest = Callable[[Digest, int], Awaitable[bytes | None]]
+
+
+def manifest_media_type(body: bytes) -> str:
+    """The media type of a manifest that came without one (from a peer, by digest).
+
+    Its own ``mediaType`` when it has one (required for Docker's types, optional in OCI); else an
+    OCI index when it lists ``manifests``, an OCI image manifest otherwise.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return mediatypes.OCI_MANIFEST
+    if not isinstance(data, dict):
+        return mediatypes.OCI_MANIFEST
+    declared = data.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return mediatypes.OCI_INDEX if "manifests" in data else mediatypes.OCI_MANIFEST
+
+
 class MirrorContentSource:
     """Pull-through ``ContentSource`` (see the module docstring for the rules)."""
 
@@ -190,10 +220,15 @@ class MirrorContentSource:
         self._wall = wall_clock or WallClock()
         self._metrics = metrics or _NoMetrics()
         self._peer_sources = peer_sources or (lambda digest: ())
+        #: (digest, max bytes) -> the verified manifest body from a peer, or None (p2p sets it).
+        self.peer_manifest: PeerManifest | None = None
+        #: Called with the digest of every manifest stored (p2p: advertise ``have``).
+        self.on_manifest_stored: Callable[[Digest], None] | None = None
         self._confirmed: dict[tuple[str, str], float] = {}  # (cache repo, tag) -> wall time
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.stale_served_total = 0
+        self.manifests_from_peers_total = 0
 
     @property
     def fetcher(self) -> BlobFetcher:
@@ -247,7 +282,7 @@ class MirrorContentSource:
             self._metrics.cache(False)
             return await self._once(
                 (cache_repo, reference),
-                lambda: self._fetch_manifest(client, repo, cache_repo, reference, None),
+                lambda: self._manifest_by_digest(client, repo, cache_repo, digest),
             )
         return await self._once(
             (cache_repo, "tag:" + reference),
@@ -269,6 +304,11 @@ class MirrorContentSource:
                     self._metrics.cache(True)
                     return cached
             self._metrics.cache(False)
+            if head.digest is not None:
+                from_peer = await self._from_peers(cache_repo, head.digest, tag)
+                if from_peer is not None:
+                    self._confirmed[(cache_repo, tag)] = self._wall.now()
+                    return from_peer
             return await self._fetch_manifest(client, repo, cache_repo, tag, tag)
         except UpstreamNotFound as exc:
             raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
@@ -282,6 +322,28 @@ class MirrorContentSource:
             return stale
         except UpstreamError as exc:
             raise exc.to_registry_error() from exc
+
+    async def _manifest_by_digest(
+        self, client: UpstreamClient, repo: str, cache_repo: str, digest: Digest
+    ) -> ManifestContent:
+        from_peer = await self._from_peers(cache_repo, digest, None)
+        if from_peer is not None:
+            return from_peer
+        return await self._fetch_manifest(client, repo, cache_repo, str(digest), None)
+
+    async def _from_peers(
+        self, cache_repo: str, digest: Digest, tag: str | None
+    ) -> ManifestContent | None:
+        """The manifest from a peer that holds it (verified by the p2p layer), stored; or None."""
+        if self.peer_manifest is None:
+            return None
+        body = await self.peer_manifest(digest, MAX_MANIFEST_BYTES)
+        if body is None:
+            return None
+        fetched = FetchedManifest(digest, manifest_media_type(body), body)
+        await self._store_manifest(cache_repo, fetched, tag)
+        self.manifests_from_peers_total += 1
+        return ManifestContent(fetched.media_type, digest, body)
 
     async def _fetch_manifest(
         self, client: UpstreamClient, repo: str, cache_repo: str, reference: str, tag: str | None
@@ -303,6 +365,8 @@ class MirrorContentSource:
         self, cache_repo: str, fetched: FetchedManifest, tag: str | None
     ) -> None:
         await self._blobs.put_bytes(fetched.body, fetched.digest)
+        if self.on_manifest_stored is not None:
+            self.on_manifest_stored(fetched.digest)
         references: list[str] = []
         subject = artifact_type = None
         annotations: dict[str, str] | None = None

@@ -60,10 +60,14 @@ async def _version_check(request: web.Request) -> web.Response:
 
 @dataclass
 class CountingUpstream:
-    """A registry that serves ``blobs`` under any repository and counts every blob GET."""
+    """A registry that serves ``blobs`` and ``manifests`` under any repository and counts every
+    blob GET and every manifest request (``manifest_requests[(method, reference)]``)."""
 
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_gets: Counter[str] = field(default_factory=Counter)
+    #: reference (tag or digest) -> (media type, body)
+    manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    manifest_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: digest -> (offset, gate): bytes from ``offset`` on wait until ``gate`` is set.
     holds: dict[str, tuple[int, asyncio.Event]] = field(default_factory=dict)
     held: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,16 +79,33 @@ class CountingUpstream:
         self.blobs[digest] = data
         return digest
 
+    def add_manifest(self, tag: str, media_type: str, body: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.manifests[tag] = self.manifests[digest] = (media_type, body)
+        return digest
+
     async def start(self) -> CountingUpstream:
         app = web.Application()
         app.router.add_get("/v2/", _version_check)
         app.router.add_get("/v2/{name:.+}/blobs/{digest}", self._blob)
+        app.router.add_get("/v2/{name:.+}/manifests/{reference}", self._manifest)
         self.runner, self.host = await start_app(app)
         return self
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        reference = request.match_info["reference"]
+        self.manifest_requests[(request.method, reference)] += 1
+        found = self.manifests.get(reference)
+        if found is None:
+            return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]},
+                                     status=404)
+        media_type, body = found
+        headers = {"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()}
+        return web.Response(body=body, content_type=media_type, headers=headers)
 
     async def _blob(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
