@@ -142,6 +142,16 @@ def holds(node: Node, digest: str, holder: str) -> bool:
     return any(m.name == holder for m in node.gossip.holders(digest))
 
 
+async def pulled_on_first(http: aiohttp.ClientSession, cluster: list[Node],
+                          upstream: CountingUpstream, *, seed: int) -> tuple[bytes, str]:
+    """A new manifest at the upstream, pulled by digest on n0 and seen held by n0 everywhere."""
+    body = image_manifest(seed)
+    digest = upstream.add_manifest(f"v{seed}", OCI_MANIFEST, body)
+    assert (await get_manifest(http, cluster[0], digest))[0] == 200
+    await until(lambda: all(holds(n, digest, "n0") for n in cluster[1:]))
+    return body, digest
+
+
 async def test_a_tag_pulled_on_every_host_is_fetched_from_the_upstream_once(
     cluster: list[Node], upstream: CountingUpstream
 ) -> None:
@@ -164,12 +174,9 @@ async def test_a_tag_pulled_on_every_host_is_fetched_from_the_upstream_once(
 async def test_a_manifest_by_digest_comes_from_a_peer_while_the_upstream_is_down(
     cluster: list[Node], upstream: CountingUpstream
 ) -> None:
-    body = image_manifest(2)
-    digest = upstream.add_manifest("v2", OCI_MANIFEST, body)
-    first, second, _ = cluster
+    second = cluster[1]
     async with aiohttp.ClientSession() as http:
-        assert (await get_manifest(http, first, digest))[0] == 200
-        await until(lambda: holds(second, digest, "n0"))
+        body, digest = await pulled_on_first(http, cluster, upstream, seed=2)
         await upstream.stop()
         assert await get_manifest(http, second, digest) == (200, OCI_MANIFEST, body)
 
@@ -177,12 +184,9 @@ async def test_a_manifest_by_digest_comes_from_a_peer_while_the_upstream_is_down
 async def test_a_peer_that_holds_a_manifest_with_wrong_bytes_is_penalised_and_skipped(
     cluster: list[Node], upstream: CountingUpstream
 ) -> None:
-    body = image_manifest(3)
-    digest = upstream.add_manifest("v3", OCI_MANIFEST, body)
     first, second, _ = cluster
     async with aiohttp.ClientSession() as http:
-        assert (await get_manifest(http, first, digest))[0] == 200
-        await until(lambda: holds(second, digest, "n0"))
+        body, digest = await pulled_on_first(http, cluster, upstream, seed=3)
         # n0's copy rots on disk: the bytes no longer match the digest it advertises.
         first.layout.blob_path(parse_digest(digest)).write_bytes(body.replace(b"2", b"3", 1))
         assert await get_manifest(http, second, digest) == (200, OCI_MANIFEST, body)
