@@ -1,4 +1,4 @@
-"""The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``.
+"""The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``, ``gc``.
 
 Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes).
 Everything else is delegated: ``node.Node`` runs a node; subcommands import their module lazily so
@@ -68,6 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print USER:BCRYPT for an htpasswd file. The password is read "
                         "from stdin when it is not a terminal, else prompted for.")
     hp.add_argument("user")
+
+    gc = sub.add_parser(
+        "gc",
+        help="delete unreferenced blobs from a stopped node's data directory",
+        description="Garbage-collect a registry's data directory while no node runs on it (the "
+        "data-dir lock is taken; a running node is refused: it collects by itself every "
+        "--gc-interval-s). Deletes blobs no manifest references and no live repository link "
+        "uses, and dead links. The data directory comes from --data-dir, else --config / "
+        "P2PREG_DATA_DIR as for serve. Exit status: 0 done, 1 could not run, 2 bad usage.",
+    )
+    gc.add_argument("--config", metavar="FILE", help="TOML file of the node (for data_dir and "
+                    "gc_grace_s)")
+    gc.add_argument("--data-dir", dest="data_dir", metavar="DIR", default=None,
+                    help="the data directory (default: as `p2preg serve` resolves it)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; change "
+                    "nothing")
+    gc.add_argument("--grace-s", dest="grace_s", type=float, default=None, metavar="SECONDS",
+                    help="keep blobs committed, linked or read less than SECONDS ago (default: "
+                    "gc_grace_s, 3600; 0 is safe offline)")
     return parser
 
 
@@ -86,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mirror_config(args)
         if args.command == "htpasswd":
             return _htpasswd(args)
+        if args.command == "gc":
+            return _gc(args)
     except ConfigError as exc:
         print(f"p2preg: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -170,6 +191,56 @@ def _htpasswd(args: argparse.Namespace) -> int:
         print(f"p2preg htpasswd: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    from p2preg.storage.gc import NotADataDir, collect_offline
+    from p2preg.storage.layout import StoreLayout
+    from p2preg.storage.lock import DataDirLocked
+
+    config = load_config(args)
+    grace_s = config.gc_grace_s if args.grace_s is None else args.grace_s
+    if not 0 <= grace_s < math.inf:
+        print(f"p2preg gc: --grace-s must be a number >= 0, got {args.grace_s}", file=sys.stderr)
+        return 2
+    verb = "would delete" if args.dry_run else "deleted"
+
+    def show(digest: str, size: int) -> None:
+        print(f"{verb} {digest} {size} bytes", flush=True)
+
+    layout = StoreLayout(Path(config.data_dir))
+    try:
+        report = asyncio.run(collect_offline(
+            layout, now=time.time(), grace_s=grace_s, dry_run=args.dry_run, on_delete=show,
+        ))
+    except DataDirLocked as exc:
+        print(f"p2preg gc: {exc}. A running node collects garbage itself (--gc-interval-s); "
+              "stop it to run gc by hand.", file=sys.stderr)
+        return 1
+    except (NotADataDir, OSError, RuntimeError) as exc:  # RuntimeError: SQLite schema too new
+        print(f"p2preg gc: {exc}", file=sys.stderr)
+        return 1
+    links = "dead link" if report.links_removed == 1 else "dead links"
+    print(f"{'dry run: ' if args.dry_run else ''}{verb} {report.deleted} of {report.examined} "
+          f"blobs, {report.freed_bytes} bytes ({_human_bytes(report.freed_bytes)}), and "
+          f"{report.links_removed} {links}; grace {grace_s:g} s")
+    if report.failed:
+        print(f"p2preg gc: {report.failed} blobs could not be deleted (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover

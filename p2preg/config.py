@@ -10,6 +10,7 @@ checks it). Must not import aiohttp or any other p2preg package.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,11 @@ OPTIONS: tuple[Option, ...] = (
            "(0 = never)", "SECONDS"),
     Option("maintenance_interval_s", float, 60.0, "how often upload expiry and eviction run",
            "SECONDS"),
+    Option("gc_interval_s", float, 3600.0, "registry: how often garbage collection deletes blobs "
+           "no manifest or live link uses (at start, then every SECONDS; 0 = never)", "SECONDS"),
+    Option("gc_grace_s", float, 3600.0, "registry: garbage collection keeps any blob committed, "
+           "linked into a repository or read less than this ago (longer than your longest push)",
+           "SECONDS"),
     # Gossip (issue 4)
     Option("gossip_listen", str, None, "UDP+TCP address for gossip; unset disables the "
            "peer-to-peer layer", "HOST:PORT"),
@@ -129,6 +135,8 @@ class Config:
     cache_min_age_s: float = 600.0
     upload_max_age_s: float = 86400.0
     maintenance_interval_s: float = 60.0
+    gc_interval_s: float = 3600.0
+    gc_grace_s: float = 3600.0
     gossip_listen: str | None = None
     join: tuple[str, ...] = ()
     join_dns: str | None = None
@@ -273,6 +281,11 @@ def validate(config: Config) -> None:
         raise ConfigError("--cache-min-age-s and --upload-max-age-s must be >= 0")
     if config.maintenance_interval_s <= 0:
         raise ConfigError("--maintenance-interval-s must be positive")
+    if not config.gc_interval_s >= 0 or math.isinf(config.gc_interval_s):
+        raise ConfigError("--gc-interval-s must be >= 0 (0 = never)")
+    if not config.gc_grace_s > 0 or math.isinf(config.gc_grace_s):
+        raise ConfigError("--gc-grace-s must be positive: a blob pushed a moment ago is not "
+                          "linked yet")
     if config.gossip_listen:
         split_host_port(config.gossip_listen, "--gossip-listen")
         if config.listen_host in ("0.0.0.0", "::", "") and not config.advertise:

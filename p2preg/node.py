@@ -14,12 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from p2preg.clock import MonotonicClock, WallClock
+from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.config import Config, ConfigError
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
-from p2preg.registry.content import ContentSource
+from p2preg.registry.content import ContentSource, LocalContentSource
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.htpasswd import Htpasswd
 from p2preg.registry.observability import AccessLogger, Observability
@@ -34,12 +34,16 @@ log = logging.getLogger("p2preg.node")
 
 
 class Node:
-    """A running p2preg node. ``start`` binds the sockets; ``stop`` undoes everything it did."""
+    """A running p2preg node. ``start`` binds the sockets; ``stop`` undoes everything it did.
 
-    def __init__(self, config: Config) -> None:
+    ``wall_clock`` (tests pass a ``FakeClock``) stamps stored times and drives the storage
+    maintenance loop: access times, upload expiry, eviction and garbage collection.
+    """
+
+    def __init__(self, config: Config, *, wall_clock: Clock | None = None) -> None:
         self.config = config
         self.clock = MonotonicClock()
-        self.wall_clock = WallClock()
+        self.wall_clock: Clock = wall_clock if wall_clock is not None else WallClock()
         self.layout = StoreLayout(Path(config.data_dir))
         self.observability = Observability()
         self._runner: web.AppRunner | None = None
@@ -62,7 +66,7 @@ class Node:
         blobs = BlobStore(self.layout)
         self._lock = DataDirLock(self.layout)
         self._lock.acquire()  # before recover(): recovery deletes temp files
-        meta = self._meta = MetadataStore(self.layout.db_path)
+        meta = self._meta = MetadataStore(self.layout.db_path, clock=self.wall_clock)
         uploads = UploadManager(self.layout, blobs, meta, self.wall_clock)
         removed = blobs.recover()
         recovery = uploads.recover()
@@ -77,8 +81,10 @@ class Node:
             max_bytes=config.cache_max_bytes, min_age_s=config.cache_min_age_s,
             upload_max_age_s=config.upload_max_age_s, interval_s=config.maintenance_interval_s,
             mode=config.mode, low_water_ratio=config.cache_low_water_ratio,
-            on_evict=self._on_evict,
+            on_evict=self._on_evict, gc_interval_s=config.gc_interval_s,
+            gc_grace_s=config.gc_grace_s,
         )
+        self.metrics.set_maintenance_source(self.maintenance)
 
         # Bind the HTTP socket first: the gossip layer advertises its real address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)
@@ -118,6 +124,14 @@ class Node:
             from p2preg.registry.recording import RecordingContentSource
 
             content = RecordingContentSource(mirror, self.maintenance.recorder, blobs)
+        else:
+            # Reads are recorded in registry mode too: GC spares a blob read within the grace
+            # period (a client that checked a layer with HEAD is about to reference it).
+            from p2preg.registry.recording import RecordingContentSource
+
+            content = RecordingContentSource(
+                LocalContentSource(blobs, meta), self.maintenance.recorder, blobs
+            )
 
         ctx = RegistryContext(
             blobs=blobs, meta=meta, uploads=uploads, clock=self.wall_clock,
@@ -193,6 +207,7 @@ class Node:
         if self.maintenance is not None:
             await self.maintenance.stop()
             self.maintenance = None
+            self.metrics.set_maintenance_source(None)
         if self._meta is not None:
             self._meta.close()
             self._meta = None

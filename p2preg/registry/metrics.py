@@ -1,7 +1,9 @@
 """The node's Prometheus metrics: one ``CollectorRegistry`` per node, never the global one.
 
 Owns: ``RegistryMetrics`` (every metric family of the registry HTTP surface, the mirror's upstream
-and cache counters, and the store gauges read through callbacks the node provides) and
+and cache counters, the store gauges read through callbacks the node provides, and the storage
+maintenance counters, eviction and garbage collection, read at scrape time from a
+``MaintenanceStats``) and
 ``exposition`` (render the registry for a scrape, content negotiated on ``Accept``).
 
 Labels are bounded by construction: ``route`` is a route pattern (or ``"other"``), ``method`` is
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -83,6 +86,74 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(name, documentation, value=float(value))
 
 
+class MaintenanceStats(Protocol):
+    """What the storage maintenance task counts (``storage.maintenance.Maintenance`` has these).
+
+    Read at scrape time: plain attributes, no I/O.
+    """
+
+    @property
+    def evicted_blobs_total(self) -> int: ...
+    @property
+    def evicted_bytes_total(self) -> int: ...
+    @property
+    def gc_runs_total(self) -> int: ...
+    @property
+    def gc_failed_runs_total(self) -> int: ...
+    @property
+    def gc_deleted_blobs_total(self) -> int: ...
+    @property
+    def gc_freed_bytes_total(self) -> int: ...
+    @property
+    def gc_links_removed_total(self) -> int: ...
+    @property
+    def gc_last_duration_s(self) -> float | None: ...
+    @property
+    def gc_last_run_at(self) -> float | None: ...
+
+
+#: (name without ``_total``, help, attribute of ``MaintenanceStats``) of each exported counter.
+_MAINTENANCE_COUNTERS = (
+    ("p2preg_cache_evicted_blobs", "Blobs deleted by cache eviction (mirror quota).",
+     "evicted_blobs_total"),
+    ("p2preg_cache_evicted_bytes", "Bytes freed by cache eviction (mirror quota).",
+     "evicted_bytes_total"),
+    ("p2preg_gc_runs", "Garbage collection passes completed (registry mode).", "gc_runs_total"),
+    ("p2preg_gc_failed_runs", "Garbage collection passes that failed (see the log).",
+     "gc_failed_runs_total"),
+    ("p2preg_gc_deleted_blobs", "Blobs deleted by garbage collection.", "gc_deleted_blobs_total"),
+    ("p2preg_gc_freed_bytes", "Bytes freed by garbage collection.", "gc_freed_bytes_total"),
+    ("p2preg_gc_links_removed", "Dead repository blob links removed by garbage collection.",
+     "gc_links_removed_total"),
+)  # fmt: skip
+
+
+class _MaintenanceCollector(Collector):
+    """Exports the maintenance counters at scrape time (nothing until a source is set)."""
+
+    def __init__(self) -> None:
+        self.source: MaintenanceStats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        for name, documentation, attribute in _MAINTENANCE_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=float(getattr(source, attribute)))
+        duration = source.gc_last_duration_s
+        if duration is not None:
+            yield GaugeMetricFamily(
+                "p2preg_gc_last_duration_seconds",
+                "How long the last garbage collection pass took.", value=duration,
+            )
+        started = source.gc_last_run_at
+        if started is not None:
+            yield GaugeMetricFamily(
+                "p2preg_gc_last_run_timestamp_seconds",
+                "When the last garbage collection pass started (Unix time).", value=started,
+            )
+
+
 class RegistryMetrics:
     """Every metric the registry exposes, registered in ``self.registry`` (one per node)."""
 
@@ -125,6 +196,8 @@ class RegistryMetrics:
             self._cache.labels(result=result)
         self._store = _StoreCollector()
         self.registry.register(self._store)
+        self._maintenance = _MaintenanceCollector()
+        self.registry.register(self._maintenance)
 
     # --- called by the HTTP layer -------------------------------------------------------------
 
@@ -165,6 +238,11 @@ class RegistryMetrics:
         """
         self._store.bytes_reading = bytes_reading
         self._store.blobs_reading = blobs_reading
+
+    def set_maintenance_source(self, source: MaintenanceStats | None) -> None:
+        """Export ``source``'s eviction and garbage collection counters (read at scrape time);
+        None stops exporting them (the node stopped its maintenance task)."""
+        self._maintenance.source = source
 
 
 def exposition(metrics: RegistryMetrics, accept: str | None) -> tuple[bytes, str]:

@@ -1,12 +1,18 @@
-"""Background storage upkeep: batched access times, upload expiry and quota eviction.
+"""Background storage upkeep: batched access times, upload expiry, quota eviction and GC.
 
 Owns: ``AccessRecorder`` (collects ``touch(digest)`` from the hot read path in memory and writes
 them with one ``MetadataStore.touch_many`` per flush, never one SQLite write per request) and
 ``Maintenance`` (one asyncio task that flushes the recorder every ``flush_interval_s`` and every
 ``interval_s`` runs a pass: flush, expire idle upload sessions, evict least-recently-used blobs
 when the store is over its quota, calling ``on_evict(digest)`` for each blob it deleted so the
-gossip layer can advertise a ``drop``). It also runs a pass early when a flush tick sees the store
-over quota.
+gossip layer can advertise a ``drop``), and in registry mode, every ``gc_interval_s``, garbage
+collection (``gc.collect_garbage``: each blob it deletes goes to ``on_evict`` as well). It also
+runs a pass early when a flush tick sees the store over quota.
+
+Garbage collection runs in registry mode only. A mirror never deletes a manifest, tag or link
+(everything it caches stays referenced), so GC would find nothing but blobs the mirror keeps for
+its peers; the mirror's disk is bounded by eviction instead. GC gets the recorder's pending access
+times, so a blob a client read a moment ago (before the flush) is not collected.
 
 Time: ``clock.now()`` must be *wall-clock* seconds (``WallClock`` in a node, ``FakeClock`` in
 tests): access times are stored on disk and compared with file mtimes. Sleeping goes through the
@@ -34,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +56,7 @@ from p2preg.storage.eviction import (
     EvictionMode,
     EvictionPolicy,
 )
+from p2preg.storage.gc import GcReport, collect_garbage
 from p2preg.storage.metadata import MetadataStore
 from p2preg.storage.uploads import UploadManager
 
@@ -153,6 +161,7 @@ class PassReport:
     accesses_flushed: int
     uploads_expired: int
     eviction: EvictionReport
+    gc: GcReport | None = None  # None: no garbage collection was due in this pass
 
 
 @dataclass
@@ -177,7 +186,10 @@ class Maintenance:
     ``max_bytes``: quota on committed blob bytes (0 = unlimited); eviction frees down to
     ``low_water_ratio * max_bytes``. ``min_age_s``: blobs accessed more recently are never
     evicted. ``upload_max_age_s``: idle upload sessions older than this are dropped (0 = never).
-    ``mode``: only ``mirror`` evicts. Stop it before closing the metadata store.
+    ``mode``: only ``mirror`` evicts, only ``registry`` collects garbage: every
+    ``gc_interval_s`` (0 = never; the first pass collects too), blobs unreferenced for
+    ``gc_grace_s``. ``timer`` measures how long a collection took (seconds, any origin).
+    Stop it before closing the metadata store.
     """
 
     def __init__(
@@ -196,11 +208,16 @@ class Maintenance:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         recorder: AccessRecorder | None = None,
         on_evict: EvictCallback | None = None,
+        gc_interval_s: float = 0.0,
+        gc_grace_s: float = 3600.0,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if interval_s <= 0 or flush_interval_s <= 0:
             raise ValueError("interval_s and flush_interval_s must be positive")
         if upload_max_age_s < 0:
             raise ValueError("upload_max_age_s must be >= 0 (0 = never expire)")
+        if gc_interval_s < 0 or gc_grace_s <= 0:
+            raise ValueError("gc_interval_s must be >= 0 (0 = never) and gc_grace_s positive")
         self.policy = EvictionPolicy(
             max_bytes=max_bytes, low_water_ratio=low_water_ratio, min_age_s=min_age_s, mode=mode
         )
@@ -213,6 +230,10 @@ class Maintenance:
         self.upload_max_age_s = upload_max_age_s
         self._clock = clock
         self._on_evict = on_evict
+        self.gc_interval_s = gc_interval_s if mode == "registry" else 0.0
+        self.gc_grace_s = gc_grace_s
+        self._timer = timer
+        self._next_gc_at = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._seeded_at = -math.inf
         self._last_eviction_total: int | None = None
@@ -224,6 +245,14 @@ class Maintenance:
         self.evicted_blobs_total = 0
         self.evicted_bytes_total = 0
         self.uploads_expired_total = 0
+        self.last_gc: GcReport | None = None
+        self.gc_runs_total = 0
+        self.gc_failed_runs_total = 0
+        self.gc_deleted_blobs_total = 0
+        self.gc_freed_bytes_total = 0
+        self.gc_links_removed_total = 0
+        self.gc_last_duration_s: float | None = None  # None until a collection ran
+        self.gc_last_run_at: float | None = None  # wall-clock start of the last collection
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -282,7 +311,8 @@ class Maintenance:
     # -- one pass --------------------------------------------------------------------------------
 
     async def run_once(self) -> PassReport:
-        """Flush access times, expire idle uploads, evict if over quota; return what happened."""
+        """Flush access times, expire idle uploads, evict if over quota, collect garbage when
+        due (registry mode); return what happened."""
         ok = False
         try:
             report = await self._pass()
@@ -311,7 +341,14 @@ class Maintenance:
                 log.exception("expiring upload sessions failed")
             self.uploads_expired_total += expired
         eviction = await self.evict(now)
-        report = PassReport(now, flushed, expired, eviction)
+        gc: GcReport | None = None
+        if self.gc_interval_s > 0 and now >= self._next_gc_at:
+            self._next_gc_at = now + self.gc_interval_s
+            try:
+                gc = await self.collect(now)
+            except Exception:
+                log.exception("garbage collection failed; next try in %.0f s", self.gc_interval_s)
+        report = PassReport(now, flushed, expired, eviction, gc)
         self.last_report = report
         if expired:
             event(log, "uploads_expired", count=expired, max_age_s=self.upload_max_age_s)
@@ -335,7 +372,47 @@ class Maintenance:
             self._log_eviction(report)
         return report
 
+    async def collect(self, now: float) -> GcReport:
+        """Collect garbage now (whatever the mode and interval): delete blobs unreferenced for
+        ``gc_grace_s`` and the dead links (``gc.collect_garbage``); every deleted blob goes to
+        ``on_evict``. Counted in the ``gc_*`` counters and logged as one ``gc_collected`` event.
+        """
+        started = self._timer()
+        self.gc_last_run_at = now
+        try:
+            report = await collect_garbage(
+                self.blobs, self.meta, now=now, grace_s=self.gc_grace_s,
+                pending_access=self.recorder.last_access, on_delete=self._collected,
+            )
+        except Exception:
+            self.gc_failed_runs_total += 1
+            self.gc_last_duration_s = self._timer() - started
+            raise
+        self.gc_last_duration_s = duration_s = self._timer() - started
+        self.last_gc = report
+        self.gc_runs_total += 1
+        self.gc_deleted_blobs_total += report.deleted
+        self.gc_freed_bytes_total += report.freed_bytes
+        self.gc_links_removed_total += report.links_removed
+        event(
+            log, "gc_collected", examined=report.examined, deleted=report.deleted,
+            freed_bytes=report.freed_bytes, links_removed=report.links_removed,
+            kept=dict(report.kept), failed=report.failed, grace_s=self.gc_grace_s,
+            duration_s=round(duration_s, 6),
+        )
+        return report
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _collected(self, digest: str, size: int) -> None:
+        self._report_drop(digest)
+
+    def _report_drop(self, digest: str) -> None:
+        if self._on_evict is not None:
+            try:
+                self._on_evict(digest)
+            except Exception:
+                log.exception("on_evict(%s) failed", digest)
 
     async def _evict_lru(self, tally: _Eviction, now: float) -> None:
         decided: set[str] = set()
@@ -430,11 +507,7 @@ class Maintenance:
         tally.evicted.append(fresh.digest)
         self.evicted_blobs_total += 1
         self.evicted_bytes_total += fresh.size_bytes
-        if self._on_evict is not None:
-            try:
-                self._on_evict(fresh.digest)
-            except Exception:
-                log.exception("on_evict(%s) failed", fresh.digest)
+        self._report_drop(fresh.digest)
         if len(tally.evicted) % YIELD_EVERY == 0:
             await asyncio.sleep(0)
 
@@ -489,8 +562,13 @@ class Maintenance:
             )
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: passes, evictions, expired uploads, access flushes."""
+        """Counters for metrics: passes, evictions, GC, expired uploads, access flushes."""
         return {
+            "gc_runs_total": self.gc_runs_total,
+            "gc_failed_runs_total": self.gc_failed_runs_total,
+            "gc_deleted_blobs_total": self.gc_deleted_blobs_total,
+            "gc_freed_bytes_total": self.gc_freed_bytes_total,
+            "gc_links_removed_total": self.gc_links_removed_total,
             "passes": self.passes,
             "failed_passes": self.failed_passes,
             "evicted_blobs_total": self.evicted_blobs_total,
