@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +70,7 @@ class BlobStore:
         self._writers: dict[Digest, list[BlobWriter]] = {}
         self._count: int | None = None
         self._total_bytes = 0
+        self._place_lock = threading.Lock()  # a re-commit's link/utime vs a GC delete
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -119,16 +121,28 @@ class BlobStore:
 
     def delete(self, digest: Digest) -> bool:
         """Remove a committed blob; False when it was not there. Metadata is the caller's job."""
+        return self.delete_if_older(digest, float("inf")) is True
+
+    def delete_if_older(self, digest: Digest, cutoff: float) -> bool | None:
+        """Remove a committed blob unless it was committed (or re-committed) after ``cutoff``
+        (its mtime or ctime): True when removed, False when kept as too young, None when it was
+        not there. Garbage collection's delete: the check and the unlink hold the same lock as a
+        re-commit's ``link``/``utime`` in ``_place``, so a blob an upload commits again right
+        now is never removed under it.
+        """
         path = self.layout.blob_path(digest)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            return False
+        with self._place_lock:
+            try:
+                st = path.stat()
+                if max(st.st_mtime, st.st_ctime) > cutoff:
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                return None
         fsync_dir(path.parent)
         if self._count is not None:
             self._count -= 1
-            self._total_bytes -= size
+            self._total_bytes -= st.st_size
         return True
 
     def count(self) -> int:
@@ -245,14 +259,16 @@ class BlobStore:
         final = self.layout.blob_path(digest)
         self._ensure_parent(final)
         try:
-            os.link(src, final)
-            placed = True
-        except FileExistsError:
-            placed = False
-            # Fresh mtime: garbage collection spares blobs younger than its grace period, and this
-            # one is about to be linked again.
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(final)
+            with self._place_lock:  # against delete_if_older between the link and the utime
+                try:
+                    os.link(src, final)
+                    placed = True
+                except FileExistsError:
+                    placed = False
+                    # Fresh mtime: garbage collection spares blobs younger than its grace
+                    # period, and this one is about to be linked again.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(final)
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise

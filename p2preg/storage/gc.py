@@ -92,8 +92,7 @@ class LinkState:
 class GcIndex:
     """The metadata queries of a GC pass, each one indexed read (``MetadataStore``'s lock).
 
-    They read ``MetadataStore``'s connection through its private query helper: they belong in
-    ``MetadataStore`` (as ``manifest_rooted`` and ``blob_link_states``) and move there as they are.
+    Both are ``MetadataStore`` queries (``manifest_rooted``, ``blob_link_states``).
     """
 
     def __init__(self, meta: MetadataStore) -> None:
@@ -101,29 +100,11 @@ class GcIndex:
 
     def rooted(self, digest: str) -> bool:
         """True when a manifest is stored as ``digest`` or references it, in any repository."""
-        row = self._meta._one(
-            "SELECT EXISTS (SELECT 1 FROM manifests WHERE digest = ?)"
-            " OR EXISTS (SELECT 1 FROM manifest_refs WHERE ref = ?)",
-            (digest, digest),
-        )
-        return bool(row[0])
+        return self._meta.manifest_rooted(digest)
 
     def links(self, digest: str) -> list[LinkState]:
         """Every link of ``digest``, with its repository's activity, ordered by repository."""
-        rows = self._meta._all(
-            "SELECT r.name, l.linked_at,"
-            " (SELECT MAX(o.linked_at) FROM blob_links o WHERE o.repo_id = l.repo_id),"
-            " EXISTS (SELECT 1 FROM uploads u WHERE u.repo = r.name),"
-            " EXISTS (SELECT 1 FROM manifest_refs m WHERE m.ref = l.digest"
-            "         AND m.repo_id = l.repo_id)"
-            " FROM blob_links l JOIN repositories r ON r.id = l.repo_id"
-            " WHERE l.digest = ? ORDER BY r.name",
-            (digest,),
-        )
-        return [
-            LinkState(str(row[0]), float(row[1]), float(row[2]), bool(row[3]), bool(row[4]))
-            for row in rows
-        ]
+        return [LinkState(*row) for row in self._meta.blob_link_states(digest)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +224,12 @@ async def collect_garbage(
             for repo in verdict.dead_links:
                 if meta.unlink_blob(repo, digest):
                     links_removed += 1
-        outcome = _DELETED if dry_run or not verdict.delete else _delete(blobs, meta, digest)
+        outcome = (_DELETED if dry_run or not verdict.delete
+                   else _delete(blobs, meta, digest, judge.cutoff))  # fmt: skip
         if outcome == _FAILED:
             failed += 1
+        elif outcome == _YOUNG:  # re-committed since the verdict (an upload in a thread)
+            kept[KEPT_YOUNG] = kept.get(KEPT_YOUNG, 0) + 1
         elif verdict.delete and outcome == _DELETED:
             deleted += 1
             freed += verdict.size
@@ -260,16 +244,19 @@ async def collect_garbage(
     return GcReport(examined, deleted, freed, links_removed, kept, failed)
 
 
-_DELETED, _GONE, _FAILED = "deleted", "gone", "failed"
+_DELETED, _GONE, _FAILED, _YOUNG = "deleted", "gone", "failed", "young"
 
 
-def _delete(blobs: BlobStore, meta: MetadataStore, digest: Digest) -> str:
-    """Delete the file, then its access row: ``_DELETED``, ``_GONE`` or ``_FAILED`` (logged)."""
+def _delete(blobs: BlobStore, meta: MetadataStore, digest: Digest, cutoff: float) -> str:
+    """Delete the file unless it was committed again after ``cutoff``, then its access row:
+    ``_DELETED``, ``_YOUNG``, ``_GONE`` or ``_FAILED`` (logged)."""
     try:
-        deleted = blobs.delete(digest)
+        deleted = blobs.delete_if_older(digest, cutoff)
     except OSError as exc:
         log.warning("garbage collection could not delete %s: %s", digest, exc)
         return _FAILED
+    if deleted is False:
+        return _YOUNG
     meta.forget_access(digest)
     return _DELETED if deleted else _GONE
 

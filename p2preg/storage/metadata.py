@@ -205,6 +205,31 @@ class MetadataStore:
             self._prune_repo(db, repo_id)
             return cursor.rowcount > 0
 
+    def manifest_rooted(self, digest: str) -> bool:
+        """True when a manifest is stored as ``digest`` or references it, in any repository."""
+        row = self._one(
+            "SELECT EXISTS (SELECT 1 FROM manifests WHERE digest = ?)"
+            " OR EXISTS (SELECT 1 FROM manifest_refs WHERE ref = ?)",
+            (digest, digest),
+        )
+        return bool(row[0])
+
+    def blob_link_states(self, digest: str) -> list[tuple[str, float, float, bool, bool]]:
+        """Every link of ``digest``, ordered by repository, as (repository, linked at, the
+        repository's newest link time, an upload open in it, a manifest of it references
+        ``digest``): what garbage collection needs to tell a live link from a dead one."""
+        rows = self._all(
+            "SELECT r.name, l.linked_at,"
+            " (SELECT MAX(o.linked_at) FROM blob_links o WHERE o.repo_id = l.repo_id),"
+            " EXISTS (SELECT 1 FROM uploads u WHERE u.repo = r.name),"
+            " EXISTS (SELECT 1 FROM manifest_refs m WHERE m.ref = l.digest"
+            "         AND m.repo_id = l.repo_id)"
+            " FROM blob_links l JOIN repositories r ON r.id = l.repo_id"
+            " WHERE l.digest = ? ORDER BY r.name",
+            (digest,),
+        )
+        return [(str(r[0]), float(r[1]), float(r[2]), bool(r[3]), bool(r[4])) for r in rows]
+
     def blob_linked(self, repo: str, digest: str | Digest) -> bool:
         return (
             self._one(

@@ -296,3 +296,21 @@ async def test_offline_collection_refuses_a_directory_without_a_store(tmp_path: 
     with pytest.raises(NotADataDir, match="not a p2preg data directory"):
         await collect_offline(layout, now=NOW, grace_s=0)
     assert list(layout.root.iterdir()) == []
+
+
+async def test_a_blob_committed_again_after_the_verdict_is_kept_not_deleted(
+    tmp_path: Path,
+) -> None:
+    # delete_if_older re-checks the age under the lock a re-commit's utime holds.
+    layout = StoreLayout(tmp_path / "store")
+    blobs = BlobStore(layout)
+    digest = await blobs.put_bytes(b"layer")
+    path = blobs.path(digest)
+    old = 1_000_000.0
+    os.utime(path, (old, old))
+    cutoff = os.stat(path).st_ctime + 1  # ctime is now: the "upload finished now" case
+    assert blobs.delete_if_older(digest, cutoff) is True
+    digest = await blobs.put_bytes(b"layer2")
+    assert blobs.delete_if_older(digest, 0.0) is False  # committed after the cutoff: kept
+    assert blobs.has(digest)
+    assert blobs.delete_if_older(Digest.of_bytes(b"never stored"), 0.0) is None

@@ -78,6 +78,9 @@ async def put_manifest(request: web.Request) -> web.Response:
         )
     references = _check_references(ctx, name, parsed)
     await ctx.blobs.put_bytes(body, parsed.digest)
+    # Garbage collection may have removed a referenced blob while the bytes were stored: check
+    # again, with no await between this check and the record (docs/storage.md).
+    references = _check_references(ctx, name, parsed)
     ctx.meta.put_manifest(
         name,
         str(parsed.digest),
