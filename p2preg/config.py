@@ -107,6 +107,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("zone", str, None, "topology label; peers in the same zone are preferred", "ZONE"),
     Option("advertise", str, None, "HTTP address peers use to reach this node (default: "
            "--listen)", "HOST:PORT"),
+    Option("peer_ca", str, None, "with --tls-cert: CA bundle that signed the peers' "
+           "certificates (peers are fetched from over HTTPS; default: the system store)",
+           "FILE"),
 )
 
 _OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -146,6 +149,7 @@ class Config:
     node_name: str | None = None
     zone: str | None = None
     advertise: str | None = None
+    peer_ca: str | None = None
 
     @property
     def listen_host(self) -> str:
@@ -265,6 +269,11 @@ def validate(config: Config) -> None:
     split_host_port(config.listen, "--listen")
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if config.peer_ca and not config.tls_cert:
+        raise ConfigError("--peer-ca needs --tls-cert: only a node serving HTTPS fetches from its "
+                          "peers over HTTPS")
+    if config.peer_ca and not Path(config.peer_ca).is_file():
+        raise ConfigError(f"--peer-ca {config.peer_ca}: no such file")
     if config.anonymous_read and not config.htpasswd:
         raise ConfigError("--anonymous-read only makes sense with --htpasswd")
     if config.manifest_max_bytes <= 0:

@@ -106,8 +106,13 @@ class Node:
                 from p2preg.gossip.service import load_keyring
                 from p2preg.p2p.node_glue import P2P
 
+                peer_tls = None
+                if config.tls_cert:  # a TLS cluster: peers are fetched from over HTTPS too
+                    from p2preg.tlsconfig import client_context
+
+                    peer_tls = client_context(config.peer_ca)
                 self.p2p = P2P(self.gossip, blobs, keyring=load_keyring(config.cluster_key_file),
-                               clock=self.clock, wall_clock=self.wall_clock)
+                               clock=self.clock, wall_clock=self.wall_clock, peer_tls=peer_tls)
                 self.p2p.register_metrics(self.metrics.registry)
             try:
                 mirror = create_mirror(

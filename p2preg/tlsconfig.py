@@ -1,6 +1,7 @@
 """TLS for the node's HTTP server: an ``ssl.SSLContext`` built from PEM certificate and key files.
 
-Owns: ``server_context`` and ``TLSConfigError``. The context is a server-side default context
+Owns: ``server_context``, ``client_context`` (how a node verifies its peers' HTTPS) and
+``TLSConfigError``. The context is a server-side default context
 (``Purpose.CLIENT_AUTH``) with TLS 1.2 as the floor; the certificate file may hold the whole
 chain (leaf first). Every way the files can be wrong (missing, unreadable, not PEM, key not
 matching the certificate, encrypted key) becomes a ``TLSConfigError`` whose message names the
@@ -59,3 +60,16 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return f"{exc.reason} ({exc.library or 'ssl'})"
     return str(exc) or type(exc).__name__
+
+
+def client_context(ca: Path | str | None = None) -> ssl.SSLContext:
+    """A client ``SSLContext`` that verifies servers against ``ca`` (a PEM bundle), or against
+    the system store when ``ca`` is None; TLS 1.2 at least, host names checked."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSConfigError(f"cannot use CA bundle {ca}: {_reason(exc)}") from exc
+    return context

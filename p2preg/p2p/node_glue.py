@@ -34,8 +34,9 @@ import contextlib
 import contextvars
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import web
@@ -113,9 +114,14 @@ class P2P:
         clock: Clock | None = None,
         wall_clock: Clock | None = None,
         rng: random.Random | None = None,
+        peer_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.membership = membership
         self.config = config or P2PConfig()
+        # A node serving HTTPS fetches from its peers over HTTPS, verified with ``peer_tls``.
+        self._peer_tls = peer_tls
+        if peer_tls is not None:
+            self.config = replace(self.config, client=replace(self.config.client, scheme="https"))
         self._blobs = blobs
         wall = wall_clock or WallClock()
         self.penalties = PenaltyBox(clock or MonotonicClock(),
@@ -214,7 +220,8 @@ class P2P:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0,
-                                             limit_per_host=self.config.connections_per_peer)
+                                             limit_per_host=self.config.connections_per_peer,
+                                             ssl=self._peer_tls if self._peer_tls else True)
             # Like the upstream client's: up to 4 MiB of a body may wait in memory before the
             # socket is paused (aiohttp's 64 KiB default pauses and resumes it constantly).
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,

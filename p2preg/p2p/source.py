@@ -58,10 +58,11 @@ class PeerError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class PeerClientConfig:
-    """Timeouts of peer blob requests."""
+    """Timeouts of peer blob requests, and their scheme (``https`` in a cluster serving TLS)."""
 
     connect_timeout_s: float = 3.0
     idle_timeout_s: float = 30.0
+    scheme: str = "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ class PeerBlobSource:
 
     async def open(self, digest: Digest, offset: int) -> PeerBlobStream:
         path = f"{BLOBS_PATH}{digest}"
-        url = f"http://{self.peer.http_addr}{path}"
+        url = f"{self._config.scheme}://{self.peer.http_addr}{path}"
         cfg = self._config
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
                                         sock_read=cfg.idle_timeout_s)
