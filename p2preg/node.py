@@ -150,8 +150,6 @@ class Node:
             from p2preg.registry.mirror import namespace_middleware
 
             middlewares.append(namespace_middleware)
-        if self.p2p is not None:
-            middlewares.append(self.p2p.origin_middleware)
         if config.htpasswd:
             policy = AuthPolicy(Htpasswd(config.htpasswd), anonymous_read=config.anonymous_read)
             middlewares.append(auth_middleware(policy))

@@ -6,20 +6,18 @@ Owns: ``P2PConfig`` and ``P2P``, the one object ``node.py`` builds for the p2p p
               clock=MonotonicClock(), wall_clock=WallClock())
     mirror = create_mirror(config, blobs, meta, ..., peer_sources=p2p.peer_sources)
     p2p.attach(mirror)
-    middlewares.append(p2p.origin_middleware)   # before create_registry_app
     app.add_routes(p2p.routes())                # GET/HEAD /p2p/v1/blobs/<digest>
     await p2p.start()                           # client session; advertises committed blobs
     ...
     await p2p.close()                           # before mirror.close()
 
 What it does:
-- ``peer_sources(digest)`` (the mirror calls it when it starts a fill): asks membership for the
-  live members, holders and fetchers, lets ``routing.plan_route`` choose (penalties applied) and
-  returns one ``PeerBlobSource`` per choice; the mirror appends the upstream. It also
+- ``peer_sources(digest, registry, repository)`` (the mirror calls it when it starts a fill):
+  asks membership for the live members, holders and fetchers, lets ``routing.plan_route``
+  choose (penalties applied) and returns one ``PeerBlobSource`` per choice, the owner told the
+  upstream registry and repository; the mirror appends the upstream. It also
   advertises ``fetching`` and watches the fill: ``have`` once committed, ``drop`` on failure,
   and a penalty for every peer that delivered bytes to a fill whose digest did not match.
-- ``origin_middleware`` remembers which ``/v2/<name>/blobs/<digest>`` request a fill is for, so
-  the owner can be told the upstream registry and repository (the mirror's ``route``).
 - The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
   named upstream and repository, with holders as its only peers (``acting_for_peer``).
 
@@ -71,8 +69,6 @@ from p2preg.upstream.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
-_blob_repository: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "p2preg_p2p_blob_repository", default=None)
 _acting_for_peer: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "p2preg_p2p_acting_for_peer", default=False)
 
@@ -186,19 +182,6 @@ class P2P:
     def routes(self) -> web.RouteTableDef:
         return self.server.routes()
 
-    @web.middleware
-    async def origin_middleware(self, request: web.Request,
-                                handler: Handler) -> web.StreamResponse:
-        """Remember the repository of a ``/v2/<name>/blobs/<digest>`` request for its fill."""
-        name = request.match_info.get("name") if "digest" in request.match_info else None
-        if name is None or "/blobs/uploads" in request.path:
-            return await handler(request)
-        token = _blob_repository.set(name)
-        try:
-            return await handler(request)
-        finally:
-            _blob_repository.reset(token)
-
     async def start(self) -> None:
         """Open the peer client session; advertise every committed blob."""
         self._client()
@@ -251,11 +234,12 @@ class P2P:
                           max_peers=self.config.max_peers)
         return plan, {p.name for p in [*holders, *fetchers]}
 
-    def peer_sources(self, digest: Digest) -> list[BlobSource]:
-        """The peer sources of a new fill of ``digest`` (the mirror appends the upstream)."""
+    def peer_sources(self, digest: Digest, registry: str, repository: str) -> list[BlobSource]:
+        """The peer sources of a new fill of ``digest`` from ``registry``/``repository`` (the
+        mirror appends the upstream; an owner is told the two so it can fill for us)."""
         plan, holders_or_fetchers = self._plan(digest)
         self.stats.last_plan = plan
-        origin = self._origin()
+        origin = BlobOrigin(registry, repository)
         ledger = Ledger()
         sources: list[BlobSource] = []
         for candidate in plan.candidates:
@@ -273,16 +257,6 @@ class P2P:
         self.membership.advertise_fetching(str(digest))
         asyncio.get_running_loop().call_soon(self._watch, digest, ledger)
         return sources
-
-    def _origin(self) -> BlobOrigin | None:
-        name = _blob_repository.get()
-        if name is None or self._mirror is None:
-            return None
-        try:
-            config, repository = self._mirror.route(name)
-        except RegistryError:
-            return None
-        return BlobOrigin(config.registry, repository)
 
     def _watch(self, digest: Digest, ledger: Ledger) -> None:
         # Runs one loop turn after ``peer_sources``: the mirror creates the fill synchronously
@@ -325,13 +299,11 @@ class P2P:
         mirror = self._mirror
         if mirror is None:
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, "this node is not a mirror")
-        tokens = (current_namespace.set(origin.registry),
-                  _blob_repository.set(origin.repository), _acting_for_peer.set(True))
+        tokens = (current_namespace.set(origin.registry), _acting_for_peer.set(True))
         try:
             return await mirror.blob(origin.repository, digest, byte_range, want_body=want_body)
         finally:
-            _acting_for_peer.reset(tokens[2])
-            _blob_repository.reset(tokens[1])
+            _acting_for_peer.reset(tokens[1])
             current_namespace.reset(tokens[0])
 
     # -- metrics ---------------------------------------------------------------------------------

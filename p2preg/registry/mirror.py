@@ -175,6 +175,9 @@ class UpstreamPool:
         self._clients.clear()
 
 
+#: ``peer_sources(digest, registry, repository)``: the peers to try before the upstream for a new
+#: fill of ``digest`` (the upstream registry and repository let the digest's owner fill for us).
+PeerSources = Callable[[Digest, str, str], Sequence[BlobSource]]
 #: ``peer_manifest(digest, max_bytes)``: a peer's copy of a manifest, verified, or None.
 PeerManifest = Callable[[Digest, int], Awaitable[bytes | None]]
 
@@ -210,7 +213,7 @@ class MirrorContentSource:
         tag_max_stale_s: float = 86400.0,
         wall_clock: Clock | None = None,
         metrics: MirrorMetrics | None = None,
-        peer_sources: Callable[[Digest], Sequence[BlobSource]] | None = None,
+        peer_sources: PeerSources | None = None,
     ) -> None:
         self._blobs = blobs
         self._meta = meta
@@ -219,7 +222,7 @@ class MirrorContentSource:
         self._tag_max_stale_s = tag_max_stale_s
         self._wall = wall_clock or WallClock()
         self._metrics = metrics or _NoMetrics()
-        self._peer_sources = peer_sources or (lambda digest: ())
+        self._peer_sources: PeerSources = peer_sources or (lambda digest, registry, repo: ())
         #: (digest, max bytes) -> the verified manifest body from a peer, or None (p2p sets it).
         self.peer_manifest: PeerManifest | None = None
         #: Called with the digest of every manifest stored (p2p: advertise ``have``).
@@ -455,7 +458,8 @@ class MirrorContentSource:
             return await self._head_uncached(client, repo, digest, byte_range)
         self._metrics.cache(False)
         if fill is None:
-            sources = [*self._peer_sources(digest), UpstreamBlobSource(client, repo)]
+            sources = [*self._peer_sources(digest, config.registry, repo),
+                       UpstreamBlobSource(client, repo)]
             fill = self._fetcher.fill(digest, sources)
             self._spawn(self._link_when_done(fill, cache_repo))
         try:
@@ -514,7 +518,7 @@ def create_mirror(
     clock: Clock | None = None,
     wall_clock: Clock | None = None,
     rng: random.Random | None = None,
-    peer_sources: Callable[[Digest], Sequence[BlobSource]] | None = None,
+    peer_sources: PeerSources | None = None,
 ) -> MirrorContentSource:
     """The node's mirror from its ``Config`` (``--upstream``, ``--upstream-ca``,
     ``--docker-config``, ``--upstream-timeout-s``, ``--tag-max-stale-s``).

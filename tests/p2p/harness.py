@@ -199,7 +199,7 @@ async def start_node(
     ctx = RegistryContext(blobs=blobs, meta=meta,
                           uploads=UploadManager(layout, blobs, meta, wall), clock=wall,
                           read_only=True, content=mirror)
-    app = create_registry_app(ctx, middlewares=[namespace_middleware, p2p.origin_middleware])
+    app = create_registry_app(ctx, middlewares=[namespace_middleware])
     app.add_routes(p2p.routes())
     runner = web.AppRunner(app)
     await runner.setup()
