@@ -7,6 +7,7 @@ from the docker.io upstream): the clients silently fall back to docker.io otherw
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.support.node import P2pregNode, running_node
 pytestmark = pytest.mark.clients
 
 REF = "library/busybox:latest"
+ACCESS_LOG_WAIT_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,20 @@ def ok_gets(node: P2pregNode) -> list[dict[str, Any]]:
 
 
 def assert_served_everything(node: P2pregNode, image: BuiltImage) -> None:
+    # A response's access line is written once its last byte went out, which can be a moment
+    # after the client, holding every byte, exited: wait (bounded) for the node's records.
+    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
+    while True:
+        try:
+            _assert_served_everything(node, image)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _assert_served_everything(node: P2pregNode, image: BuiltImage) -> None:
     served = ok_gets(node)
     for digest in image.manifest_digests:
         assert any("/manifests/" in e["path"] and e.get("digest") == digest for e in served), \
