@@ -60,6 +60,7 @@ from tests.support.node import P2pregNode
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO_ROOT / "docs" / "benchmarks" / "fanout.json"
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks-fanout.md"
+PLOT_PATH = REPO_ROOT / "docs" / "benchmarks" / "fanout.png"
 CLUSTERS = ("p2preg", "p2preg-solo", "distribution")
 REPO = "library/fanout"
 RELAY_CHUNK = 64 * 1024
@@ -329,6 +330,32 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Time for all hosts and origin egress per cluster, against N (a PNG beside the docs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    nodes = [row["nodes"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    width = 0.8 / len(CLUSTERS)
+    for i, name in enumerate(CLUSTERS):
+        xs = [x + (i - 1) * width for x in range(len(nodes))]
+        left.bar(xs, [row[name]["wall_s"] for row in rows], width, label=name)
+        right.bar(xs, [row[name]["origin_egress_x_image"] for row in rows], width, label=name)
+    for axis, title in ((left, "time until every host has the image (s)"),
+                        (right, "origin egress (x image size)")):  # fmt: skip
+        axis.set_xticks(range(len(nodes)), [f"N={n}" for n in nodes])
+        axis.set_title(title, fontsize=10)
+    left.legend(fontsize=8)
+    fig.suptitle(f"Pull fan-out, origin capped at {report['origin_MiB_per_s']} MiB/s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -354,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         write_results(args.results, report)
     if args.update_docs:
-        update_docs_section(DOCS_PATH, "fanout", markdown(report))
+        plot(report, PLOT_PATH)
+        update_docs_section(DOCS_PATH, "fanout", markdown(report)
+                            + f"\n![fan-out]({PLOT_PATH.relative_to(DOCS_PATH.parent)})\n")
     return 0
 
 
