@@ -1,12 +1,14 @@
 """Buffered, hashed appends to an open file, with the disk work done off the event loop.
 
 Owns: ``HashingSink``. Small chunks are gathered in memory until ``flush_bytes`` (1 MiB) have
-arrived; then worker threads hash and write the whole batch: two threads at once for a large
-batch (one hashes, one ``writev``s the same buffers, so a batch costs the longer of the two, not
-their sum), one call for a small one. At most one batch is in flight: while the threads work on
-batch N the event loop keeps receiving batch N+1, and a writer that gets ahead waits for the batch
-in flight (back-pressure, bounded memory of about two batches). ``hashlib``, ``os.write`` and
-``os.writev`` release the GIL on large buffers, so all of this really runs in parallel.
+arrived; then worker threads hash and write the whole batch: one thread hashes while another
+``writev``s the same buffers, and each batch's write waits only for the previous batch's write,
+its hash only for the previous hash (one fd, one hasher: order kept), so batch N+1 can be written
+while batch N is still hashed. Up to ``MAX_BATCHES_IN_FLIGHT`` (2) batches are in flight while
+the event loop receives the next one; a writer that gets further ahead waits for the oldest
+(back-pressure, bounded memory of about three batches). The first batch of a small write goes
+in one call (hash then write). ``hashlib``, ``os.write`` and ``os.writev`` release the GIL on
+large buffers, so all of this really runs in parallel.
 
 Must not import aiohttp, sqlite3 or other p2preg packages; it knows nothing of digests or paths.
 """
@@ -14,10 +16,11 @@ Must not import aiohttp, sqlite3 or other p2preg packages; it knows nothing of d
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 DEFAULT_FLUSH_BYTES = 1 << 20
 _IOV_MAX = 1024  # Linux and the BSDs; writev refuses longer vectors
@@ -49,6 +52,10 @@ def writev_all(fd: int, chunks: list[bytes]) -> None:
 #: Batches at least this big are hashed and written by two threads at once (below it the second
 #: thread hand-off costs more than the overlap saves).
 PARALLEL_MIN_BYTES = 256 << 10
+#: Batches hashed and written at once (each waits for its predecessor's write and hash only):
+#: with 2, batch N+1 is written while batch N is still being hashed. Memory: this many batches
+#: plus the one being filled.
+MAX_BATCHES_IN_FLIGHT = 2
 
 
 def write_chunks(fd: int, chunks: list[bytes]) -> int:
@@ -73,31 +80,6 @@ def hash_and_write(fd: int, hasher: hashlib._Hash, chunks: list[bytes]) -> int:
     """
     hash_chunks(hasher, chunks)
     return write_chunks(fd, chunks)
-
-
-def _both(write: asyncio.Future[int], hashed: asyncio.Future[None]) -> asyncio.Future[int]:
-    """A future done once *both* threads are done (so the fd and hasher are free again).
-
-    Its result is the write's byte count; its error the write's, else the hash's.
-    """
-    combined: asyncio.Future[int] = write.get_loop().create_future()
-
-    def done(_: asyncio.Future[Any]) -> None:
-        if not (write.done() and hashed.done()) or combined.done():
-            return
-        for part in (write, hashed):
-            if part.cancelled():
-                combined.cancel()
-                return
-            error = part.exception()
-            if error is not None:
-                combined.set_exception(error)
-                return
-        combined.set_result(write.result())
-
-    write.add_done_callback(done)
-    hashed.add_done_callback(done)
-    return combined
 
 
 async def settle(future: asyncio.Future[Any]) -> None:
@@ -142,8 +124,11 @@ class HashingSink:
         self._on_flushed = on_flushed
         self._chunks: list[bytes] = []
         self._buffered = 0
-        self._inflight: asyncio.Future[int] | None = None
         self._inflight_bytes = 0
+        # Batches in flight, oldest first: (write done, hash done, bytes). Writes run one after
+        # the other (one fd), hashes too (one hasher), but a batch's write need not wait for the
+        # previous batch's hash: up to MAX_BATCHES_IN_FLIGHT batches overlap.
+        self._batches: list[tuple[asyncio.Future[int], asyncio.Future[None], int]] = []
         self.closed = False
 
     @property
@@ -154,8 +139,7 @@ class HashingSink:
     @property
     def total(self) -> int:
         """Every byte accepted so far: in the file, in flight, or buffered."""
-        inflight = 0 if self._inflight is None else self._inflight_bytes
-        return self.written + inflight + self._buffered
+        return self.written + self._inflight_bytes + self._buffered
 
     async def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Accept ``chunk``; start a thread write once a full batch is buffered."""
@@ -175,33 +159,49 @@ class HashingSink:
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait for the batch in flight, if any; re-raises its ``OSError``."""
-        inflight = self._inflight
-        if inflight is not None:
-            try:
-                await asyncio.shield(inflight)
-            finally:
-                if self._inflight is inflight and inflight.done():
-                    self._inflight = None
+        """Wait for every batch in flight; re-raises the first ``OSError``."""
+        await self._wait_batches(0)
 
     async def settle(self) -> None:
-        """Wait for the batch in flight to end, ignoring its error, before the fd is closed.
+        """Wait for every batch in flight to end, ignoring errors, before the fd is closed.
 
-        A cancellation arriving meanwhile is held back until the worker thread is finished with
-        the fd, then re-raised: closing an fd a thread still writes to could hit a reused fd.
+        A cancellation arriving meanwhile is held back until the worker threads are finished
+        with the fd, then re-raised: closing an fd a thread still writes to could hit a reused fd.
         """
-        inflight = self._inflight
-        if inflight is not None:
-            await settle(inflight)
-            if self._inflight is inflight:
-                self._inflight = None
+        cancelled = False
+        for written, hashed, _ in list(self._batches):
+            for part in (written, hashed):
+                try:
+                    await settle(part)
+                except asyncio.CancelledError:
+                    cancelled = True
+        self._batches.clear()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _wait_batches(self, keep: int) -> None:
+        """Wait until at most ``keep`` batches are in flight (oldest first); raise an error."""
+        while len(self._batches) > keep:
+            written, hashed, _ = self._batches[0]
+            parts: list[asyncio.Future[Any]] = [written, hashed]
+            # Both threads let go of the fd and hasher before an error is raised.
+            await asyncio.wait(parts)
+            self._batches.pop(0)
+            for part in parts:
+                error = None if part.cancelled() else part.exception()
+                if error is not None:
+                    for later_written, later_hashed, _ in self._batches:  # chained: they fail
+                        await asyncio.wait([later_written, cast("asyncio.Future[Any]",
+                                                                later_hashed)])
+                    self._batches.clear()
+                    raise error
 
     def take_buffer(self) -> list[bytes]:
         """Hand the unflushed chunks to the caller (to write them in its own thread call).
 
         Only valid after ``drain()``; the caller must account for them (``advance``).
         """
-        assert self._inflight is None, "drain() before take_buffer()"
+        assert not self._batches, "drain() before take_buffer()"
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         return chunks
 
@@ -216,27 +216,41 @@ class HashingSink:
         self.closed = True
 
     async def _start_flush(self) -> None:
-        await self.drain()  # at most one batch in flight, and batches stay in order
+        # Bounded memory: at most MAX_BATCHES_IN_FLIGHT batches besides the one buffering.
+        await self._wait_batches(MAX_BATCHES_IN_FLIGHT - 1)
         if self.closed:  # closed while we waited: the fd may already be gone (or reused)
             raise RuntimeError("write to a closed sink")
-        chunks = self.take_buffer()
-        nbytes = self._inflight_bytes = sum(len(c) for c in chunks)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int]
-        if nbytes >= PARALLEL_MIN_BYTES:
-            written = loop.run_in_executor(None, write_chunks, self.fd, chunks)
-            hashed = loop.run_in_executor(None, hash_chunks, self.hasher, chunks)
-            future = _both(written, hashed)
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        nbytes = sum(len(c) for c in chunks)
+        self._inflight_bytes += nbytes
+        previous = self._batches[-1] if self._batches else None
+        written: asyncio.Future[int]
+        hashed: asyncio.Future[None]
+        if nbytes >= PARALLEL_MIN_BYTES or previous is not None:
+            written = asyncio.ensure_future(self._after(
+                None if previous is None else previous[0], write_chunks, self.fd, chunks))
+            hashed = asyncio.ensure_future(self._after(
+                None if previous is None else previous[1], hash_chunks, self.hasher, chunks))
         else:
-            future = written = loop.run_in_executor(None, hash_and_write, self.fd, self.hasher,
-                                                    chunks)
-        self._inflight = future
+            loop = asyncio.get_running_loop()
+            written = loop.run_in_executor(None, hash_and_write, self.fd, self.hasher, chunks)
+            hashed = loop.create_future()
+            written.add_done_callback(lambda _f: hashed.set_result(None))
+        self._batches.append((written, hashed, nbytes))
         # Readers may see the bytes as soon as they are in the file, hashed or not (the digest
         # is checked at the commit, before the last byte of any response is released).
-        written.add_done_callback(self._flushed)
+        written.add_done_callback(functools.partial(self._flushed, nbytes=nbytes))
 
-    def _flushed(self, future: asyncio.Future[int]) -> None:
+    @staticmethod
+    async def _after(previous: asyncio.Future[Any] | None, work: Callable[..., Any],
+                     *args: Any) -> Any:
+        """Run ``work(*args)`` in a worker thread once ``previous`` (same kind) succeeded."""
+        if previous is not None:
+            await asyncio.shield(previous)  # its error stops this batch too
+        return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+
+    def _flushed(self, future: asyncio.Future[int], *, nbytes: int) -> None:
+        self._inflight_bytes -= nbytes
         if future.cancelled() or future.exception() is not None:
             return  # drain() re-raises for the producer
         self.advance(future.result())
-        self._inflight_bytes = 0  # now counted in ``written``

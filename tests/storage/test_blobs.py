@@ -354,7 +354,8 @@ async def test_abort_from_another_task_stops_a_writer_mid_flush(
     store = BlobStore(layout, flush_bytes=1024)
     writer = store.writer(expected=sha256(b"never"))
     await writer.write(b"a" * 1024)  # a batch is now in flight (held)
-    pending = asyncio.create_task(writer.write(b"b" * 1024))  # waits for that batch
+    await writer.write(b"b" * 1024)  # the second batch in flight, chained after the first
+    pending = asyncio.create_task(writer.write(b"c" * 1024))  # waits for the first batch
     await asyncio.sleep(0)
     abort = asyncio.create_task(writer.abort())
     await asyncio.sleep(0)

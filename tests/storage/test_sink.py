@@ -126,3 +126,50 @@ async def test_a_failed_write_is_raised_only_once_the_hashing_thread_let_go(
         release_hash.set()
         os.close(fd)
     assert out.written == 0  # nothing counted as in the file
+
+
+async def test_the_next_batch_is_written_while_the_previous_one_is_still_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_hash_held, release = threading.Event(), threading.Event()
+    real_hash = sink.hash_chunks
+    calls = 0
+
+    def held_first_hash(hasher: hashlib._Hash, chunks: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_hash_held.set()
+            release.wait(timeout=30)
+        real_hash(hasher, chunks)
+
+    monkeypatch.setattr(sink, "hash_chunks", held_first_hash)
+    batch = sink.PARALLEL_MIN_BYTES
+    grown: list[int] = []
+    written_twice = asyncio.Event()
+
+    def on_flushed(written: int) -> None:
+        grown.append(written)
+        if written == 2 * batch:
+            written_twice.set()
+
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    hasher = hashlib.sha256()
+    try:
+        out = sink.HashingSink(fd, hasher, flush_bytes=batch, on_flushed=on_flushed)
+        await out.write(b"a" * batch)
+        await asyncio.to_thread(first_hash_held.wait, 30)
+        # A second batch goes in flight and reaches the file while the first is still hashed
+        # (with one batch in flight, it would wait for that hash: 30 s, then this times out).
+        second = asyncio.ensure_future(out.write(b"b" * batch))
+        await asyncio.wait_for(written_twice.wait(), timeout=10)
+        assert grown == [batch, 2 * batch] and not release.is_set()
+        release.set()
+        await second
+        await out.flush()
+    finally:
+        release.set()
+        os.close(fd)
+    data = b"a" * batch + b"b" * batch
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
