@@ -4,14 +4,11 @@ Owns the ``mirror`` benchmark. One Distribution origin holds the content; for ev
 each mirror starts cold (a new data directory) and gets the same requests, the two mirrors taking
 turns run by run:
 
-- cold blob GET (default 1 GiB): time to first byte and throughput, one curl client; measured
-  twice: as the machine is, and with host memory warmed right before each GET (``--warm-gib``:
-  a child process touches that much memory and exits). On a VM with virtio-balloon free page
-  reporting, memory the guest frees goes back to the host and its next first touch costs a
-  hypervisor fault; a mirror that must write the blob into the page cache before it may hand out
-  the last byte pays that on the client's path, a proxy that streams the client from a separate
-  upstream fetch does not. Both numbers are reported; ``machine.free_page_reporting`` says
-  whether the machine does this;
+- cold blob GET (default 1 GiB): time to first byte and throughput, one curl client; with
+  ``--warm-gib N`` measured a second time with N GiB of host memory touched (by a child process
+  that then exits) right before each GET: on a VM with virtio-balloon free page reporting
+  (``machine.free_page_reporting``), memory the guest frees goes back to the host and its next
+  first touch costs a hypervisor fault, which page-cache writes pay;
 - cold whole-image pull: the manifest by tag, then every blob, 3 at a time (dockerd's default
   ``max-concurrent-downloads``), wall time;
 - fan-in: N concurrent cold GETs of one blob (default 20 x 64 MiB): wall time and how many blob
@@ -401,9 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warm-gib",
         type=int,
-        default=4,
+        default=0,
         help="also measure the cold blob GET with this much host memory touched just before "
-        "each GET (0: skip; 4)",
+        "each GET (0: skip, the default; docs/benchmarks-mirror.md says what it showed)",
     )
     parser.add_argument("--fanin-clients", type=int, default=20)
     parser.add_argument("--fanin-mib", type=int, default=64)
