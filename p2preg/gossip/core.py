@@ -282,6 +282,8 @@ class GossipCore:
                 math.floor((now - self._next_gossip_at) / interval) + 1
             ) * interval
         self._expire_relays(now)
+        for suspect in self.table.due_verifications(now):
+            self._send_verification(suspect)
         self.table.expire(now)
         self._drain_forgotten(now)
 
@@ -436,9 +438,11 @@ class GossipCore:
         self.stats.probes += 1
         parts = [(MessageType.PING, msgs.Ping(seq, target.name, self.name).encode())]
         if cfg.lifeguard and target.status == MemberStatus.SUSPECT:
-            # Buddy system: tell a suspect directly so it can refute at once.
+            # Buddy system: tell a suspect directly so it can refute at once. The suspicion goes
+            # first: the target handles it before the PING, so its ACK already piggybacks the
+            # refutation (or, if we are the one who missed it, its re-announced alive).
             suspect = msgs.Suspect(target.incarnation, target.name, self.name)
-            parts.append((MessageType.SUSPECT, suspect.encode()))
+            parts.insert(0, (MessageType.SUSPECT, suspect.encode()))
         self._send(target.addr, parts)
 
     def _send_indirect(self, probe: _Probe, now: float) -> None:
@@ -457,6 +461,16 @@ class GossipCore:
             self.stats.indirect_probes += 1
             self._send(helper.addr, [(MessageType.INDIRECT_PING, body)])
         probe.expected_nacks = len(helpers) if want_nack else 0
+
+    def _send_verification(self, target: MemberState) -> None:
+        """Ask a member we still suspect directly (Lifeguard). Only the suspicion and a PING, in
+        that order: a live member handles the suspicion first (refutes, or re-announces if we
+        are the one who missed its refutation), so the ACK piggybacks its current alive claim.
+        The ACK matches no probe and is otherwise ignored; silence proves nothing here."""
+        suspect = msgs.Suspect(target.incarnation, target.name, self.name)
+        ping = msgs.Ping(self._next_seq(), target.name, self.name)
+        parts = [(MessageType.SUSPECT, suspect.encode()), (MessageType.PING, ping.encode())]
+        self._send(target.addr, parts, piggyback=False)
 
     def _finish_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
@@ -574,11 +588,15 @@ class GossipCore:
 
     # -- internals: sending ----------------------------------------------------------------
 
-    def _send(self, addr: Addr, parts: Sequence[tuple[int, bytes]]) -> None:
+    def _send(
+        self, addr: Addr, parts: Sequence[tuple[int, bytes]], *, piggyback: bool = True
+    ) -> None:
         budget = self.config.max_packet_bytes - self._overhead
         for _, body in parts:
             budget -= len(body) + PART_OVERHEAD
-        out = [*parts, *self._queue.get(budget, PART_OVERHEAD, self.table.num_live)]
+        out = list(parts)
+        if piggyback:
+            out.extend(self._queue.get(budget, PART_OVERHEAD, self.table.num_live))
         if not out:
             return
         packet = assemble_packet(out, self.keyring)
