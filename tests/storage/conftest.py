@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from p2preg.clock import FakeClock
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
+from p2preg.storage.metadata import MetadataStore
+
+#: The wall-clock "now" of the maintenance and GC tests (their own modules may start elsewhere).
+NOW = 2_000_000_000.0
 
 
 @pytest.fixture
@@ -21,6 +27,18 @@ def blobs(layout: StoreLayout) -> BlobStore:
     store = BlobStore(layout)
     store.recover()
     return store
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def meta(blobs: BlobStore, clock: FakeClock) -> Iterator[MetadataStore]:
+    """The store's metadata, stamped by ``clock``."""
+    with MetadataStore(blobs.layout.db_path, clock=clock) as store:
+        yield store
 
 
 @pytest.fixture

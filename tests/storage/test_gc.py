@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,12 +39,6 @@ OLD = NOW - 2 * GRACE_S
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(OLD)  # links and sessions are made at OLD unless a test moves the clock
-
-
-@pytest.fixture
-def meta(blobs: BlobStore, clock: FakeClock) -> Iterator[MetadataStore]:
-    with MetadataStore(blobs.layout.db_path, clock=clock) as store:
-        yield store
 
 
 async def put_old(blobs: BlobStore, data: bytes, mtime: float = OLD) -> Digest:

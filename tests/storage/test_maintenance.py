@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -30,17 +30,6 @@ OLD = NOW - 86_400.0
 BLOB_BYTES = 1000
 INTERVAL_S = 60.0
 FLUSH_S = 5.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(NOW)
-
-
-@pytest.fixture
-def meta(blobs: BlobStore, clock: FakeClock) -> Iterator[MetadataStore]:
-    with MetadataStore(blobs.layout.db_path, clock=clock) as store:
-        yield store
 
 
 @pytest.fixture

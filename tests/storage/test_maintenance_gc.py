@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -28,17 +28,6 @@ GRACE_S = 3600.0
 GC_INTERVAL_S = 600.0
 INTERVAL_S = 60.0
 FLUSH_S = 5.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(NOW)
-
-
-@pytest.fixture
-def meta(blobs: BlobStore, clock: FakeClock) -> Iterator[MetadataStore]:
-    with MetadataStore(blobs.layout.db_path, clock=clock) as store:
-        yield store
 
 
 class Drops:
