@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -182,24 +181,6 @@ PeerSources = Callable[[Digest, str, str], Sequence[BlobSource]]
 PeerManifest = Callable[[Digest, int], Awaitable[bytes | None]]
 
 
-def manifest_media_type(body: bytes) -> str:
-    """The media type of a manifest that came without one (from a peer, by digest).
-
-    Its own ``mediaType`` when it has one (required for Docker's types, optional in OCI); else an
-    OCI index when it lists ``manifests``, an OCI image manifest otherwise.
-    """
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return mediatypes.OCI_MANIFEST
-    if not isinstance(data, dict):
-        return mediatypes.OCI_MANIFEST
-    declared = data.get("mediaType")
-    if isinstance(declared, str) and declared:
-        return declared
-    return mediatypes.OCI_INDEX if "manifests" in data else mediatypes.OCI_MANIFEST
-
-
 class MirrorContentSource:
     """Pull-through ``ContentSource`` (see the module docstring for the rules)."""
 
@@ -343,7 +324,7 @@ class MirrorContentSource:
         body = await self.peer_manifest(digest, MAX_MANIFEST_BYTES)
         if body is None:
             return None
-        fetched = FetchedManifest(digest, manifest_media_type(body), body)
+        fetched = FetchedManifest(digest, mediatypes.of_manifest_body(body), body)
         await self._store_manifest(cache_repo, fetched, tag)
         self.manifests_from_peers_total += 1
         return ManifestContent(fetched.media_type, digest, body)

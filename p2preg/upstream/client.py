@@ -9,9 +9,7 @@ Every failure is an ``UpstreamError``. Must not import storage, registry, gossip
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import random
 import re
 import ssl
@@ -421,10 +419,7 @@ def _media_type(content_type: str | None, body: bytes) -> str:
     if value and value not in ("application/json", "text/plain", "application/octet-stream"):
         return value
     if body:
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            data = json.loads(body)
-            if isinstance(data, dict) and isinstance(data.get("mediaType"), str):
-                return str(data["mediaType"])
+        return mediatypes.of_manifest_body(body)
     return value or mediatypes.OCI_MANIFEST
 
 
