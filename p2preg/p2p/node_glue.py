@@ -53,7 +53,6 @@ from p2preg.p2p.penalties import DEFAULT_FAILURE_S, DEFAULT_WRONG_BYTES_S, Penal
 from p2preg.p2p.routing import (
     DEFAULT_MAX_PEERS,
     ROLE_HOLDER,
-    ROLE_OWNER,
     Candidate,
     RoutePlan,
     plan_route,
@@ -150,11 +149,7 @@ class P2P:
         when it holds it): a manifest is small, and a peer without it would have to fetch it from
         the upstream, which the mirror does itself right after.
         """
-        plan, _ = self._plan(digest)
-        try:
-            holding = {m.name for m in self.membership.holders(str(digest))}
-        except RuntimeError:  # gossip not running
-            return None
+        plan, holding, _ = self._plan(digest)
         for planned in plan.candidates:
             if planned.peer.name not in holding:
                 continue  # a fetcher or an owner without it: the mirror asks the upstream itself
@@ -217,8 +212,8 @@ class P2P:
         """The routing decision for ``digest`` now (membership + penalties)."""
         return self._plan(digest)[0]
 
-    def _plan(self, digest: Digest) -> tuple[RoutePlan, set[str]]:
-        """The plan, and the names of the peers that hold or fetch ``digest``."""
+    def _plan(self, digest: Digest) -> tuple[RoutePlan, set[str], set[str]]:
+        """The plan, and the names of the peers that hold, and that fetch, ``digest``."""
         key = str(digest)
         membership = self.membership
         try:
@@ -232,20 +227,17 @@ class P2P:
                           demoted=self.penalties.demoted(),
                           acting_for_peer=_acting_for_peer.get(),
                           max_peers=self.config.max_peers)
-        return plan, {p.name for p in [*holders, *fetchers]}
+        return plan, {p.name for p in holders}, {p.name for p in fetchers}
 
     def peer_sources(self, digest: Digest, registry: str, repository: str) -> list[BlobSource]:
         """The peer sources of a new fill of ``digest`` from ``registry``/``repository`` (the
         mirror appends the upstream; an owner is told the two so it can fill for us)."""
-        plan, holders_or_fetchers = self._plan(digest)
+        plan = self._plan(digest)[0]
         self.stats.last_plan = plan
         origin = BlobOrigin(registry, repository)
         ledger = Ledger()
         sources: list[BlobSource] = []
         for candidate in plan.candidates:
-            if (candidate.role == ROLE_OWNER and origin is None
-                    and candidate.peer.name not in holders_or_fetchers):
-                continue  # an owner cannot fill without knowing the upstream
             sources.append(PeerBlobSource(
                 self._client(), candidate, node_name=self.membership.node_name,
                 signer=self._signer, origin=origin, config=self.config.client, ledger=ledger,

@@ -212,7 +212,6 @@ class MirrorContentSource:
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.stale_served_total = 0
-        self.manifests_from_peers_total = 0
 
     @property
     def fetcher(self) -> BlobFetcher:
@@ -326,7 +325,6 @@ class MirrorContentSource:
             return None
         fetched = FetchedManifest(digest, mediatypes.of_manifest_body(body), body)
         await self._store_manifest(cache_repo, fetched, tag)
-        self.manifests_from_peers_total += 1
         return ManifestContent(fetched.media_type, digest, body)
 
     async def _fetch_manifest(
