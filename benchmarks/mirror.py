@@ -4,7 +4,11 @@ Owns the ``mirror`` benchmark. One Distribution origin holds the content; for ev
 each mirror starts cold (a new data directory) and gets the same requests, the two mirrors taking
 turns run by run:
 
-- cold blob GET (default 1 GiB): time to first byte and throughput, one curl client; with
+- cold blob GET (default 1 GiB): time to first byte and throughput, one curl client; then how
+  long until the mirror holds a verified copy in its store (polled on disk) and the mirror
+  process's CPU seconds up to that moment (Distribution's proxy streams the client from one
+  origin GET and stores the blob from a second one in the background, so its client's last byte
+  comes before most of its work); with
   ``--warm-gib N`` measured a second time with N GiB of host memory touched (by a child process
   that then exits) right before each GET: on a VM with virtio-balloon free page reporting
   (``machine.free_page_reporting``), memory the guest frees goes back to the host and its next
@@ -18,8 +22,7 @@ Ratios are p2preg / Distribution: throughput above 1 and TTFB or time below 1 fa
 Results are printed, written to ``docs/benchmarks/mirror.json`` and, with ``--update-docs``, to
 ``docs/benchmarks-mirror.md``.
 
-The p2preg node runs as ``p2preg serve --mode mirror --upstream docker.io=ORIGIN`` once
-``p2preg.node`` exists, else through ``benchmarks/_mirror_node.py`` (the same components).
+The p2preg node runs as ``p2preg serve --mode mirror --upstream docker.io=ORIGIN``.
 
 Run from the repository root: ``.venv/bin/python -m benchmarks.mirror`` (``--help`` for sizes).
 """
@@ -29,8 +32,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -53,14 +56,7 @@ from benchmarks.common import (
     write_blob_file,
     write_results,
 )
-from tests.support.daemons import (
-    Distribution,
-    ManagedProcess,
-    distribution,
-    remove_tree,
-    short_tempdir,
-    wait_for_log,
-)
+from tests.support.daemons import Distribution, distribution
 from tests.support.node import running_node
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,44 +97,42 @@ def curl_get(url: str) -> Get:
 # ---------------------------------------------------------------------------------------- targets
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A running cold mirror: where to send requests, its process, where it stores a blob."""
+
+    url: str
+    pid: int
+    store: Path
+    layout: str  # "p2preg" or "distribution": how blob paths are built under ``store``
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, hexdigest = digest.split(":", 1)
+        if self.layout == "p2preg":  # docs/storage.md
+            return self.store / "blobs" / algorithm / hexdigest[:2] / hexdigest
+        return (self.store / "docker" / "registry" / "v2" / "blobs" / algorithm / hexdigest[:2]
+                / hexdigest / "data")
+
+
 @contextlib.contextmanager
-def p2preg_mirror(origin: Distribution) -> Iterator[str]:
-    """A cold p2preg mirror of ``origin``; yields its base URL."""
+def p2preg_mirror(origin: Distribution) -> Iterator[Target]:
+    """A cold p2preg mirror of ``origin``."""
     upstream = f"docker.io={origin.url}"
-    if importlib.util.find_spec("p2preg.node") is not None:
-        with running_node(mode="mirror", extra_args=["--upstream", upstream]) as node:
-            yield node.url
-        return
-    base = short_tempdir("p2p-bm-")
-    argv = [
-        sys.executable,
-        "-m",
-        "benchmarks._mirror_node",
-        "--data-dir",
-        str(base / "data"),
-        "--upstream",
-        upstream,
-    ]
-    process = ManagedProcess(argv, base / "node.log", cwd=REPO_ROOT)
-    try:
-        line = wait_for_log(process, "listening on ")
-        yield line.split("listening on ", 1)[1].strip()
-    finally:
-        process.stop()
-        remove_tree(base)
+    with running_node(mode="mirror", extra_args=["--upstream", upstream]) as node:
+        yield Target(node.url, node.pid, node.data_dir, "p2preg")
 
 
 @contextlib.contextmanager
-def distribution_proxy(origin: Distribution) -> Iterator[str]:
+def distribution_proxy(origin: Distribution) -> Iterator[Target]:
     with distribution(proxy_remote_url=origin.url) as proxy:
-        yield proxy.url
+        yield Target(proxy.url, proxy.process.pid, proxy.root / "data", "distribution")
 
 
 @contextlib.contextmanager
-def cold_target(name: str, origin: Distribution) -> Iterator[str]:
+def cold_target(name: str, origin: Distribution) -> Iterator[Target]:
     factory = p2preg_mirror if name == "p2preg" else distribution_proxy
-    with factory(origin) as url:
-        yield url
+    with factory(origin) as target:
+        yield target
 
 
 def order(run: int) -> Sequence[str]:
@@ -165,19 +159,54 @@ def free_page_reporting() -> bool | None:
     return False
 
 
+#: How long a mirror may take to store a blob after its client's last byte before the run fails.
+STORE_TIMEOUT_S = 300.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (``/proc/PID/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass(frozen=True, slots=True)
+class ColdGet:
+    """One cold GET: the client's view, and when the mirror had a verified copy stored."""
+
+    get: Get
+    stored_s: float  # from the request to the blob being in the mirror's store
+    cpu_s: float  # the mirror process's CPU over the same span
+
+
+def wait_stored(path: Path, timeout_s: float = STORE_TIMEOUT_S) -> float:
+    """Poll until ``path`` exists; returns ``time.perf_counter()`` when seen."""
+    deadline = time.perf_counter() + timeout_s
+    while not path.exists():
+        if time.perf_counter() > deadline:
+            raise BenchmarkError(f"{path} not stored within {timeout_s:.0f} s")
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
 def cold_blob(
     origin: Distribution, repo: str, digest: str, size: int, runs: int, warm_gib: int = 0
-) -> dict[str, list[Get]]:
-    results: dict[str, list[Get]] = {t: [] for t in TARGETS}
+) -> dict[str, list[ColdGet]]:
+    results: dict[str, list[ColdGet]] = {t: [] for t in TARGETS}
     for run in range(runs):
-        for target in order(run):
-            with cold_target(target, origin) as url:
+        for name in order(run):
+            with cold_target(name, origin) as target:
                 if warm_gib:
                     warm_memory(warm_gib)
-                got = curl_get(f"{url}/v2/{repo}/blobs/{digest}")
+                cpu_before = process_cpu_s(target.pid)
+                start = time.perf_counter()
+                got = curl_get(f"{target.url}/v2/{repo}/blobs/{digest}")
+                stored = wait_stored(target.blob_path(digest)) - start
+                cpu = process_cpu_s(target.pid) - cpu_before
             if got.status != 200 or got.nbytes != size:
-                raise BenchmarkError(f"{target}: cold GET gave {got.status}, {got.nbytes} bytes")
-            results[target].append(got)
+                raise BenchmarkError(f"{name}: cold GET gave {got.status}, {got.nbytes} bytes")
+            results[name].append(ColdGet(got, stored, cpu))
     return results
 
 
@@ -187,16 +216,17 @@ def cold_image(
     results: dict[str, list[float]] = {t: [] for t in TARGETS}
     for run in range(runs):
         for target in order(run):
-            with cold_target(target, origin) as url:
+            with cold_target(target, origin) as mirror:
                 start = time.perf_counter()
                 status, _ = http_control(
-                    "GET", f"{url}/v2/{repo}/manifests/latest", {"Accept": OCI_MANIFEST}
+                    "GET", f"{mirror.url}/v2/{repo}/manifests/latest", {"Accept": OCI_MANIFEST}
                 )
                 if status != 200:
                     raise BenchmarkError(f"{target}: manifest GET gave {status}")
                 with ThreadPoolExecutor(max_workers=3) as pool:
                     gets = list(
-                        pool.map(lambda d: curl_get(f"{url}/v2/{repo}/blobs/{d[0]}"), blobs)
+                        pool.map(lambda d, u=mirror.url: curl_get(f"{u}/v2/{repo}/blobs/{d[0]}"),
+                                 blobs)
                     )
                 seconds = time.perf_counter() - start
             for got, (digest, size) in zip(gets, blobs, strict=True):
@@ -212,11 +242,12 @@ def fan_in(
     results: dict[str, dict[str, float]] = {}
     for target in TARGETS:
         before = origin.blob_gets(digest)
-        with cold_target(target, origin) as url:
+        with cold_target(target, origin) as mirror:
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=clients) as pool:
                 gets = list(
-                    pool.map(lambda _: curl_get(f"{url}/v2/{repo}/blobs/{digest}"), range(clients))
+                    pool.map(lambda _, u=mirror.url: curl_get(f"{u}/v2/{repo}/blobs/{digest}"),
+                             range(clients))
                 )
             seconds = time.perf_counter() - start
         ok = sum(1 for g in gets if g.status == 200 and g.nbytes == size)
@@ -293,25 +324,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             origin, "library/fan", fan_digest, args.fanin_mib * MIB, args.fanin_clients
         )
 
-    def mib_s(gets: list[Get]) -> float:
-        return statistics.median(g.nbytes / MIB / g.total_s for g in gets)
+    def mib_s(gets: list[ColdGet]) -> float:
+        return statistics.median(g.get.nbytes / MIB / g.get.total_s for g in gets)
 
-    def ttfb_ms(gets: list[Get]) -> float:
-        return statistics.median(g.ttfb_s for g in gets) * 1000
+    def ttfb_ms(gets: list[ColdGet]) -> float:
+        return statistics.median(g.get.ttfb_s for g in gets) * 1000
 
-    def blob_summary(gets: dict[str, list[Get]]) -> dict[str, Any]:
+    def stored_s(gets: list[ColdGet]) -> float:
+        return statistics.median(g.stored_s for g in gets)
+
+    def blob_summary(gets: dict[str, list[ColdGet]]) -> dict[str, Any]:
         return {
             "size_MiB": args.blob_mib,
             **{
                 t: {
                     "MiB_per_s": round(mib_s(gets[t]), 1),
                     "ttfb_ms": round(ttfb_ms(gets[t]), 1),
-                    "runs_s": [round(g.total_s, 3) for g in gets[t]],
+                    "runs_s": [round(g.get.total_s, 3) for g in gets[t]],
+                    "stored_s": round(stored_s(gets[t]), 3),
+                    "stored_runs_s": [round(g.stored_s, 3) for g in gets[t]],
+                    "cpu_s_until_stored": round(statistics.median(g.cpu_s for g in gets[t]), 2),
                 }
                 for t in TARGETS
             },
             "throughput_ratio": round(mib_s(gets["p2preg"]) / mib_s(gets["distribution"]), 3),
             "ttfb_ratio": round(ttfb_ms(gets["p2preg"]) / ttfb_ms(gets["distribution"]), 3),
+            "stored_ratio": round(stored_s(gets["p2preg"]) / stored_s(gets["distribution"]), 3),
         }
 
     image_bytes = sum(s for _, s in image_blobs)
@@ -366,6 +404,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"| {dist_b['MiB_per_s']} MiB/s | {b['throughput_ratio']} (≥ 0.9) |",
         f"| cold blob GET, time to first byte | {p2p_b['ttfb_ms']} ms "
         f"| {dist_b['ttfb_ms']} ms | {b['ttfb_ratio']} (≤ 1.2) |",
+        f"| same GET: blob stored and verified in the mirror, from the request "
+        f"| {p2p_b['stored_s']} s | {dist_b['stored_s']} s | {b['stored_ratio']} (time) |",
+        f"| same GET: mirror CPU until stored | {p2p_b['cpu_s_until_stored']} s "
+        f"| {dist_b['cpu_s_until_stored']} s | |",
         *(
             [
                 f"| same, host memory warmed ({r['cold_blob_warm_memory']['warm_GiB']} GiB) "
@@ -410,12 +452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"write the results into {DOCS_PATH.relative_to(REPO_ROOT)}",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH,
+                        help=f"where the JSON goes ({RESULTS_PATH.relative_to(REPO_ROOT)})")
     args = parser.parse_args(argv)
     report = run(args)
     print(json.dumps(report["results"], indent=2))
     print(markdown(report))
     if not args.no_write:
-        write_results(RESULTS_PATH, report)
+        write_results(args.results, report)
     if args.update_docs:
         update_docs_section(DOCS_PATH, "mirror", markdown(report))
     return 0
