@@ -1,10 +1,10 @@
 """The registry auth challenge flow: ``WWW-Authenticate`` parsing, Bearer tokens, Basic auth.
 
 Owns: ``parse_challenges`` (RFC 7235 header grammar, quoted strings included),
-``parse_token_response`` (the Docker token JSON), ``TokenCache`` (tokens per (realm, service,
-scope) until they expire, read through an injected ``now``) and ``Authenticator`` (fetches tokens
-with one request per scope at a time, remembers each upstream's challenge so later requests carry a
-token from the start).
+``parse_token_response`` (the Docker or OAuth2 token JSON, read once, into a ``TokenResponse``),
+``TokenCache`` (tokens per (realm, service, scope) until they expire, read through an injected
+``now``) and ``Authenticator`` (fetches tokens with one request per scope at a time, remembers
+each upstream's challenge so later requests carry a token from the start).
 
 Tokens are asked for as the Docker token spec says: ``GET realm?service=&scope=`` with Basic
 credentials (or none), or, when the credentials are an identity token (an OAuth2 refresh token),
@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -81,8 +81,16 @@ def parse_challenges(header: str) -> list[Challenge]:
     return challenges
 
 
-def parse_token_response(body: bytes, now: float) -> tuple[str, float]:
-    """A token endpoint's JSON -> (token, expiry time in ``now``'s clock)."""
+class TokenResponse(NamedTuple):
+    """What a token endpoint answered: the token, its expiry, a rotated OAuth2 refresh token."""
+
+    token: str
+    expires_at: float  # in the clock of the ``now`` it was parsed with
+    refresh_token: str | None
+
+
+def parse_token_response(body: bytes, now: float) -> TokenResponse:
+    """A token endpoint's JSON (Docker's ``token`` or OAuth2's ``access_token``), parsed once."""
     try:
         data = json.loads(body)
     except ValueError as exc:
@@ -96,7 +104,9 @@ def parse_token_response(body: bytes, now: float) -> tuple[str, float]:
     if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
         lifetime = DEFAULT_TOKEN_LIFETIME_S
     margin = min(EXPIRY_MARGIN_S, float(lifetime) * 0.1)
-    return token, now + float(lifetime) - margin
+    refresh = data.get("refresh_token")
+    return TokenResponse(token, now + float(lifetime) - margin,
+                         refresh if isinstance(refresh, str) and refresh else None)
 
 
 def _oauth_error(body: bytes) -> str:
@@ -109,13 +119,6 @@ def _oauth_error(body: bytes) -> str:
         return "no OAuth2 error body"
     parts = [str(data[k])[:200] for k in ("error", "error_description") if k in data]
     return ": ".join(parts) or "no OAuth2 error body"
-
-
-def _refresh_token_of(body: bytes) -> str | None:
-    """The ``refresh_token`` of an OAuth2 answer, if it has one (already parsed once: valid)."""
-    data = json.loads(body)
-    token = data.get("refresh_token")
-    return token if isinstance(token, str) and token else None
 
 
 TokenKey = tuple[str, str, str]  # (realm, service, scope)
@@ -241,8 +244,9 @@ class Authenticator:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            token, expires_at = await self._fetch(challenge, asked or scope)
-            self._cache.put(key, token, expires_at)
+            answer = await self._fetch(challenge, asked or scope)
+            token = answer.token
+            self._cache.put(key, token, answer.expires_at)
             fut.set_result(token)
             return token
         except BaseException as exc:
@@ -252,7 +256,7 @@ class Authenticator:
         finally:
             del self._inflight[key]
 
-    async def _fetch(self, challenge: Challenge, scope: str) -> tuple[str, float]:
+    async def _fetch(self, challenge: Challenge, scope: str) -> TokenResponse:
         params = {"scope": scope}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
@@ -288,7 +292,7 @@ class Authenticator:
                 self._registry, f"token server {realm} unreachable: {exc or type(exc).__name__}"
             ) from exc
 
-    def _accept(self, status: int, body: bytes) -> tuple[str, float]:
+    def _accept(self, status: int, body: bytes) -> TokenResponse:
         if status in (401, 403):
             raise UpstreamDenied(self._registry, f"token server refused the credentials "
                                  f"({status})", status=status)
@@ -296,11 +300,10 @@ class Authenticator:
             raise UpstreamUnavailable(self._registry, f"token server answered {status}",
                                       status=status)
         try:
-            token = parse_token_response(body, self._clock.now())
+            answer = parse_token_response(body, self._clock.now())
         except ValueError as exc:
             raise UpstreamProtocolError(self._registry, str(exc)) from exc
-        rotated = _refresh_token_of(body)
-        if rotated is not None and self._oauth:
-            self._refresh_token = rotated
-        return token
+        if answer.refresh_token is not None and self._oauth:
+            self._refresh_token = answer.refresh_token
+        return answer
 

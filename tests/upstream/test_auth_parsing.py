@@ -43,20 +43,30 @@ def test_garbage_headers_give_no_challenge(header: str) -> None:
 
 
 def test_token_response_uses_expires_in_minus_a_safety_margin() -> None:
-    token, expires_at = parse_token_response(b'{"token": "abc", "expires_in": 300}', now=100.0)
+    token, expires_at, refresh = parse_token_response(b'{"token": "abc", "expires_in": 300}',
+                                                      now=100.0)
     assert token == "abc"
     assert expires_at == pytest.approx(100.0 + 300 - 5)
+    assert refresh is None
 
 
 def test_token_response_accepts_oauth_access_token_and_defaults_to_60s() -> None:
-    token, expires_at = parse_token_response(b'{"access_token": "xyz"}', now=0.0)
+    token, expires_at, _ = parse_token_response(b'{"access_token": "xyz"}', now=0.0)
     assert token == "xyz"
     assert expires_at == pytest.approx(60 - 5)
 
 
 def test_short_lived_token_keeps_most_of_its_life() -> None:
-    _, expires_at = parse_token_response(json.dumps({"token": "t", "expires_in": 2}).encode(), 0)
-    assert expires_at == pytest.approx(1.8)
+    answer = parse_token_response(json.dumps({"token": "t", "expires_in": 2}).encode(), 0)
+    assert answer.expires_at == pytest.approx(1.8)
+
+
+def test_token_response_carries_a_rotated_refresh_token_only_when_it_is_a_string() -> None:
+    body = {"access_token": "a", "refresh_token": "r2"}
+    assert parse_token_response(json.dumps(body).encode(), 0).refresh_token == "r2"
+    for bad in ("", 5, None):
+        body = {"access_token": "a", "refresh_token": bad}
+        assert parse_token_response(json.dumps(body).encode(), 0).refresh_token is None
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b"{}", b'{"token": ""}', b'{"token": 5}'])
