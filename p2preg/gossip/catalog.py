@@ -7,13 +7,35 @@ newer generation replaces its old state). Replicas track a *watermark* per node:
 with a version at or below it is known. Gossip deltas advance it when they arrive in order; push-
 pull anti-entropy sends exactly the entries above the other side's watermark and then lifts it.
 
-The index ``digest -> set(node)`` answers lookups in O(holders). Liveness and ordering are not
-decided here (the core filters and sorts). Owns: ``Catalog``. Must not import asyncio, sockets or
-other p2preg modules.
+Tombstone collection (floors). A tombstone only matters to a replica that still holds an older
+``have``/``fetching`` of the same key. Every copy of a node's state (the owner's and each replica's)
+collects the tombstones it has held for longer than a grace period (``collect_tombstones``) and
+raises that node's *floor* to the highest version it removed. The invariant of every copy is:
+
+    for each key, the copy holds the owner's current entry whenever that entry's version is at or
+    below the copy's watermark, except tombstones at or below the copy's floor, which may be
+    absent; and ``floor <= watermark``.
+
+Anti-entropy keeps it: a sender whose floor is at or below the receiver's watermark sends the usual
+incremental block (the receiver saw every collected version already); a sender whose floor is
+above it cannot prove which tombstones the receiver missed, so it sends its *full* state of that
+node with the floor (a 5-element block). The receiver then drops every entry at or below the
+block's watermark that the block lacks (index updated, a change reported so routing forgets it),
+takes the rest and adopts the floor. A key absent locally never accepts a version at or below the
+floor (that version was seen and superseded; accepting it would resurrect a stale ``have``).
+Correctness does not depend on the grace: it only keeps full resyncs rare (a replica behind by
+more than the grace is rare). Replicas collect only tombstones at or below their watermark.
+
+Collection is amortised O(1) per tombstone: tombstones are queued when stored, stamped at the next
+``collect_tombstones(now)`` (so no clock is needed elsewhere) and popped in stamp order, at most
+``budget`` per call. The index ``digest -> set(node)`` answers lookups in O(holders). Liveness and
+ordering are not decided here (the core filters and sorts). Owns: ``Catalog``. Must not import
+asyncio, sockets or other p2preg modules.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,15 +50,19 @@ from p2preg.gossip.messages import (
 )
 
 Change = tuple[str, str, float]
-"""``(node, key, new value)`` of an applied change."""
+"""``(node, key, new value)`` of an applied change (``STATE_DROPPED`` when a key disappears)."""
+
+_Tomb = tuple[str, int, int, str]
+"""A stored tombstone awaiting collection: ``(node, generation, version, key)``."""
 
 
 class _NodeState:
-    __slots__ = ("entries", "generation", "pending", "watermark")
+    __slots__ = ("entries", "floor", "generation", "pending", "watermark")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
         self.watermark = 0
+        self.floor = 0
         self.pending: set[int] = set()
         self.entries: dict[str, tuple[int, float]] = {}
 
@@ -61,17 +87,42 @@ class _NodeState:
                 pending.discard(self.watermark)
             self.pending = pending
 
+    def superseded(self, key: str, version: int) -> bool:
+        """A version of a key we do not hold that we saw and collected (must not come back)."""
+        return version <= self.floor and key not in self.entries
+
 
 class Catalog:
     """All nodes' catalog state as known here, including our own (authoritative) state."""
 
-    __slots__ = ("_fetching", "_have", "_nodes", "local_name")
+    __slots__ = (
+        "_fetching",
+        "_fresh_tombs",
+        "_have",
+        "_nodes",
+        "_tombs",
+        "_track_tombs",
+        "full_resyncs_applied",
+        "full_resyncs_sent",
+        "local_name",
+        "tombstones_collected",
+    )
 
-    def __init__(self, local_name: str, generation: int) -> None:
+    def __init__(self, local_name: str, generation: int, *, collect: bool = True) -> None:
+        """``collect=False`` keeps tombstones forever (no collection queue is kept either)."""
         self.local_name = local_name
+        self._track_tombs = collect
         self._nodes: dict[str, _NodeState] = {local_name: _NodeState(generation)}
         self._have: dict[str, set[str]] = {}
         self._fetching: dict[str, set[str]] = {}
+        self._fresh_tombs: list[_Tomb] = []
+        self._tombs: deque[tuple[float, _Tomb]] = deque()
+        self.tombstones_collected = 0
+        """Tombstones removed by ``collect_tombstones`` (own and replicas')."""
+        self.full_resyncs_sent = 0
+        """Full-state blocks sent because our floor was above the peer's watermark."""
+        self.full_resyncs_applied = 0
+        """Full-state blocks received and applied (a node's state replaced)."""
 
     # -- local changes ------------------------------------------------------------------------
 
@@ -109,6 +160,8 @@ class Catalog:
         st.see(delta.version)
         if cur is not None and cur[0] >= delta.version:
             return False
+        if cur is None and st.superseded(delta.key, delta.version):
+            return False
         self._store(delta.node, st, delta.key, delta.version, delta.value)
         return True
 
@@ -117,7 +170,12 @@ class Catalog:
         return [[node, st.generation, st.watermark] for node, st in self._nodes.items()]
 
     def entries_newer_than(self, versions: Iterable[VersionRow]) -> list[EntriesRow]:
-        """What a peer that reported ``versions`` lacks: entries above its watermarks."""
+        """What a peer that reported ``versions`` lacks: entries above its watermarks.
+
+        Where our floor for a node is above the peer's watermark, the block is that node's full
+        state plus our floor (``[node, generation, watermark, rows, floor]``): the peer may have
+        missed a tombstone we no longer hold and must replace its copy.
+        """
         theirs = {row[0]: (row[1], row[2]) for row in versions}
         out: list[EntriesRow] = []
         for node, st in self._nodes.items():
@@ -125,36 +183,83 @@ class Catalog:
             if known is None:
                 if st.watermark == 0:
                     continue  # nothing to tell
-                floor = 0
+                since = 0
             elif known[0] < st.generation:
-                floor = 0  # even an empty block: it retires the old generation there
+                since = 0  # even an empty block: it retires the old generation there
             elif known[0] == st.generation and known[1] < st.watermark:
-                floor = known[1]
+                since = known[1]
             else:
                 continue
-            rows = [[v, key, value] for key, (v, value) in st.entries.items() if v > floor]
-            out.append([node, st.generation, st.watermark, rows])
+            if st.floor > since:
+                rows = [[v, key, value] for key, (v, value) in st.entries.items()]
+                out.append([node, st.generation, st.watermark, rows, st.floor])
+                self.full_resyncs_sent += 1
+            else:
+                rows = [[v, key, value] for key, (v, value) in st.entries.items() if v > since]
+                out.append([node, st.generation, st.watermark, rows])
         return out
 
     def apply_entries(
         self, blocks: Iterable[EntriesRow], accept: set[str] | None = None
     ) -> list[Change]:
-        """Apply push-pull entry blocks (only for nodes in ``accept`` when given)."""
+        """Apply push-pull entry blocks (only for nodes in ``accept`` when given).
+
+        A block with a floor (5th element, > 0) is the sender's full state of that node: local
+        entries at or below its watermark that it lacks are dropped (and reported as changes).
+        """
         changes: list[Change] = []
-        for node, generation, watermark, rows in blocks:
+        for block in blocks:
+            node, generation, watermark, rows = block[0], block[1], block[2], block[3]
+            floor = block[4] if len(block) > 4 else 0
             if node == self.local_name or (accept is not None and node not in accept):
                 continue
             st = self._state_for(node, generation)
             if st is None:
                 continue
+            if floor > 0:
+                self._drop_missing(node, st, watermark, rows, changes)
+                self.full_resyncs_applied += 1
             for version, key, value in rows:
                 cur = st.entries.get(key)
+                if cur is None and st.superseded(key, version):
+                    continue
                 if cur is None or cur[0] < version:
                     self._store(node, st, key, version, value)
                     changes.append((node, key, value))
-            if st.generation == generation:
-                st.lift(watermark)
+            st.lift(watermark)
+            st.floor = max(st.floor, min(floor, st.watermark))
         return changes
+
+    def collect_tombstones(self, now: float, grace_s: float, budget: int) -> bool:
+        """Remove tombstones held for at least ``grace_s`` (at most ``budget`` of them).
+
+        Tombstones stored since the previous call are stamped with ``now`` first. Returns True
+        when due tombstones remain (call again soon), False when the backlog is done.
+        """
+        if self._fresh_tombs:
+            self._tombs.extend((now, tomb) for tomb in self._fresh_tombs)
+            self._fresh_tombs = []
+        tombs = self._tombs
+        deadline = now - grace_s
+        requeue: list[_Tomb] = []
+        for _ in range(budget):
+            if not tombs or tombs[0][0] > deadline:
+                break
+            _, tomb = tombs.popleft()
+            node, generation, version, key = tomb
+            st = self._nodes.get(node)
+            if st is None or st.generation != generation:
+                continue  # forgotten, or replaced by a newer generation
+            if st.entries.get(key) != (version, STATE_DROPPED):
+                continue  # overwritten since
+            if version > st.watermark:
+                requeue.append(tomb)  # arrived out of order: collect once the gap is filled
+                continue
+            del st.entries[key]
+            st.floor = max(st.floor, version)
+            self.tombstones_collected += 1
+        self._fresh_tombs.extend(requeue)
+        return bool(tombs) and tombs[0][0] <= deadline
 
     def forget(self, node: str) -> list[str]:
         """Drop everything about ``node`` (dead, left, reaped); the digests it held or fetched."""
@@ -196,6 +301,29 @@ class Catalog:
             k: int(v) for k, (_, v) in st.entries.items() if k != LOAD_KEY and v != STATE_DROPPED
         }
 
+    def floor_of(self, node: str) -> int:
+        """The highest collected version of ``node``'s entries known here (0: none)."""
+        st = self._nodes.get(node)
+        return 0 if st is None else st.floor
+
+    def digest_count(self) -> int:
+        """Distinct digests some node has or is fetching (tombstones excluded); O(fetching)."""
+        have = self._have
+        return len(have) + sum(1 for digest in self._fetching if digest not in have)
+
+    def entry_count(self) -> int:
+        """Entries held for all nodes, tombstones and load entries included (memory, O(nodes))."""
+        return sum(len(st.entries) for st in self._nodes.values())
+
+    def tombstone_count(self) -> int:
+        """Tombstones held for all nodes (O(entries): for tests and occasional metrics)."""
+        return sum(
+            1
+            for st in self._nodes.values()
+            for key, (_, value) in st.entries.items()
+            if key != LOAD_KEY and value == STATE_DROPPED
+        )
+
     def known_nodes(self) -> list[str]:
         return list(self._nodes)
 
@@ -231,6 +359,27 @@ class Catalog:
             return None
         return st
 
+    def _drop_missing(
+        self,
+        node: str,
+        st: _NodeState,
+        watermark: int,
+        rows: list[Any],
+        changes: list[Change],
+    ) -> None:
+        """Full resync: drop our entries at or below ``watermark`` that the sender lacks."""
+        present = {row[1] for row in rows}
+        gone = [
+            key
+            for key, (version, _) in st.entries.items()
+            if version <= watermark and key not in present
+        ]
+        for key in gone:
+            _, value = st.entries.pop(key)
+            if key != LOAD_KEY and value != STATE_DROPPED:
+                self._unindex(node, key, value)
+                changes.append((node, key, STATE_DROPPED))
+
     def _store(self, node: str, st: _NodeState, key: str, version: int, value: float) -> None:
         old = st.entries.get(key)
         st.entries[key] = (version, value)
@@ -242,6 +391,8 @@ class Catalog:
             self._have.setdefault(key, set()).add(node)
         elif value == STATE_FETCHING:
             self._fetching.setdefault(key, set()).add(node)
+        elif value == STATE_DROPPED and self._track_tombs:
+            self._fresh_tombs.append((node, st.generation, version, key))
 
     def _unindex(self, node: str, key: str, value: float) -> None:
         index = self._have if value == STATE_HAVE else self._fetching

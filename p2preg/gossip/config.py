@@ -46,6 +46,17 @@ class GossipConfig:
     dead_reclaim_s: float = 3600.0
     """How long a dead or left member is remembered (reported, and retried with a reconnect
     push-pull each period so a healed partition re-merges) before it is forgotten."""
+    tombstone_grace_s: float = 3600.0
+    """How long a catalog tombstone (a ``drop``) is kept, on its owner and on every replica,
+    before it is collected. Far above the time a delta or a push-pull takes to reach everyone;
+    a replica behind by more than this gets a full resync of that node's entries instead of the
+    tombstones (correct either way, only costlier). ``math.inf`` keeps tombstones forever."""
+    tombstone_collect_interval_s: float = 60.0
+    """Period of the collection pass (tombstones are collected between grace and grace plus two
+    periods after they were stored)."""
+    tombstone_collect_batch: int = 4096
+    """At most this many tombstones examined per pass; a backlog continues one probe interval
+    later, so collection never stalls the core."""
     awareness_max_multiplier: int = 8
     lifeguard: bool = True
     """Lifeguard refinements: local health awareness (nacks, stretched timeouts), dynamic

@@ -231,7 +231,10 @@ MemberRow = list[Any]
 VersionRow = list[Any]
 """``[node, generation, watermark]``."""
 EntriesRow = list[Any]
-"""``[node, generation, watermark, [[version, key, value], ...]]``."""
+"""``[node, generation, watermark, [[version, key, value], ...]]`` (incremental: the entries above
+the receiver's watermark), or ``[node, generation, watermark, rows, floor]`` with ``0 < floor <=
+watermark``: the sender's full state of ``node``, whose tombstones up to ``floor`` were collected.
+A missing floor (the previous format) means 0."""
 
 
 def valid_member_row(r: Any) -> bool:
@@ -250,20 +253,30 @@ def valid_member_row(r: Any) -> bool:
     )
 
 
+MAX_EXTRA_FIELDS = 8
+"""Trailing fields a newer peer may append to a push-pull row or message; ignored here."""
+
+
+def _arity(r: list[Any], n: int) -> bool:
+    return n <= len(r) <= n + MAX_EXTRA_FIELDS
+
+
 def valid_version_row(r: Any) -> bool:
-    return type(r) is list and len(r) == 3 and _name(r[0]) and _u64(r[1]) and _u64(r[2])
+    return type(r) is list and _arity(r, 3) and _name(r[0]) and _u64(r[1]) and _u64(r[2])
 
 
 def valid_entries_row(r: Any) -> bool:
     if not (
         type(r) is list
-        and len(r) == 4
+        and _arity(r, 4)
         and _name(r[0])
         and _u64(r[1])
         and _u64(r[2])
         and type(r[3]) is list
     ):
         return False
+    if len(r) > 4 and not (_u64(r[4]) and r[4] <= r[2]):
+        return False  # a floor above the watermark would break the receiver's invariant
     return all(
         type(e) is list and len(e) == 3 and _u64(e[0]) and valid_entry_value(e[1], e[2])
         for e in r[3]
@@ -275,26 +288,31 @@ def _all(rows: Any, check: Any) -> bool:
 
 
 def parse_push_pull(msg: Any) -> list[Any] | None:
-    """Validate an untrusted push-pull message; returns it unchanged or None."""
+    """Validate an untrusted push-pull message; returns it unchanged or None.
+
+    Forward compatible: up to ``MAX_EXTRA_FIELDS`` trailing fields of a message or row (what a
+    newer version may append) are accepted and ignored; a missing optional field (the entries
+    block's floor) takes its default.
+    """
     if type(msg) is not list or not msg or type(msg[0]) is not int:
         return None
     kind = msg[0]
     if kind == PP_REQUEST:
         ok = (
-            len(msg) == 4
+            _arity(msg, 4)
             and type(msg[1]) is bool
             and _all(msg[2], valid_member_row)
             and _all(msg[3], valid_version_row)
         )
     elif kind == PP_REPLY:
         ok = (
-            len(msg) == 4
+            _arity(msg, 4)
             and _all(msg[1], valid_member_row)
             and _all(msg[2], valid_version_row)
             and _all(msg[3], valid_entries_row)
         )
     elif kind == PP_FINAL:
-        ok = len(msg) == 2 and _all(msg[1], valid_entries_row)
+        ok = _arity(msg, 2) and _all(msg[1], valid_entries_row)
     else:
         ok = False
     return msg if ok else None
