@@ -105,6 +105,8 @@ OPTIONS: tuple[Option, ...] = (
            "the HMAC on gossip packets and peer blob requests", "FILE"),
     Option("node_name", str, None, "unique node name in the cluster (default: hostname)", "NAME"),
     Option("zone", str, None, "topology label; peers in the same zone are preferred", "ZONE"),
+    Option("tombstone_grace_s", float, 3600.0, "keep gossip catalog tombstones (dropped "
+           "digests) this long before collecting them; longer than a rolling upgrade", "SECONDS"),
     Option("advertise", str, None, "HTTP address peers use to reach this node (default: "
            "--listen)", "HOST:PORT"),
     Option("peer_ca", str, None, "with --tls-cert: CA bundle that signed the peers' "
@@ -148,6 +150,7 @@ class Config:
     cluster_key_file: str | None = None
     node_name: str | None = None
     zone: str | None = None
+    tombstone_grace_s: float = 3600.0
     advertise: str | None = None
     peer_ca: str | None = None
 
@@ -288,6 +291,8 @@ def validate(config: Config) -> None:
         raise ConfigError("--cache-low-water-ratio must be in (0, 1]")
     if config.cache_min_age_s < 0 or config.upload_max_age_s < 0:
         raise ConfigError("--cache-min-age-s and --upload-max-age-s must be >= 0")
+    if not config.tombstone_grace_s > 0:
+        raise ConfigError("--tombstone-grace-s must be positive (inf: never collect)")
     if config.maintenance_interval_s <= 0:
         raise ConfigError("--maintenance-interval-s must be positive")
     if not config.gc_interval_s >= 0 or math.isinf(config.gc_interval_s):

@@ -175,6 +175,7 @@ class Node:
         self.maintenance.start()
         if self.gossip is not None:
             await self.gossip.start()
+            self.metrics.set_gossip_reading(self.gossip.stats)
             event(log, "gossip_started", node=self.gossip.node_name,
                   gossip=str(self.gossip.bound_address), advertise=config.advertise or http_addr)
         if self.p2p is not None:
@@ -197,6 +198,7 @@ class Node:
     async def stop(self) -> None:
         self.observability.health.set_unready("draining")
         if self.gossip is not None:
+            self.metrics.set_gossip_reading(None)
             await self.gossip.stop()
             self.gossip = None
         if self._runner is not None:

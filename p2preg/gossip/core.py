@@ -67,6 +67,7 @@ class GossipStats:
     __slots__ = (
         "bytes_received",
         "bytes_sent",
+        "failed_probes",
         "indirect_probes",
         "packets_received",
         "packets_sent",
@@ -81,6 +82,8 @@ class GossipStats:
         self.bytes_received = 0
         self.probes = 0
         self.indirect_probes = 0
+        self.failed_probes = 0
+        """Probes that got no ack, directly or through a helper (the target is then suspected)."""
         self.push_pulls = 0
 
 
@@ -148,7 +151,9 @@ class GossipCore:
         self._awareness = Awareness(config.awareness_max_multiplier, enabled=config.lifeguard)
         self._vivaldi = VivaldiClient(vivaldi or VivaldiConfig(config.vivaldi_dimensionality), rng)
         self._coords: dict[str, Coordinate] = {}
-        self.catalog = Catalog(config.name, config.generation)
+        self.catalog = Catalog(
+            config.name, config.generation, collect=config.tombstone_grace_s != math.inf
+        )
         self.table = MemberTable(config, self._events, self._queue, self._awareness)
         self._overhead = packet_overhead(keyring)
         self._outbox: list[tuple[bytes, Addr]] = []
@@ -165,6 +170,7 @@ class GossipCore:
         self._next_probe_at = now + start * config.probe_interval_s
         self._next_gossip_at = now + start * config.gossip_interval_s
         self._next_push_pull_at = now + (0.5 + rng.random()) * config.push_pull_interval_s
+        self._next_collect_at = now + config.tombstone_collect_interval_s
         if len(self.table.local_alive().encode()) > MAX_ALIVE_BYTES:
             raise ValueError(
                 f"node identity (name, addresses, zone, meta) over {MAX_ALIVE_BYTES} B"
@@ -257,6 +263,8 @@ class GossipCore:
                 t = min(t, probe.indirect_at)
         if self._relay_heap:
             t = min(t, self._relay_heap[0][0])
+        if self.config.tombstone_grace_s != math.inf:
+            t = min(t, self._next_collect_at)
         nxt = self.table.next_deadline()
         if nxt is not None:
             t = min(t, nxt)
@@ -282,6 +290,8 @@ class GossipCore:
                 math.floor((now - self._next_gossip_at) / interval) + 1
             ) * interval
         self._expire_relays(now)
+        if now >= self._next_collect_at:
+            self._collect_tombstones(now)
         for suspect in self.table.due_verifications(now):
             self._send_verification(suspect)
         self.table.expire(now)
@@ -477,6 +487,7 @@ class GossipCore:
         self._next_probe_at = max(self._next_probe_at, now)
         if probe.acked:
             return
+        self.stats.failed_probes += 1
         if probe.expected_nacks > 0:
             missed = probe.expected_nacks - probe.nacks
             if missed > 0:
@@ -572,6 +583,18 @@ class GossipCore:
         delta = self.catalog.set_local(key, value)
         if delta is not None:
             self._queue.queue(("c", self.name, key), MessageType.CATALOG, delta.encode())
+
+    def _collect_tombstones(self, now: float) -> None:
+        """One bounded collection pass (catalog.py explains why a floor makes this safe)."""
+        cfg = self.config
+        if cfg.tombstone_grace_s == math.inf:
+            self._next_collect_at = math.inf
+            return
+        backlog = self.catalog.collect_tombstones(
+            now, cfg.tombstone_grace_s, cfg.tombstone_collect_batch
+        )
+        wait = cfg.probe_interval_s if backlog else cfg.tombstone_collect_interval_s
+        self._next_collect_at = now + wait
 
     def _drain_forgotten(self, now: float) -> None:
         if self.table.revived:

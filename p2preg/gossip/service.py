@@ -12,6 +12,8 @@ Use from node.py::
     await gossip.start()                      # raises GossipConfigError (a ConfigError)
     app.add_routes(members_routes(gossip))    # p2preg.gossip.http
     ...  gossip.holders(digest), gossip.advertise_have(digest) ...
+    gossip.advertise_have_many(committed_digests)   # at start-up: one flush for all of them
+    metrics.set_gossip_reading(gossip.stats)        # p2preg.registry.metrics, read at scrape
     await gossip.stop()
 
 Every flag error raises ``GossipConfigError`` (a ``p2preg.config.ConfigError``) naming the flag.
@@ -32,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,6 +97,8 @@ class NodeConfigLike(Protocol):
     @property
     def node_name(self) -> str | None: ...
     @property
+    def tombstone_grace_s(self) -> float: ...
+    @property
     def zone(self) -> str | None: ...
     @property
     def advertise(self) -> str | None: ...
@@ -124,6 +128,8 @@ class GossipServiceConfig:
     push_pull_interval_s: float = 30.0
     suspicion_mult: int = 4
     dead_reclaim_s: float = 60.0
+    tombstone_grace_s: float = 3600.0
+    """How long catalog tombstones (dropped digests) are kept before collection (docs/gossip.md)."""
     seed_interval_s: float = 30.0
     """How often discovery sources are polled (DNS re-resolved) for peers not yet known."""
     stream_timeout_s: float = 10.0
@@ -144,6 +150,7 @@ class GossipServiceConfig:
             node_name=config.node_name or "",
             zone=config.zone or "",
             advertise=config.advertise or http_addr,
+            tombstone_grace_s=config.tombstone_grace_s,
         )
 
 
@@ -253,6 +260,7 @@ class GossipService:
         self._started = False
         self.node_name = config.node_name or socket.gethostname().split(".")[0]
         self.seeds_joined = 0
+        self._event_counts: dict[type[Event], int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -279,6 +287,7 @@ class GossipService:
             push_pull_interval_s=cfg.push_pull_interval_s,
             suspicion_mult=cfg.suspicion_mult,
             dead_reclaim_s=cfg.dead_reclaim_s,
+            tombstone_grace_s=cfg.tombstone_grace_s,
         )
 
     async def start(self) -> None:
@@ -305,7 +314,7 @@ class GossipService:
             gossip_addr = (adv_host, bound[1])
             return GossipCore(self._core_config(gossip_addr), self._rng, self.clock.now(), keyring)
 
-        self._driver.add_event_callback(_log_event)
+        self._driver.add_event_callback(self._on_event)
         bound = await self._driver.start(listen.host, listen.port, make_core)
         self._started = True
         try:
@@ -356,6 +365,14 @@ class GossipService:
             await self._mdns.stop()
             self._mdns = None
 
+    def _on_event(self, event: Event) -> None:
+        """Count every core event by type (one dict update; the metrics read the counts) and
+        log it."""
+        kind = type(event)
+        counts = self._event_counts
+        counts[kind] = counts.get(kind, 0) + 1
+        _log_event(event)
+
     def _wake_poller(self) -> None:
         if self._poller is not None:
             self._poller.wake()
@@ -404,6 +421,20 @@ class GossipService:
         self._driver.core.advertise_have(digest)
         self._driver.flush()
 
+    def advertise_have_many(self, digests: Iterable[str]) -> int:
+        """Advertise ``have`` for every digest, then flush the driver once; the number given.
+
+        For start-up, when a node re-announces every committed blob: N digests cost N catalog
+        updates and one flush, not N flushes. Digests already advertised change nothing.
+        """
+        core = self._driver.core
+        count = 0
+        for digest in digests:
+            core.advertise_have(digest)
+            count += 1
+        self._driver.flush()
+        return count
+
     def advertise_fetching(self, digest: str) -> None:
         self._driver.core.advertise_fetching(digest)
         self._driver.flush()
@@ -421,21 +452,60 @@ class GossipService:
         self._driver.add_event_callback(callback)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for metrics: packets, drops by reason, streams, discovery."""
+        """Counters and gauges for metrics (``p2preg.registry.metrics`` reads this at scrape time).
+
+        Totals since start: ``packets_sent``/``_received``, ``bytes_sent``/``_received``,
+        ``probes``, ``indirect_probes``, ``failed_probes``, ``push_pulls``, ``drops`` (reason ->
+        count, the fixed ``DropReason`` set), ``driver`` (stream and send counters),
+        ``seeds_joined``; membership transitions seen here: ``joins``, ``suspicions``,
+        ``suspicions_refuted`` (a suspect proved alive), ``deaths`` (declared dead, not left),
+        ``leaves``, ``refutations`` (this node refuted a suspicion about itself). Current values:
+        ``members`` (status -> count, this node included), ``live_members``,
+        ``awareness_score`` (Lifeguard, 0 = healthy), ``catalog_entries`` (digests some node
+        holds or is fetching) and ``catalog_records`` (entries held for all nodes, tombstones
+        included: the catalog's memory); tombstone collection: ``tombstones_collected``,
+        ``full_resyncs_sent``/``_applied`` (a replica behind a collected tombstone got a node's
+        whole state). Cost: O(members + nodes) per scrape, nothing per packet.
+        """
         core = self._driver.core
         s = core.stats
+        events = self._event_counts
         return {
             "packets_sent": s.packets_sent,
             "packets_received": s.packets_received,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
             "probes": s.probes,
+            "indirect_probes": s.indirect_probes,
+            "failed_probes": s.failed_probes,
             "push_pulls": s.push_pulls,
             "drops": core.drops.as_dict(),
             "driver": dict(vars(self._driver.stats)),
             "seeds_joined": self.seeds_joined,
             "live_members": core.num_live(),
+            "members": _member_counts(core),
+            "joins": events.get(MemberJoined, 0),
+            "suspicions": events.get(MemberSuspect, 0),
+            "suspicions_refuted": events.get(MemberAlive, 0),
+            "deaths": events.get(MemberDead, 0),
+            "leaves": events.get(MemberLeft, 0),
+            "refutations": events.get(LocalRefuted, 0),
+            "awareness_score": core.awareness_score,
+            "catalog_entries": core.catalog.digest_count(),
+            "catalog_records": core.catalog.entry_count(),
+            "tombstones_collected": core.catalog.tombstones_collected,
+            "full_resyncs_sent": core.catalog.full_resyncs_sent,
+            "full_resyncs_applied": core.catalog.full_resyncs_applied,
         }
+
+
+def _member_counts(core: GossipCore) -> dict[str, int]:
+    """Members by status as this node sees them, itself included (``left`` while leaving)."""
+    counts = dict.fromkeys((status.value for status in MemberStatus), 0)
+    counts[MemberStatus.LEFT if core.leaving else MemberStatus.ALIVE] += 1
+    for member in core.table.states():
+        counts[member.status] += 1
+    return counts
 
 
 # --- the standalone runner -------------------------------------------------------------------
@@ -463,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-pull-interval-s", type=float, default=30.0)
     p.add_argument("--suspicion-mult", type=int, default=4)
     p.add_argument("--dead-reclaim-s", type=float, default=60.0)
+    p.add_argument("--tombstone-grace-s", type=float, default=3600.0)
     p.add_argument("--seed-interval-s", type=float, default=30.0)
     p.add_argument("--leave-timeout-s", type=float, default=1.0)
     p.add_argument("--random-seed", type=int, default=None)
@@ -488,6 +559,7 @@ def config_from_args(args: argparse.Namespace, http_addr: str) -> GossipServiceC
         push_pull_interval_s=args.push_pull_interval_s,
         suspicion_mult=args.suspicion_mult,
         dead_reclaim_s=args.dead_reclaim_s,
+        tombstone_grace_s=args.tombstone_grace_s,
         seed_interval_s=args.seed_interval_s,
         leave_timeout_s=args.leave_timeout_s,
         random_seed=args.random_seed,

@@ -12,7 +12,7 @@ Must not import aiohttp, storage, fetch or registry; from gossip only the ``Memb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from p2preg.gossip.member import Member, MemberStatus
@@ -33,6 +33,8 @@ class Membership(Protocol):
     def fetchers(self, digest: str) -> list[Member]: ...
 
     def advertise_have(self, digest: str) -> None: ...
+
+    def advertise_have_many(self, digests: Iterable[str]) -> int: ...
 
     def advertise_fetching(self, digest: str) -> None: ...
 
@@ -102,6 +104,13 @@ class StaticMembership:
 
     def advertise_have(self, digest: str) -> None:
         self.cluster.set_state(self.node_name, digest, "have")
+
+    def advertise_have_many(self, digests: Iterable[str]) -> int:
+        count = 0
+        for digest in digests:
+            self.advertise_have(digest)
+            count += 1
+        return count
 
     def advertise_fetching(self, digest: str) -> None:
         self.cluster.set_state(self.node_name, digest, "fetching")

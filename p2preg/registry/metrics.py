@@ -3,12 +3,16 @@
 Owns: ``RegistryMetrics`` (every metric family of the registry HTTP surface, the mirror's upstream
 and cache counters, the store gauges read through callbacks the node provides, and the storage
 maintenance counters, eviction and garbage collection, read at scrape time from a
-``MaintenanceStats``) and
+``MaintenanceStats``, and the gossip layer's families ``p2preg_gossip_*``, read at scrape time from
+the plain dict a callable returns, ``GossipService.stats`` on a node with gossip) and
 ``exposition`` (render the registry for a scrape, content negotiated on ``Accept``).
 
 Labels are bounded by construction: ``route`` is a route pattern (or ``"other"``), ``method`` is
 folded to the HTTP methods a registry answers, ``source`` to ``local|upstream|peer|other``,
-``status`` to a number or ``"error"``. Callers never pass user input as a label value.
+``status`` to a number or ``"error"``. Callers never pass user input as a label value. Gossip
+labels are fixed sets (``status``, ``direction``, stream ``reason``); drop ``reason`` values come
+from the gossip core's fixed drop-reason enum and are still checked here (short lowercase words,
+at most ``MAX_DROP_REASONS``; anything else counts as ``"other"``). Never a member name.
 
 Must not import aiohttp or any other p2preg module: this is pure bookkeeping.
 """
@@ -16,8 +20,9 @@ Must not import aiohttp or any other p2preg module: this is pure bookkeeping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from typing import Protocol
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -39,6 +44,8 @@ DURATION_BUCKETS_S = (
 )  # fmt: skip
 
 StoreReading = Callable[[], int]
+GossipReading = Callable[[], Mapping[str, Any]]
+"""Returns the gossip counters as a plain dict (the keys ``GossipService.stats`` documents)."""
 
 
 def method_label(method: str) -> str:
@@ -154,6 +161,180 @@ class _MaintenanceCollector(Collector):
             )
 
 
+#: (name without ``_total``, help, key of the gossip stats dict, ``.`` for a nested key).
+_GOSSIP_COUNTERS = (
+    ("p2preg_gossip_probes", "Direct probes (pings) this node started.", "probes"),
+    ("p2preg_gossip_indirect_probes", "Indirect probe requests sent to helpers.",
+     "indirect_probes"),
+    ("p2preg_gossip_failed_probes",
+     "Probes that got no ack, directly or indirectly (the target became suspect).",
+     "failed_probes"),
+    ("p2preg_gossip_push_pulls", "Push-pull anti-entropy exchanges this node started.",
+     "push_pulls"),
+    ("p2preg_gossip_member_joins", "Members that became known or came back from dead/left.",
+     "joins"),
+    ("p2preg_gossip_suspicions", "Members this node started to suspect.", "suspicions"),
+    ("p2preg_gossip_suspicions_refuted",
+     "Suspected members that proved alive (refuted) before their timeout.",
+     "suspicions_refuted"),
+    ("p2preg_gossip_member_deaths", "Members declared dead here (failed; not a graceful leave).",
+     "deaths"),
+    ("p2preg_gossip_member_leaves", "Members seen leaving gracefully.", "leaves"),
+    ("p2preg_gossip_refutations",
+     "Times this node refuted a suspicion or death claim about itself.", "refutations"),
+    ("p2preg_gossip_seeds_joined", "Seed addresses from discovery this node joined.",
+     "seeds_joined"),
+    ("p2preg_gossip_send_errors", "UDP sends that failed (including ICMP errors reported back).",
+     "driver.send_errors"),
+    ("p2preg_gossip_internal_errors",
+     "Unexpected errors inside the gossip layer (a bug: see the log).", "driver.core_errors"),
+    ("p2preg_gossip_tombstones_collected",
+     "Catalog tombstones (dropped digests) collected after the grace, on any node's state.",
+     "tombstones_collected"),
+    ("p2preg_gossip_full_resyncs_sent",
+     "Push-pulls that sent a node's whole catalog state to a peer behind a collected tombstone.",
+     "full_resyncs_sent"),
+    ("p2preg_gossip_full_resyncs_applied",
+     "Whole catalog states of a node applied here (this node had missed collected tombstones).",
+     "full_resyncs_applied"),
+)  # fmt: skip
+
+#: The SWIM statuses ``p2preg_gossip_members{status}`` always exports.
+GOSSIP_MEMBER_STATUSES = ("alive", "suspect", "dead", "left")
+#: At most this many distinct drop reasons are exported; more fold into ``"other"``.
+MAX_DROP_REASONS = 16
+_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _stat(stats: Mapping[str, Any], key: str) -> float | None:
+    """The number at ``key`` (``a.b`` for nested dicts), or None when absent or not a number."""
+    value: Any = stats
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _drop_reasons(drops: Any) -> dict[str, float]:
+    """Drop counts by bounded reason label (see the module docstring)."""
+    out: dict[str, float] = {}
+    if not isinstance(drops, Mapping):
+        return out
+    for reason, count in drops.items():
+        if isinstance(count, bool) or not isinstance(count, int | float):
+            continue
+        label = reason if isinstance(reason, str) and _REASON_RE.fullmatch(reason) else "other"
+        if label not in out and label != "other" and len(out) >= MAX_DROP_REASONS - 1:
+            label = "other"
+        out[label] = out.get(label, 0.0) + float(count)
+    return out
+
+
+class _GossipCollector(Collector):
+    """Exports the gossip layer's counters at scrape time (nothing until a reading is set)."""
+
+    def __init__(self) -> None:
+        self.reading: GossipReading | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        reading = self.reading
+        if reading is None:
+            return
+        try:
+            stats = reading()
+        except Exception:  # a failing callback must never break a scrape
+            log.exception("gossip metrics callback failed")
+            return
+        yield from self._members(stats)
+        yield from self._traffic(stats)
+        for name, documentation, key in _GOSSIP_COUNTERS:
+            value = _stat(stats, key)
+            if value is not None:
+                yield CounterMetricFamily(name, documentation, value=value)
+        yield from self._streams(stats)
+        for name, documentation, key in (
+            ("p2preg_gossip_awareness_score",
+             "Lifeguard local health score: 0 is healthy; higher stretches this node's probe "
+             "timeouts (it missed acks or nacks, or had to refute suspicions).",
+             "awareness_score"),
+            ("p2preg_gossip_catalog_entries",
+             "Distinct digests some known node holds or is fetching.", "catalog_entries"),
+            ("p2preg_gossip_catalog_records",
+             "Catalog records held for all nodes, tombstones included (the catalog's memory).",
+             "catalog_records"),
+        ):  # fmt: skip
+            value = _stat(stats, key)
+            if value is not None:
+                yield GaugeMetricFamily(name, documentation, value=value)
+
+    @staticmethod
+    def _members(stats: Mapping[str, Any]) -> Iterator[Metric]:
+        members = stats.get("members")
+        if not isinstance(members, Mapping):
+            return
+        family = GaugeMetricFamily(
+            "p2preg_gossip_members",
+            "Cluster members by SWIM status as this node sees them, itself included.",
+            labels=["status"],
+        )
+        for status in GOSSIP_MEMBER_STATUSES:
+            family.add_metric([status], _stat(members, status) or 0.0)
+        yield family
+
+    @staticmethod
+    def _traffic(stats: Mapping[str, Any]) -> Iterator[Metric]:
+        for name, documentation, unit in (
+            ("p2preg_gossip_packets", "Gossip UDP packets, by direction.", "packets"),
+            ("p2preg_gossip_bytes", "Gossip UDP bytes (MAC included), by direction.", "bytes"),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["direction"])
+            found = False
+            for direction in ("sent", "received"):
+                value = _stat(stats, f"{unit}_{direction}")
+                if value is not None:
+                    family.add_metric([direction], value)
+                    found = True
+            if found:
+                yield family
+        if "drops" in stats:
+            drops = CounterMetricFamily(
+                "p2preg_gossip_dropped_packets",
+                "Gossip packets and push-pull frames dropped unprocessed, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(_drop_reasons(stats["drops"]).items()):
+                drops.add_metric([reason], count)
+            yield drops
+
+    @staticmethod
+    def _streams(stats: Mapping[str, Any]) -> Iterator[Metric]:
+        if not isinstance(stats.get("driver"), Mapping):
+            return
+        streams = CounterMetricFamily(
+            "p2preg_gossip_streams",
+            "Push-pull TCP streams opened by this node (outbound) or accepted (inbound).",
+            labels=["direction"],
+        )
+        streams.add_metric(["outbound"], _stat(stats, "driver.streams_opened") or 0.0)
+        streams.add_metric(["inbound"], _stat(stats, "driver.streams_accepted") or 0.0)
+        yield streams
+        errors = CounterMetricFamily(
+            "p2preg_gossip_stream_errors",
+            "Push-pull streams that failed, timed out, or were refused (too many at once).",
+            labels=["reason"],
+        )
+        for reason, key in (
+            ("failed", "stream_failures"),
+            ("timeout", "stream_timeouts"),
+            ("refused", "streams_refused"),
+        ):
+            errors.add_metric([reason], _stat(stats, f"driver.{key}") or 0.0)
+        yield errors
+
+
 class RegistryMetrics:
     """Every metric the registry exposes, registered in ``self.registry`` (one per node)."""
 
@@ -198,6 +379,8 @@ class RegistryMetrics:
         self.registry.register(self._store)
         self._maintenance = _MaintenanceCollector()
         self.registry.register(self._maintenance)
+        self._gossip = _GossipCollector()
+        self.registry.register(self._gossip)
 
     # --- called by the HTTP layer -------------------------------------------------------------
 
@@ -243,6 +426,14 @@ class RegistryMetrics:
         """Export ``source``'s eviction and garbage collection counters (read at scrape time);
         None stops exporting them (the node stopped its maintenance task)."""
         self._maintenance.source = source
+
+    def set_gossip_reading(self, reading: GossipReading | None) -> None:
+        """Export the ``p2preg_gossip_*`` families from ``reading()`` at scrape time (a node with
+        gossip passes ``GossipService.stats``); None stops exporting them.
+
+        It runs on the event loop during a scrape: it must be cheap and return a plain dict.
+        """
+        self._gossip.reading = reading
 
 
 def exposition(metrics: RegistryMetrics, accept: str | None) -> tuple[bytes, str]:
