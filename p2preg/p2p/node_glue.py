@@ -20,6 +20,10 @@ What it does:
   and a penalty for every peer that delivered bytes to a fill whose digest did not match.
 - The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
   named upstream and repository, with holders as its only peers (``acting_for_peer``).
+- Tags during an upstream outage: ``peer_tag`` (the mirror's hook) asks up to
+  ``P2PConfig.tag_peers`` live peers, nearest first (``nearest_peers``), for their own last
+  confirmation of a tag (``tags.ask_peers``); the server's ``TagLookup`` answers such questions
+  from the mirror's own records (``MirrorContentSource.last_confirmed``).
 
 Must not import ``p2preg.node`` or ``p2preg.cli``; the gossip service comes in through the
 ``Membership`` protocol.
@@ -33,7 +37,7 @@ import contextvars
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import aiohttp
@@ -44,6 +48,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.fetch.sources import BlobSource
+from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.wire import Keyring
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
@@ -54,19 +59,33 @@ from p2preg.p2p.routing import (
     DEFAULT_MAX_PEERS,
     ROLE_HOLDER,
     Candidate,
+    Peer,
     RoutePlan,
     plan_route,
 )
 from p2preg.p2p.server import P2PServer
 from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
+from p2preg.p2p.tags import (
+    DEFAULT_TAG_PEERS,
+    DEFAULT_TAG_TIMEOUT_S,
+    TagAnswer,
+    TagAsk,
+    ask_peers,
+    tag_path,
+)
 from p2preg.registry.content import BlobContent
 from p2preg.registry.mirror import MirrorContentSource, current_namespace
 from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
+from p2preg.storage.metadata import TagConfirmation
 from p2preg.upstream.client import READ_BUFFER_BYTES
 from p2preg.upstream.errors import UpstreamError
 
 log = logging.getLogger(__name__)
+
+#: Digests advertised per call at start-up (~15 us each in the gossip core: ~30 ms per batch),
+#: with the event loop free in between so probes from peers keep being answered.
+ADVERTISE_BATCH = 2048
 
 _acting_for_peer: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "p2preg_p2p_acting_for_peer", default=False)
@@ -85,6 +104,10 @@ class P2PConfig:
     failure_penalty_s: float = DEFAULT_FAILURE_S
     connections_per_peer: int = 8
     advertise_committed_at_start: bool = True
+    tag_peers: int = DEFAULT_TAG_PEERS
+    """How many live peers a tag is asked of during an upstream outage."""
+    tag_timeout_s: float = DEFAULT_TAG_TIMEOUT_S
+    """The bound of one such question (the peers are asked at once)."""
 
 
 @dataclass
@@ -93,6 +116,8 @@ class GlueStats:
     fills_with_peers: int = 0
     fills_without_peers: int = 0
     wrong_bytes_fills: int = 0
+    tag_lookups: int = 0
+    tag_lookups_answered: int = 0
     last_plan: RoutePlan | None = None
 
 
@@ -118,7 +143,7 @@ class P2P:
         if peer_tls is not None:
             self.config = replace(self.config, client=replace(self.config.client, scheme="https"))
         self._blobs = blobs
-        wall = wall_clock or WallClock()
+        wall = self._wall = wall_clock or WallClock()
         self.penalties = PenaltyBox(clock or MonotonicClock(),
                                     wrong_bytes_s=self.config.wrong_bytes_penalty_s,
                                     failure_s=self.config.failure_penalty_s)
@@ -126,7 +151,7 @@ class P2P:
         verifier = None if keyring is None else RequestVerifier(
             keyring, clock=wall, max_skew_s=self.config.max_skew_s)
         self.server = P2PServer(blobs, fills=self._in_flight, owner_fill=self._owner_fill,
-                                verifier=verifier)
+                                verifier=verifier, tags=self._own_tag)
         self.stats = GlueStats()
         self._mirror: MirrorContentSource | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -139,7 +164,13 @@ class P2P:
         from holders first and are advertised once stored."""
         self._mirror = mirror
         mirror.peer_manifest = self.peer_manifest
+        mirror.peer_tag = self.peer_tag
         mirror.on_manifest_stored = lambda digest: self.membership.advertise_have(str(digest))
+
+    @property
+    def mirror(self) -> MirrorContentSource | None:
+        """The attached mirror (None before ``attach``)."""
+        return self._mirror
 
     async def peer_manifest(self, digest: Digest, max_bytes: int) -> bytes | None:
         """A manifest by digest from a live peer that holds it (nearest first, penalties
@@ -174,6 +205,32 @@ class P2P:
             return body
         return None
 
+    async def peer_tag(self, registry: str, repository: str, tag: str) -> list[TagAnswer]:
+        """What up to ``tag_peers`` live peers (nearest first, recently failing ones last) last
+        confirmed for ``registry``'s ``repository:tag``, freshest first; every question bounded
+        by ``tag_timeout_s``, a failing peer penalised. Never raises; [] when nobody knows."""
+        try:
+            path = tag_path(registry, repository, tag)
+            members = self.membership.members()
+        except (RegistryError, RuntimeError) as exc:  # a name peers would refuse; no gossip
+            log.info("not asking peers for %s/%s:%s: %s", registry, repository, tag, exc)
+            return []
+        peers = nearest_peers(members, self.membership.node_name, limit=self.config.tag_peers,
+                              demoted=self.penalties.demoted())
+        ask = TagAsk(node_name=self.membership.node_name, signer=self._signer,
+                     scheme=self.config.client.scheme, timeout_s=self.config.tag_timeout_s,
+                     max_skew_s=self.config.max_skew_s)
+        answers = await ask_peers(self._client(), peers, path, ask, now=self._wall.now,
+                                  on_failure=lambda peer, reason: self.penalties.failed(peer))
+        self.stats.tag_lookups += 1
+        if answers:
+            self.stats.tag_lookups_answered += 1
+        return answers
+
+    def _own_tag(self, registry: str, repository: str, tag: str) -> TagConfirmation | None:
+        return None if self._mirror is None else self._mirror.last_confirmed(registry,
+                                                                             repository, tag)
+
     def routes(self) -> web.RouteTableDef:
         return self.server.routes()
 
@@ -182,8 +239,12 @@ class P2P:
         self._client()
         if self.config.advertise_committed_at_start:
             digests = await asyncio.to_thread(lambda: [str(d) for d in self._blobs.digests()])
-            for digest in digests:
-                self.membership.advertise_have(digest)
+            # A node may restart with 50,000 cached blobs: advertise them in batches, one gossip
+            # flush each, yielding to the event loop in between so that probes from peers keep
+            # being answered (each batch costs ~15 us per digest).
+            for first in range(0, len(digests), ADVERTISE_BATCH):
+                self.membership.advertise_have_many(digests[first : first + ADVERTISE_BATCH])
+                await asyncio.sleep(0)
 
     async def close(self) -> None:
         for task in list(self._watchers):
@@ -305,6 +366,23 @@ class P2P:
         registry.register(_P2PCollector(self))
 
 
+def nearest_peers(members: Sequence[Member], self_name: str, *, limit: int,
+                  demoted: Collection[str] = ()) -> list[Peer]:
+    """Up to ``limit`` live members other than ``self_name`` with an HTTP address, nearest
+    first: alive before suspect, not demoted before demoted, this node's zone first, then by
+    round-trip estimate (unknown last), load and name. Pure."""
+    zone = next((m.zone for m in members if m.name == self_name), "")
+
+    def distance(m: Member) -> tuple[int, int, int, float, float, str]:
+        rtt = float("inf") if m.rtt_estimate_s is None else m.rtt_estimate_s
+        return (0 if m.status == MemberStatus.ALIVE else 1, 1 if m.name in demoted else 0,
+                0 if zone and m.zone == zone else 1, rtt, m.load, m.name)
+
+    live = [m for m in members if m.name != self_name and m.http_addr
+            and m.status in (MemberStatus.ALIVE, MemberStatus.SUSPECT)]
+    return [Peer(m.name, m.http_addr) for m in sorted(live, key=distance)[:limit]]
+
+
 async def _read_whole(source: PeerBlobSource, digest: Digest, max_bytes: int) -> bytes | None:
     """The whole body of ``digest`` from ``source``; None when it announces more than
     ``max_bytes`` (a manifest that big is refused before a byte is read)."""
@@ -322,10 +400,10 @@ class _P2PCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         p2p = self._p2p
-        served = CounterMetricFamily("p2preg_p2p_served", "Peer blob requests answered, by "
-                                     "kind (local, in_progress, owner, not_found).",
-                                     labels=["kind"])
-        for kind in ("local", "in_progress", "owner", "not_found"):
+        served = CounterMetricFamily("p2preg_p2p_served", "Peer requests answered, by kind "
+                                     "(blobs: local, in_progress, owner, not_found; tags: "
+                                     "tag, tag_unknown).", labels=["kind"])
+        for kind in ("local", "in_progress", "owner", "not_found", "tag", "tag_unknown"):
             served.add_metric([kind], p2p.server.stats.served[kind])
         yield served
         rejected = CounterMetricFamily("p2preg_p2p_rejected", "Peer blob requests refused, by "
@@ -341,5 +419,11 @@ class _P2PCollector(Collector):
         yield CounterMetricFamily("p2preg_p2p_manifests_from_peers", "Manifests this node "
                                   "took from a peer instead of its upstream.",
                                   value=p2p.stats.manifests_from_peers)
+        lookups = CounterMetricFamily("p2preg_p2p_tag_lookups", "Tags this node asked its peers "
+                                      "for while the upstream was down, by outcome (answered: "
+                                      "some peer named a digest).", labels=["outcome"])
+        lookups.add_metric(["answered"], p2p.stats.tag_lookups_answered)
+        lookups.add_metric(["unknown"], p2p.stats.tag_lookups - p2p.stats.tag_lookups_answered)
+        yield lookups
         yield GaugeMetricFamily("p2preg_p2p_penalty_entries", "Entries in the penalty list.",
                                 value=len(p2p.penalties))

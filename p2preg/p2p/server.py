@@ -1,7 +1,9 @@
-"""The peer endpoint: ``GET``/``HEAD /p2p/v1/blobs/<digest>`` (whole blob or one ``Range``).
+"""The peer endpoint: ``GET``/``HEAD /p2p/v1/blobs/<digest>`` (whole blob or one ``Range``) and
+``GET /p2p/v1/tags/<registry>/<repository>/<tag>`` (this node's last confirmation of a tag).
 
 Owns: ``P2PServer`` (its handlers, ``routes()`` for any aiohttp app, ``app()`` standalone),
-``OwnerFill`` (how the node starts or joins a fill when asked as owner) and ``ServerStats``.
+``OwnerFill`` (how the node starts or joins a fill when asked as owner), ``TagLookup`` (how it
+reads its own tag confirmations) and ``ServerStats``.
 
 What a request gets, in order:
 
@@ -19,6 +21,11 @@ What a request gets, in order:
    ``OwnerFill`` starts or joins this node's one fill of the blob and streams it (3.).
 5. Anything else: ``404 BLOB_UNKNOWN`` at once. A peer request never makes this node fetch
    anything except as owner (the loop guard).
+
+A tag request is authenticated the same way, its registry host, repository name and tag are
+checked (``400 NAME_INVALID``/``TAG_INVALID``), and it is answered from ``TagLookup`` alone:
+``200 {"digest": ..., "confirmed_at": ...}`` or ``404 MANIFEST_UNKNOWN``. It never makes this
+node ask its peers or its upstream.
 
 Must not import the mirror, gossip or node; the node's storage and fills come in as arguments.
 """
@@ -39,7 +46,7 @@ from p2preg.fetch.reader import FollowedSpan
 from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
-from p2preg.oci.names import validate_name
+from p2preg.oci.names import validate_name, validate_tag
 from p2preg.p2p.auth import (
     NODE_HEADER,
     REPOSITORY_HEADER,
@@ -50,16 +57,20 @@ from p2preg.p2p.auth import (
 )
 from p2preg.p2p.routing import ROLE_OWNER, ROLES
 from p2preg.p2p.source import BLOBS_PATH, BlobOrigin
+from p2preg.p2p.tags import TAGS_PATH, validate_registry
 from p2preg.registry.content import BlobContent
 from p2preg.registry.fileslice import send_chunks, send_file_slice, send_growing_file
 from p2preg.registry.ranges import ByteRange, RangeSpec, parse_range_header, resolve_range
 from p2preg.registry.requestkeys import PEER_KEY, SOURCE_KEY
 from p2preg.storage.blobs import BlobStore
+from p2preg.storage.metadata import TagConfirmation
 
 log = logging.getLogger(__name__)
 
 BLOB_ROUTE = BLOBS_PATH + "{digest}"
 ROUTE_NAME = "p2p_blob"
+TAG_ROUTE = TAGS_PATH + "{registry}/{repository:.+}/{tag}"
+TAG_ROUTE_NAME = "p2p_tag"
 _MAX_HEADER_CHARS = 512
 _STARTED = web.RequestKey("p2preg_p2p_response_started", bool)
 
@@ -71,11 +82,17 @@ class OwnerFill(Protocol):
                  want_body: bool) -> Awaitable[BlobContent]: ...
 
 
+TagLookup = Callable[[str, str, str], TagConfirmation | None]
+"""``(registry, repository, tag)`` -> this node's own last confirmation of the tag, or None;
+may raise ``RegistryError`` for a name it refuses."""
+
+
 @dataclass
 class ServerStats:
     """What the endpoint did: answers by kind and refusals by reason."""
 
-    served: Counter[str] = field(default_factory=Counter)  # local, in_progress, owner, not_found
+    # local, in_progress, owner, not_found; tag, tag_unknown
+    served: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -89,17 +106,20 @@ class P2PServer:
         fills: Callable[[Digest], Fill | None] = lambda digest: None,
         owner_fill: OwnerFill | None = None,
         verifier: RequestVerifier | None = None,
+        tags: TagLookup | None = None,
     ) -> None:
         self._blobs = blobs
         self._fills = fills
         self._owner_fill = owner_fill
         self._verifier = verifier
+        self._tags = tags
         self.stats = ServerStats()
 
     def routes(self) -> web.RouteTableDef:
         """The routes to add to an app: ``app.add_routes(server.routes())``."""
         table = web.RouteTableDef()
         table.get(BLOB_ROUTE, name=ROUTE_NAME, allow_head=True)(self.handle)
+        table.get(TAG_ROUTE, name=TAG_ROUTE_NAME, allow_head=False)(self.handle_tag)
         return table
 
     def app(self) -> web.Application:
@@ -115,6 +135,33 @@ class P2PServer:
             if request.get(_STARTED):
                 raise
             return _error_response(request, exc)
+
+    async def handle_tag(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return self._handle_tag(request)
+        except RegistryError as exc:
+            return _error_response(request, exc)
+
+    def _handle_tag(self, request: web.Request) -> web.Response:
+        request[PEER_KEY] = self._authenticate(request)
+        info = request.match_info
+        try:
+            registry = validate_registry(info["registry"])
+            repository = validate_name(info["repository"])
+            tag = validate_tag(info["tag"])
+            confirmation = None if self._tags is None else self._tags(registry, repository, tag)
+        except RegistryError as exc:
+            self.stats.rejected["bad_tag" if exc.code == ErrorCode.TAG_INVALID
+                                else "bad_name"] += 1
+            raise
+        if confirmation is None:
+            self.stats.served["tag_unknown"] += 1
+            raise RegistryError(ErrorCode.MANIFEST_UNKNOWN,
+                                "this node has no confirmation of the tag",
+                                {"registry": registry, "repository": repository, "tag": tag})
+        self.stats.served["tag"] += 1
+        return web.json_response({"digest": confirmation.digest,
+                                  "confirmed_at": confirmation.confirmed_at})
 
     # -- the request -----------------------------------------------------------------------------
 

@@ -11,7 +11,14 @@ Rules:
 - A tag is resolved against the upstream on every request (HEAD first: a moved tag is seen at
   once and an unchanged one costs no download). When the upstream is down or failing, the last
   known digest is served if it was confirmed within ``tag_max_stale_s``; a 404 from the upstream
-  is never papered over.
+  is never papered over. Confirmations are kept in the metadata store (``confirm_tag``), at
+  most ``confirm_persist_interval_s`` behind the one in memory, so they survive a restart.
+- With no usable last known digest during an outage, the tag is asked of peers (``peer_tag``,
+  set by the p2p layer: a few live peers' own confirmations, never their upstream): the freshest
+  answer within ``tag_max_stale_s`` whose manifest a peer delivers verified by digest is served
+  and recorded with the peer's confirmation time (never "now": staleness is not laundered). The
+  whole lookup is bounded by ``peer_tag_budget_s`` and by what the upstream's retries left of
+  ``OUTAGE_ANSWER_S`` (at least ``MIN_PEER_TAG_BUDGET_S``).
 - Manifests by digest are immutable: once cached they are served without asking the upstream.
   Children of an index are fetched when a client asks for them. With peers (``peer_manifest``,
   set by the p2p layer) a manifest the node lacks comes from a peer that holds it before the
@@ -37,6 +44,7 @@ import contextlib
 import contextvars
 import logging
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -52,13 +60,13 @@ from p2preg.oci import mediatypes
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.oci.manifest import parse_manifest
-from p2preg.oci.names import validate_name
+from p2preg.oci.names import validate_name, validate_tag
 from p2preg.registry.content import BlobContent, ManifestContent
 from p2preg.registry.metrics import RegistryMetrics
 from p2preg.registry.ranges import RangeSpec, resolve_range
 from p2preg.registry.requestkeys import UPSTREAM_KEY
 from p2preg.storage.blobs import BlobStore
-from p2preg.storage.metadata import MetadataStore
+from p2preg.storage.metadata import MetadataStore, TagConfirmation
 from p2preg.upstream.client import MAX_MANIFEST_BYTES, FetchedManifest, UpstreamClient
 from p2preg.upstream.config import (
     DOCKER_HUB,
@@ -181,6 +189,33 @@ PeerSources = Callable[[Digest, str, str], Sequence[BlobSource]]
 PeerManifest = Callable[[Digest, int], Awaitable[bytes | None]]
 
 
+class PeerTagAnswer(Protocol):
+    """One peer's own last confirmation of a tag (``p2p.tags.TagAnswer`` implements it)."""
+
+    @property
+    def peer(self) -> str: ...
+
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def confirmed_at(self) -> float: ...
+
+
+#: ``peer_tag(registry, repository, tag)``: what a few live peers last confirmed for the tag
+#: (any order, possibly empty; never raises).
+PeerTag = Callable[[str, str, str], Awaitable[Sequence[PeerTagAnswer]]]
+#: Called with ``"local"`` or ``"peer"`` for every tag served during an upstream outage.
+StaleObserver = Callable[[str], None]
+
+DEFAULT_PEER_TAG_BUDGET_S = 2.0
+#: A client waiting on a tag while the upstream is down gets an answer in about this long: the
+#: peer lookup gets what the upstream's retries left of it (at least ``MIN_PEER_TAG_BUDGET_S``).
+OUTAGE_ANSWER_S = 5.0
+MIN_PEER_TAG_BUDGET_S = 0.5
+MAX_CONFIRM_PERSIST_INTERVAL_S = 60.0
+
+
 class MirrorContentSource:
     """Pull-through ``ContentSource`` (see the module docstring for the rules)."""
 
@@ -195,6 +230,9 @@ class MirrorContentSource:
         wall_clock: Clock | None = None,
         metrics: MirrorMetrics | None = None,
         peer_sources: PeerSources | None = None,
+        peer_tag_budget_s: float = DEFAULT_PEER_TAG_BUDGET_S,
+        confirm_persist_interval_s: float | None = None,
+        on_stale_served: StaleObserver | None = None,
     ) -> None:
         self._blobs = blobs
         self._meta = meta
@@ -208,10 +246,20 @@ class MirrorContentSource:
         self.peer_manifest: PeerManifest | None = None
         #: Called with the digest of every manifest stored (p2p: advertise ``have``).
         self.on_manifest_stored: Callable[[Digest], None] | None = None
-        self._confirmed: dict[tuple[str, str], float] = {}  # (cache repo, tag) -> wall time
+        #: (registry, repository, tag) -> what live peers last confirmed (p2p sets it).
+        self.peer_tag: PeerTag | None = None
+        self._peer_tag_budget_s = peer_tag_budget_s
+        self._persist_interval_s = (
+            min(MAX_CONFIRM_PERSIST_INTERVAL_S, tag_max_stale_s / 10)
+            if confirm_persist_interval_s is None else confirm_persist_interval_s)
+        self._on_stale_served = on_stale_served or (lambda source: None)
+        # (cache repo, tag) -> the newest confirmation seen, and when it was last written down
+        self._confirmed: dict[tuple[str, str], TagConfirmation] = {}
+        self._persisted_at: dict[tuple[str, str], float] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.stale_served_total = 0
+        self.stale_served_total = 0  # from the node's own last known digest or a peer's
+        self.tags_from_peers_total = 0
 
     @property
     def fetcher(self) -> BlobFetcher:
@@ -275,6 +323,7 @@ class MirrorContentSource:
     async def _manifest_by_tag(
         self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
     ) -> ManifestContent:
+        started = asyncio.get_running_loop().time()
         try:
             head = await client.head_manifest(repo, tag)
             if head.digest is not None:
@@ -283,26 +332,35 @@ class MirrorContentSource:
                     if self._meta.resolve_tag(cache_repo, tag) != str(head.digest):
                         self._meta.put_manifest(cache_repo, str(head.digest), cached.media_type,
                                                 len(cached.body), tag=tag)
-                    self._confirmed[(cache_repo, tag)] = self._wall.now()
+                    self._confirm(cache_repo, tag, head.digest, self._wall.now())
                     self._metrics.cache(True)
                     return cached
             self._metrics.cache(False)
             if head.digest is not None:
                 from_peer = await self._from_peers(cache_repo, head.digest, tag)
                 if from_peer is not None:
-                    self._confirmed[(cache_repo, tag)] = self._wall.now()
+                    self._confirm(cache_repo, tag, head.digest, self._wall.now())
                     return from_peer
             return await self._fetch_manifest(client, repo, cache_repo, tag, tag)
         except UpstreamNotFound as exc:
             raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
             stale = await self._stale_tag(cache_repo, tag)
-            if stale is None:
+            if stale is not None:
+                log.warning("serving %s:%s as last known %s: %s", cache_repo, tag, stale.digest,
+                            exc)
+                self._stale_served("local")
+                return stale
+            spent = asyncio.get_running_loop().time() - started
+            budget = min(self._peer_tag_budget_s,
+                         max(MIN_PEER_TAG_BUDGET_S, OUTAGE_ANSWER_S - 0.5 - spent))
+            from_peer = await self._tag_from_peers(client.config.registry, repo, cache_repo, tag,
+                                                   exc, budget)
+            if from_peer is None:
                 raise exc.to_registry_error() from exc
-            log.warning("serving %s:%s as last known %s: %s", cache_repo, tag, stale.digest, exc)
-            self.stale_served_total += 1
-            self._metrics.cache(True)
-            return stale
+            self.tags_from_peers_total += 1
+            self._stale_served("peer")
+            return from_peer
         except UpstreamError as exc:
             raise exc.to_registry_error() from exc
 
@@ -340,7 +398,7 @@ class MirrorContentSource:
             raise exc.to_registry_error() from exc
         await self._store_manifest(cache_repo, fetched, tag)
         if tag is not None:
-            self._confirmed[(cache_repo, tag)] = self._wall.now()
+            self._confirm(cache_repo, tag, fetched.digest, self._wall.now())
         return ManifestContent(fetched.media_type, fetched.digest, fetched.body)
 
     async def _store_manifest(
@@ -380,18 +438,114 @@ class MirrorContentSource:
         return ManifestContent(record.media_type, digest, body)
 
     async def _stale_tag(self, cache_repo: str, tag: str) -> ManifestContent | None:
-        known = self._meta.resolve_tag(cache_repo, tag)
-        if known is None:
+        confirmation = self._last_confirmation(cache_repo, tag)
+        if confirmation is None or not self._fresh(confirmation.confirmed_at):
             return None
-        digest = parse_digest(known)
-        confirmed = self._confirmed.get((cache_repo, tag))
-        if confirmed is None:
-            # Not confirmed by this process: the manifest's first caching time is a lower bound.
-            record = self._meta.get_manifest(cache_repo, known)
-            confirmed = record.created_at if record is not None else None
-        if confirmed is None or self._wall.now() - confirmed > self._tag_max_stale_s:
+        return await self._cached_manifest(cache_repo, parse_digest(confirmation.digest))
+
+    def _fresh(self, confirmed_at: float) -> bool:
+        return self._wall.now() - confirmed_at <= self._tag_max_stale_s
+
+    def _stale_served(self, source: str) -> None:
+        self.stale_served_total += 1
+        self._metrics.cache(True)
+        self._on_stale_served(source)
+
+    # -- tag confirmations -----------------------------------------------------------------------
+
+    def last_confirmed(self, registry: str, repository: str, tag: str) -> TagConfirmation | None:
+        """This node's own last confirmation of ``registry``'s ``repository:tag`` (what the peer
+        endpoint answers), or None. Raises ``NAME_INVALID``/``TAG_INVALID`` for bad input."""
+        validate_tag(tag)
+        return self._last_confirmation(
+            cache_repository(normalize_registry(registry), validate_name(repository)), tag)
+
+    def _last_confirmation(self, cache_repo: str, tag: str) -> TagConfirmation | None:
+        """The stored confirmation, or the newer one in memory when it names the same digest."""
+        stored = self._meta.tag_confirmation(cache_repo, tag)
+        seen = self._confirmed.get((cache_repo, tag))
+        if stored is None or seen is None or seen.digest != stored.digest:
+            return stored
+        return seen if seen.confirmed_at > stored.confirmed_at else stored
+
+    def _confirm(self, cache_repo: str, tag: str, digest: Digest, confirmed_at: float) -> None:
+        """Remember that ``tag`` pointed at ``digest`` at ``confirmed_at``; write it down when
+        the digest changed or the stored one is ``confirm_persist_interval_s`` old."""
+        key = (cache_repo, tag)
+        confirmation = TagConfirmation(str(digest), confirmed_at)
+        previous = self._confirmed.get(key)
+        if previous is not None and previous.digest == confirmation.digest \
+                and previous.confirmed_at >= confirmed_at:
+            return
+        self._confirmed[key] = confirmation
+        persisted = self._persisted_at.get(key)
+        if previous is not None and previous.digest == confirmation.digest \
+                and persisted is not None and confirmed_at - persisted < self._persist_interval_s:
+            return
+        try:
+            self._meta.confirm_tag(cache_repo, tag, digest, confirmed_at)
+        except sqlite3.Error as exc:  # the pull goes on; a restart may refuse the tag sooner
+            log.warning("could not record the confirmation of %s:%s: %s", cache_repo, tag, exc)
+            return
+        self._persisted_at[key] = confirmed_at
+
+    async def _tag_from_peers(
+        self, registry: str, repo: str, cache_repo: str, tag: str, cause: UpstreamError,
+        budget_s: float,
+    ) -> ManifestContent | None:
+        """The tag as live peers last confirmed it, its manifest from a peer (verified) or the
+        cache; stored and recorded with the peer's confirmation time. None when no peer knew a
+        fresh enough digest, none delivered its manifest, or ``budget_s`` ran out."""
+        if self.peer_tag is None:
             return None
-        return await self._cached_manifest(cache_repo, digest)
+        try:
+            async with asyncio.timeout(budget_s):
+                found = await self._peer_tag_manifest(registry, repo, cache_repo, tag)
+        except TimeoutError:
+            log.warning("asking peers for %s:%s took over %.1fs: giving up", cache_repo, tag,
+                        budget_s)
+            return None
+        if found is None:
+            log.info("no peer knows %s:%s within %.0fs; upstream: %s", cache_repo, tag,
+                     self._tag_max_stale_s, cause)
+            return None
+        answer, content, from_peer = found
+        if from_peer:
+            fetched = FetchedManifest(content.digest, content.media_type, content.body)
+            await self._store_manifest(cache_repo, fetched, tag)
+        confirmed_at = min(answer.confirmed_at, self._wall.now())
+        self._confirm(cache_repo, tag, content.digest, confirmed_at)
+        log.warning("serving %s:%s as %s, confirmed by peer %s %.0fs ago: %s", cache_repo, tag,
+                    content.digest, answer.peer, self._wall.now() - confirmed_at, cause)
+        return content
+
+    async def _peer_tag_manifest(
+        self, registry: str, repo: str, cache_repo: str, tag: str
+    ) -> tuple[PeerTagAnswer, ManifestContent, bool] | None:
+        """The freshest usable answer, its manifest, and whether the manifest came from a peer
+        (False: it was cached here already)."""
+        assert self.peer_tag is not None
+        answers = await self.peer_tag(registry, repo, tag)
+        fresh = sorted((a for a in answers if self._fresh(a.confirmed_at)),
+                       key=lambda a: -a.confirmed_at)
+        tried: set[Digest] = set()
+        for answer in fresh:
+            if answer.digest in tried:
+                continue
+            tried.add(answer.digest)
+            cached = await self._cached_manifest(cache_repo, answer.digest)
+            if cached is not None:
+                return answer, cached, False
+            if self.peer_manifest is None:
+                continue
+            body = await self.peer_manifest(answer.digest, MAX_MANIFEST_BYTES)
+            if body is None:
+                log.warning("peer %s named %s for %s:%s, but no peer delivered that manifest",
+                            answer.peer, answer.digest, cache_repo, tag)
+                continue
+            media_type = mediatypes.of_manifest_body(body)
+            return answer, ManifestContent(media_type, answer.digest, body), True
+        return None
 
     async def _once(
         self, key: tuple[str, str], make: Callable[[], Coroutine[Any, Any, T]]
@@ -504,8 +658,9 @@ def create_mirror(
 
     With ``metrics``, upstream requests and cache lookups are counted there and fills are
     counted as ``p2preg_blob_fills_total{source, outcome}`` (``ok``, ``wrong_bytes``,
-    ``failed``). Raises ``UpstreamConfigError`` for a bad upstream setting. Call ``close()`` at
-    shutdown.
+    ``failed``) and tags served during an outage as
+    ``p2preg_stale_tags_served_total{source="local|peer"}``. Raises ``UpstreamConfigError``
+    for a bad upstream setting. Call ``close()`` at shutdown.
     """
     observer = None
     if metrics is not None:
@@ -523,6 +678,21 @@ def create_mirror(
             fills.labels(source=source if source in ("upstream", "peer") else "other",
                          outcome=outcome).inc()
 
+    on_stale_served: StaleObserver | None = None
+    if metrics is not None:
+        stale = Counter(
+            "p2preg_stale_tags_served_total",
+            "Tags answered while their upstream was down, by where the digest came from "
+            "(local: this node's last confirmation; peer: a peer's).",
+            ["source"],
+            registry=metrics.registry,
+        )
+        for source in ("local", "peer"):
+            stale.labels(source=source)
+
+        def on_stale_served(source: str) -> None:
+            stale.labels(source=source).inc()
+
     pool = UpstreamPool(upstreams_from_config(config), clock=clock, rng=rng, metrics=metrics)
     fetcher = BlobFetcher(blobs, clock=clock, observer=observer)
     return MirrorContentSource(
@@ -531,4 +701,5 @@ def create_mirror(
         wall_clock=wall_clock,
         metrics=metrics,
         peer_sources=peer_sources,
+        on_stale_served=on_stale_served,
     )

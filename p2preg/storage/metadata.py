@@ -1,10 +1,10 @@
 """Registry metadata in SQLite: repositories, blob links, manifests, tags, referrers, uploads.
 
 Owns: ``MetadataStore`` (the one connection to ``metadata.db``), its versioned schema and the
-records it returns (``ManifestRecord``, ``UploadRecord``). The database runs in WAL mode with
-``synchronous=FULL`` (a returned call is durable) and foreign keys on; every multi-row change is
-one ``BEGIN IMMEDIATE`` transaction. Every value reaches SQL as a bound parameter: no statement
-is ever built from a name, tag or digest.
+records it returns (``ManifestRecord``, ``TagConfirmation``, ``UploadRecord``). The database runs
+in WAL mode with ``synchronous=FULL`` (a returned call is durable) and foreign keys on; every
+multi-row change is one ``BEGIN IMMEDIATE`` transaction. Every value reaches SQL as a bound
+parameter: no statement is ever built from a name, tag or digest.
 
 Methods are synchronous and short (one indexed query or one small transaction) so the event loop
 may call them directly; a lock makes the store usable from worker threads as well.
@@ -87,6 +87,22 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX blob_access_by_time ON blob_access(last_access)",
     ),
+    # 1 -> 2: when the mirror's upstream last confirmed where a tag points (survives restarts).
+    # Existing tags start from ``updated_at``: a mirror writes a tag only right after its
+    # upstream named the digest, so that is a confirmation time (a lower bound of the last one).
+    (
+        """CREATE TABLE tag_confirmations (
+            repo_id INTEGER NOT NULL,
+            tag TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            confirmed_at REAL NOT NULL,
+            PRIMARY KEY (repo_id, tag),
+            FOREIGN KEY (repo_id, digest) REFERENCES manifests(repo_id, digest) ON DELETE CASCADE
+        ) WITHOUT ROWID""",
+        "CREATE INDEX tag_confirmations_by_manifest ON tag_confirmations(repo_id, digest)",
+        """INSERT INTO tag_confirmations (repo_id, tag, digest, confirmed_at)
+            SELECT repo_id, name, digest, updated_at FROM tags""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -103,6 +119,15 @@ class ManifestRecord:
     artifact_type: str | None
     annotations: dict[str, str] | None
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TagConfirmation:
+    """Where a tag pointed (``digest``) when its upstream last said so, at ``confirmed_at``
+    (wall-clock seconds)."""
+
+    digest: str
+    confirmed_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +354,57 @@ class MetadataStore:
             (repo, tag),
         )
         return None if row is None else str(row[0])
+
+    def confirm_tag(
+        self, repo: str, tag: str, digest: str | Digest, confirmed_at: float
+    ) -> bool:
+        """Record that ``tag`` pointed at the stored manifest ``digest`` at ``confirmed_at``
+        (the mirror's upstream said so, or a peer that heard it from its upstream then), and
+        point the tag there. The later confirmation wins: one older than the tag's recorded
+        confirmation changes nothing. False when nothing changed or the manifest is not stored
+        in ``repo``. One transaction.
+        """
+        key = str(digest)
+        with self._tx() as db:
+            repo_id = self._repo_id(db, repo)
+            if repo_id is None or db.execute(
+                "SELECT 1 FROM manifests WHERE repo_id = ? AND digest = ?", (repo_id, key)
+            ).fetchone() is None:
+                return False
+            row = db.execute(
+                "SELECT c.confirmed_at FROM tags t JOIN tag_confirmations c"
+                " ON c.repo_id = t.repo_id AND c.tag = t.name AND c.digest = t.digest"
+                " WHERE t.repo_id = ? AND t.name = ?",
+                (repo_id, tag),
+            ).fetchone()
+            if row is not None and float(row[0]) >= confirmed_at:
+                return False
+            db.execute(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest,"
+                " updated_at = excluded.updated_at WHERE digest != excluded.digest",
+                (repo_id, tag, key, self._clock.now()),
+            )
+            db.execute(
+                "INSERT INTO tag_confirmations (repo_id, tag, digest, confirmed_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (repo_id, tag) DO UPDATE SET"
+                " digest = excluded.digest, confirmed_at = excluded.confirmed_at",
+                (repo_id, tag, key, confirmed_at),
+            )
+            return True
+
+    def tag_confirmation(self, repo: str, tag: str) -> TagConfirmation | None:
+        """The last confirmation of where ``tag`` points now, or None (no such tag, or it was
+        never confirmed at its current digest: e.g. moved by a push since)."""
+        row = self._one(
+            "SELECT t.digest, c.confirmed_at FROM tags t"
+            " JOIN repositories r ON r.id = t.repo_id"
+            " JOIN tag_confirmations c"
+            " ON c.repo_id = t.repo_id AND c.tag = t.name AND c.digest = t.digest"
+            " WHERE r.name = ? AND t.name = ?",
+            (repo, tag),
+        )
+        return None if row is None else TagConfirmation(str(row[0]), float(row[1]))
 
     def tags(self, repo: str, last: str | None = None, n: int | None = None) -> list[str]:
         """Tags of ``repo`` in lexical (bytewise) order, after ``last``, at most ``n``."""
