@@ -4,7 +4,7 @@ the peer-to-peer pull path end to end, counted at the upstream."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -14,18 +14,9 @@ from p2preg.config import Config
 from p2preg.node import Node
 from p2preg.oci.digest import parse_digest
 from tests.p2p.harness import CountingUpstream, payload
+from tests.support.cluster import mirror_cluster, until
 
 REPO = "library/app"
-DEADLINE_S = 20.0
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for a condition fed by gossip over real sockets."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -37,28 +28,9 @@ async def upstream() -> AsyncIterator[CountingUpstream]:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[list[Node]]:
-    key_file = tmp_path / "cluster.keys"
-    key_file.write_text("0f" * 32 + "\n")
-    nodes: list[Node] = []
-    try:
-        for name in ("n0", "n1", "n2"):
-            join = ()
-            if nodes:
-                host, port = nodes[0].gossip.bound_address[:2]
-                join = (f"{host}:{port}",)
-            node = Node(Config(
-                mode="mirror", listen="127.0.0.1:0", data_dir=str(tmp_path / name),
-                upstream=(f"docker.io=http://{upstream.host}",), gossip_listen="127.0.0.1:0",
-                join=join, node_name=name, cluster_key_file=str(key_file),
-            ))
-            await node.start()
-            nodes.append(node)
-        await until(lambda: all(
-            sum(m.status.value == "alive" for m in n.gossip.members()) == 3 for n in nodes))
+    """n0, n1, n2: mirror nodes with gossip and a cluster key, docker.io = ``upstream``."""
+    async with mirror_cluster(tmp_path, upstream.host) as nodes:
         yield nodes
-    finally:
-        for node in reversed(nodes):
-            await node.stop()
 
 
 async def pull(http: aiohttp.ClientSession, node: Node, digest: str) -> bytes:

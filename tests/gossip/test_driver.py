@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -22,16 +22,8 @@ from p2preg.gossip.service import (
     load_keyring,
 )
 from p2preg.gossip.wire import PROTOCOL_VERSION, MessageType
+from tests.support.gossip import ServiceFactory, fast_config, gossip_address, gossip_services
 
-FAST = {
-    "probe_interval_s": 0.1,
-    "probe_timeout_s": 0.05,
-    "gossip_interval_s": 0.02,
-    "push_pull_interval_s": 0.5,
-    "seed_interval_s": 0.3,
-    "leave_timeout_s": 0.2,
-    "stream_timeout_s": 0.5,
-}
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -42,40 +34,12 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def _config(name: str, **overrides: object) -> GossipServiceConfig:
-    values: dict[str, object] = {
-        "gossip_listen": "127.0.0.1:0",
-        "node_name": name,
-        "advertise": f"127.0.0.1:{5000 + len(name)}",
-        **FAST,
-    }
-    values.update(overrides)
-    return GossipServiceConfig(**values)  # type: ignore[arg-type]
-
-
-Factory = Callable[..., Awaitable[GossipService]]
 
 
 @pytest.fixture
-async def start_service() -> AsyncIterator[Factory]:
-    started: list[GossipService] = []
-
-    async def start(name: str, seed: int = 1, **overrides: object) -> GossipService:
-        svc = GossipService(_config(name, **overrides), rng=random.Random(seed))
-        await svc.start()
-        started.append(svc)
-        return svc
-
-    try:
+async def start_service() -> AsyncIterator[ServiceFactory]:
+    async with gossip_services() as start:
         yield start
-    finally:
-        for svc in started:
-            await svc.stop(leave=False)
-
-
-def _addr(svc: GossipService) -> str:
-    host, port = svc.gossip_address
-    return f"{host}:{port}"
 
 
 def _alive_names(svc: GossipService) -> set[str]:
@@ -83,10 +47,10 @@ def _alive_names(svc: GossipService) -> set[str]:
 
 
 async def test_a_node_joins_through_a_static_seed_and_both_see_each_other_alive(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1)
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: _alive_names(a) == {"a", "b"} and _alive_names(b) == {"a", "b"})
     peer = next(m for m in b.members() if m.name == "a")
     assert peer.gossip_addr == a.gossip_address
@@ -94,10 +58,10 @@ async def test_a_node_joins_through_a_static_seed_and_both_see_each_other_alive(
 
 
 async def test_a_have_advertised_on_one_node_makes_it_a_holder_on_the_other(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1)
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: _alive_names(b) == {"a", "b"})
     a.advertise_have(DIGEST)
     await until(lambda: [m.name for m in b.holders(DIGEST)] == ["a"])
@@ -105,18 +69,20 @@ async def test_a_have_advertised_on_one_node_makes_it_a_holder_on_the_other(
     await until(lambda: b.holders(DIGEST) == [])
 
 
-async def test_a_late_joiner_learns_the_existing_catalog(start_service: Factory) -> None:
+async def test_a_late_joiner_learns_the_existing_catalog(start_service: ServiceFactory) -> None:
     a = await start_service("a", seed=1)
     a.advertise_have(DIGEST)
     a.advertise_fetching("sha256:" + "cd" * 32)
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: [m.name for m in b.holders(DIGEST)] == ["a"])
     await until(lambda: [m.name for m in b.fetchers("sha256:" + "cd" * 32)] == ["a"])
 
 
-async def test_members_keep_exchanging_push_pulls_periodically(start_service: Factory) -> None:
+async def test_members_keep_exchanging_push_pulls_periodically(
+    start_service: ServiceFactory,
+) -> None:
     a = await start_service("a", seed=1)
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: _alive_names(a) == {"a", "b"})
 
     def completed() -> int:
@@ -129,15 +95,17 @@ async def test_members_keep_exchanging_push_pulls_periodically(start_service: Fa
     await until(lambda: completed() >= after_join + 3)
 
 
-async def test_a_graceful_stop_is_seen_as_left_not_dead(start_service: Factory) -> None:
+async def test_a_graceful_stop_is_seen_as_left_not_dead(start_service: ServiceFactory) -> None:
     a = await start_service("a", seed=1)
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: _alive_names(a) == {"a", "b"})
     await b.stop()
     await until(lambda: any(m.name == "b" and m.status == MemberStatus.LEFT for m in a.members()))
 
 
-async def test_join_dns_joins_every_address_the_name_resolves_to(start_service: Factory) -> None:
+async def test_join_dns_joins_every_address_the_name_resolves_to(
+    start_service: ServiceFactory,
+) -> None:
     a = await start_service("a", seed=1)
     b = await start_service("b", seed=2)
     assert a.gossip_address[1] != b.gossip_address[1]
@@ -150,7 +118,7 @@ async def test_join_dns_joins_every_address_the_name_resolves_to(start_service: 
         return ["127.0.0.1"] if name == "p2preg.ns.svc.cluster.local" else []
 
     c = GossipService(
-        _config("c", join_dns=(f"p2preg.ns.svc.cluster.local:{a.gossip_address[1]}",)),
+        fast_config("c", join_dns=(f"p2preg.ns.svc.cluster.local:{a.gossip_address[1]}",)),
         rng=random.Random(3),
         resolver=resolver,
     )
@@ -163,20 +131,20 @@ async def test_join_dns_joins_every_address_the_name_resolves_to(start_service: 
 
 
 async def test_nodes_with_different_cluster_keys_never_merge(
-    start_service: Factory, tmp_path: Path
+    start_service: ServiceFactory, tmp_path: Path
 ) -> None:
     key_a, key_b = tmp_path / "a.keys", tmp_path / "b.keys"
     key_a.write_text("00" * 32 + "\n")
     key_b.write_text("11" * 32 + "\n")
     a = await start_service("a", seed=1, cluster_key_file=str(key_a))
-    b = await start_service("b", seed=2, cluster_key_file=str(key_b), join=(_addr(a),))
+    b = await start_service("b", seed=2, cluster_key_file=str(key_b), join=(gossip_address(a),))
     await until(lambda: a.stats()["drops"]["unauthenticated"] >= 1)
     assert _alive_names(a) == {"a"}
     assert _alive_names(b) == {"b"}
 
 
 async def test_mid_rotation_nodes_on_either_primary_still_talk(
-    start_service: Factory, tmp_path: Path
+    start_service: ServiceFactory, tmp_path: Path
 ) -> None:
     # Rotation: add the new key everywhere, then switch primaries one node at a time.
     old, new = "22" * 32, "33" * 32
@@ -184,7 +152,7 @@ async def test_mid_rotation_nodes_on_either_primary_still_talk(
     (tmp_path / "switched").write_text(f"# new primary first\n{new}\n{old}\n")
     a = await start_service("a", seed=1, cluster_key_file=str(tmp_path / "added"))
     b = await start_service(
-        "b", seed=2, cluster_key_file=str(tmp_path / "switched"), join=(_addr(a),)
+        "b", seed=2, cluster_key_file=str(tmp_path / "switched"), join=(gossip_address(a),)
     )
     await until(lambda: _alive_names(a) == {"a", "b"} and _alive_names(b) == {"a", "b"})
     assert a.stats()["drops"]["unauthenticated"] == 0
@@ -203,7 +171,7 @@ async def _closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = 5.0) 
 
 
 async def test_garbage_on_the_push_pull_port_closes_that_connection_only(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1)
     reader, writer = await _connect(a)
@@ -211,12 +179,12 @@ async def test_garbage_on_the_push_pull_port_closes_that_connection_only(
     assert await _closed_by_peer(reader)
     writer.close()
     assert a.stats()["drops"]["new_version"] == 1  # 0xff is no version we speak
-    await start_service("b", seed=2, join=(_addr(a),))  # the listener still works
+    await start_service("b", seed=2, join=(gossip_address(a),))  # the listener still works
     await until(lambda: _alive_names(a) == {"a", "b"})
 
 
 async def test_an_oversized_frame_length_is_refused_before_reading_the_body(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1)
     reader, writer = await _connect(a)
@@ -227,7 +195,7 @@ async def test_an_oversized_frame_length_is_refused_before_reading_the_body(
 
 
 async def test_a_well_framed_but_invalid_push_pull_message_is_dropped(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     import msgpack
 
@@ -243,7 +211,7 @@ async def test_a_well_framed_but_invalid_push_pull_message_is_dropped(
 
 
 async def test_a_peer_that_stalls_mid_frame_is_cut_off_after_the_stream_timeout(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1, stream_timeout_s=0.2)
     reader, writer = await _connect(a)
@@ -253,7 +221,9 @@ async def test_a_peer_that_stalls_mid_frame_is_cut_off_after_the_stream_timeout(
     await until(lambda: a.stats()["driver"]["stream_timeouts"] == 1)
 
 
-async def test_connections_beyond_the_stream_limit_are_refused(start_service: Factory) -> None:
+async def test_connections_beyond_the_stream_limit_are_refused(
+    start_service: ServiceFactory,
+) -> None:
     a = await start_service("a", seed=1, stream_timeout_s=5.0)
     limit = 32
     conns = [await _connect(a) for _ in range(limit)]
@@ -265,7 +235,9 @@ async def test_connections_beyond_the_stream_limit_are_refused(start_service: Fa
         w.close()
 
 
-async def test_garbage_datagrams_are_counted_and_change_nothing(start_service: Factory) -> None:
+async def test_garbage_datagrams_are_counted_and_change_nothing(
+    start_service: ServiceFactory,
+) -> None:
     a = await start_service("a", seed=1)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
@@ -302,7 +274,7 @@ async def test_garbage_datagrams_are_counted_and_change_nothing(start_service: F
 async def test_bad_flags_fail_start_with_a_message_naming_the_flag(
     overrides: dict[str, object], complaint: str
 ) -> None:
-    svc = GossipService(_config("a", **overrides), rng=random.Random(1))
+    svc = GossipService(fast_config("a", **overrides), rng=random.Random(1))
     with pytest.raises(GossipConfigError) as info:
         await svc.start()
     assert complaint in str(info.value)
@@ -341,6 +313,7 @@ def test_service_config_maps_the_node_config_flags() -> None:
     assert (cfg.mdns, cfg.mdns_interfaces) == (True, ("10.0.0.1",))
     assert (cfg.cluster_key_file, cfg.node_name, cfg.zone) == ("/etc/p2preg/keys", "n1", "eu-1a")
     assert cfg.advertise == "10.0.0.1:5000"
+    assert cfg.tombstone_grace_s == node.tombstone_grace_s == 3600.0
 
 
 async def test_members_api_of_a_service_not_started_answers_503_oci_json() -> None:
@@ -349,7 +322,7 @@ async def test_members_api_of_a_service_not_started_answers_503_oci_json() -> No
 
     from p2preg.gossip.http import members_app
 
-    runner = web.AppRunner(members_app(GossipService(_config("idle"))))
+    runner = web.AppRunner(members_app(GossipService(fast_config("idle"))))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/p2p/v1/members"
@@ -363,23 +336,23 @@ async def test_members_api_of_a_service_not_started_answers_503_oci_json() -> No
 
 
 async def test_the_members_api_lists_the_cluster_a_running_service_sees(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     from p2preg.gossip.http import members_document
 
     a = await start_service("a", seed=1, zone="z1")
-    b = await start_service("b", seed=2, join=(_addr(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: _alive_names(a) == {"a", "b"})
     doc = members_document(a.node_name, a.members())
     assert [(m["name"], m["status"], m["zone"]) for m in doc["members"]] == [
         ("a", "alive", "z1"),
         ("b", "alive", ""),
     ]
-    assert doc["members"][1]["address"] == _addr(b)
+    assert doc["members"][1]["address"] == gossip_address(b)
 
 
 async def test_a_member_announced_with_a_host_name_is_never_resolved_or_sent_to(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     from p2preg.gossip.messages import Alive
     from p2preg.gossip.wire import assemble_packet

@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from p2preg.gossip.member import MemberStatus
-from p2preg.gossip.service import GossipService, GossipServiceConfig
+from p2preg.gossip.service import GossipService
 from p2preg.oci.digest import Digest
 from p2preg.p2p.node_glue import ADVERTISE_BATCH, P2P
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
+from tests.support.gossip import ServiceFactory, gossip_address, gossip_services
 
-FAST = {
-    "probe_interval_s": 0.1,
-    "probe_timeout_s": 0.05,
-    "gossip_interval_s": 0.02,
-    "push_pull_interval_s": 0.5,
-    "seed_interval_s": 0.3,
-    "leave_timeout_s": 0.2,
-    "stream_timeout_s": 0.5,
-}
 N_DIGESTS = 300
 
 
@@ -45,28 +37,10 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-Factory = Callable[..., Awaitable[GossipService]]
-
-
 @pytest.fixture
-async def start_service() -> AsyncIterator[Factory]:
-    started: list[GossipService] = []
-
-    async def start(name: str, seed: int, join: tuple[str, ...] = ()) -> GossipService:
-        config = GossipServiceConfig(
-            gossip_listen="127.0.0.1:0", node_name=name, advertise="127.0.0.1:5000",
-            join=join, **FAST,  # type: ignore[arg-type]
-        )  # fmt: skip
-        svc = GossipService(config, rng=random.Random(seed))
-        await svc.start()
-        started.append(svc)
-        return svc
-
-    try:
+async def start_service() -> AsyncIterator[ServiceFactory]:
+    async with gossip_services() as start:
         yield start
-    finally:
-        for svc in started:
-            await svc.stop(leave=False)
 
 
 class FlushCounter:
@@ -89,13 +63,8 @@ def local_digests(svc: GossipService) -> set[str]:
     return set(core.catalog.digests_of(core.name))
 
 
-def address(svc: GossipService) -> str:
-    host, port = svc.gossip_address
-    return f"{host}:{port}"
-
-
 async def test_many_digests_are_advertised_with_a_single_flush(
-    start_service: Factory, monkeypatch: pytest.MonkeyPatch
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = await start_service("a", seed=1)
     flushes = FlushCounter(a, monkeypatch)
@@ -105,7 +74,7 @@ async def test_many_digests_are_advertised_with_a_single_flush(
     assert local_digests(a) == set(wanted)
 
 
-async def test_any_iterable_works_and_repeats_change_nothing(start_service: Factory) -> None:
+async def test_any_iterable_works_and_repeats_change_nothing(start_service: ServiceFactory) -> None:
     a = await start_service("a", seed=1)
     assert a.advertise_have_many(d for d in digests(5)) == 5
     version = a._driver.core.catalog.local_version
@@ -115,10 +84,10 @@ async def test_any_iterable_works_and_repeats_change_nothing(start_service: Fact
 
 
 async def test_the_peer_sees_this_node_holding_every_digest_advertised_at_once(
-    start_service: Factory,
+    start_service: ServiceFactory,
 ) -> None:
     a = await start_service("a", seed=1)
-    b = await start_service("b", seed=2, join=(address(a),))
+    b = await start_service("b", seed=2, join=(gossip_address(a),))
     await until(lambda: sum(m.status == MemberStatus.ALIVE for m in b.members()) == 2)
     wanted = digests(N_DIGESTS, salt=7)
     a.advertise_have_many(wanted)
@@ -145,7 +114,7 @@ def record_batches(svc: GossipService, monkeypatch: pytest.MonkeyPatch) -> list[
 
 
 async def test_p2p_start_announces_every_committed_blob_in_one_batch(
-    start_service: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_service: ServiceFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layout = StoreLayout(tmp_path / "store")
     layout.ensure()
@@ -174,7 +143,7 @@ class ListedBlobs:
 
 
 async def test_p2p_start_with_many_blobs_advertises_in_bounded_batches_and_yields_between(
-    start_service: Factory, monkeypatch: pytest.MonkeyPatch
+    start_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = await start_service("a", seed=1)
     batches = record_batches(a, monkeypatch)

@@ -10,7 +10,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from p2preg.storage.layout import StoreLayout
 from p2preg.storage.metadata import MetadataStore, TagConfirmation
 from p2preg.storage.uploads import UploadManager
 from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, start_app
+from tests.support.cluster import mirror_cluster, until
 from tests.upstream.fakes import FakeUpstream, StepClock
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -39,7 +40,6 @@ REPO = "library/app"
 CACHE_REPO = "docker.io/library/app"
 T0 = 1_700_000_000.0
 OUTAGE_ANSWER_S = 5.0  # what the issue allows for an outage error
-DEADLINE_S = 20.0
 
 
 def image_manifest(seed: int) -> bytes:
@@ -151,15 +151,6 @@ async def test_after_a_restart_a_confirmation_older_than_the_limit_is_refused(
 # -- three nodes with gossip -----------------------------------------------------------------
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for a condition fed by gossip over real sockets."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[CountingUpstream]:
     server = await CountingUpstream().start()
@@ -170,28 +161,8 @@ async def upstream() -> AsyncIterator[CountingUpstream]:
 @pytest.fixture
 async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[list[Node]]:
     """n0, n1, n2: mirror nodes with gossip and a cluster key, docker.io = ``upstream``."""
-    key_file = tmp_path / "cluster.keys"
-    key_file.write_text("0f" * 32 + "\n")
-    nodes: list[Node] = []
-    try:
-        for name in ("n0", "n1", "n2"):
-            join: tuple[str, ...] = ()
-            if nodes:
-                host, port = nodes[0].gossip.bound_address[:2]
-                join = (f"{host}:{port}",)
-            node = Node(Config(
-                mode="mirror", listen="127.0.0.1:0", data_dir=str(tmp_path / name),
-                upstream=(f"docker.io=http://{upstream.host}",), gossip_listen="127.0.0.1:0",
-                join=join, node_name=name, cluster_key_file=str(key_file),
-            ))
-            await node.start()
-            nodes.append(node)
-        await until(lambda: all(
-            sum(m.status.value == "alive" for m in n.gossip.members()) == 3 for n in nodes))
+    async with mirror_cluster(tmp_path, upstream.host) as nodes:
         yield nodes
-    finally:
-        for node in reversed(nodes):
-            await node.stop()
 
 
 def holds(node: Node, digest: str, holder: str) -> bool:

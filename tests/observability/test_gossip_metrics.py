@@ -8,7 +8,6 @@ registry-mode ``Node`` with gossip, joined by a second one on 127.0.0.1, scraped
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,12 +17,12 @@ import aiohttp
 import pytest
 
 from p2preg.config import Config
-from p2preg.gossip.service import GossipService, GossipServiceConfig
+from p2preg.gossip.service import GossipService
 from p2preg.node import Node
 from p2preg.registry.metrics import MAX_DROP_REASONS, RegistryMetrics, exposition
+from tests.support.cluster import DEADLINE_S, until
+from tests.support.gossip import gossip_address, gossip_services
 from tests.support.node import MetricSample, parse_metrics
-
-DEADLINE_S = 20.0
 
 STATS: dict[str, Any] = {
     "packets_sent": 120,
@@ -179,15 +178,6 @@ def test_the_number_of_drop_reasons_is_capped() -> None:
 # --- real nodes -------------------------------------------------------------------------------
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for a condition fed by gossip over real sockets."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 def node_config(tmp_path: Path, name: str, join: tuple[str, ...] = (), **gossip: Any) -> Config:
     return Config(mode="registry", listen="127.0.0.1:0", data_dir=str(tmp_path / name),
                   node_name=name, join=join, **gossip)  # fmt: skip
@@ -283,40 +273,18 @@ async def test_a_node_without_gossip_exports_no_gossip_family(tmp_path: Path) ->
 
 # --- membership transitions counted by the service -----------------------------------------------
 
-FAST = {  # short, but a false suspicion still needs a 150 ms stall of the event loop
-    "probe_interval_s": 0.2,
-    "probe_timeout_s": 0.15,
-    "gossip_interval_s": 0.02,
-    "push_pull_interval_s": 0.5,
-    "leave_timeout_s": 0.2,
-    "stream_timeout_s": 0.5,
-}
+#: Slower probes than ``FAST``: a false suspicion would still need a 150 ms stall of the loop.
+STEADY = {"probe_interval_s": 0.2, "probe_timeout_s": 0.15}
 
 
 @pytest.fixture
 async def services() -> AsyncIterator[tuple[GossipService, GossipService]]:
     """Two bare gossip services with short intervals, the second joined through the first."""
-    started: list[GossipService] = []
-
-    async def start(name: str, seed: int, join: tuple[str, ...] = ()) -> GossipService:
-        config = GossipServiceConfig(
-            gossip_listen="127.0.0.1:0", node_name=name, advertise="127.0.0.1:5000",
-            join=join, **FAST,  # type: ignore[arg-type]
-        )  # fmt: skip
-        svc = GossipService(config, rng=random.Random(seed))
-        await svc.start()
-        started.append(svc)
-        return svc
-
-    try:
-        first = await start("a", 1)
-        host, port = first.gossip_address
-        second = await start("b", 2, (f"{host}:{port}",))
+    async with gossip_services() as start:
+        first = await start("a", 1, **STEADY)
+        second = await start("b", 2, (gossip_address(first),), **STEADY)
         await until(lambda: first.stats()["members"]["alive"] == 2)
         yield first, second
-    finally:
-        for svc in started:
-            await svc.stop(leave=False)
 
 
 async def test_a_peer_that_vanishes_counts_as_failed_probes_a_suspicion_and_a_death(
