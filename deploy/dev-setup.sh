@@ -9,6 +9,7 @@ APT_PACKAGES=(
   docker-registry skopeo containerd docker.io podman busybox-static   # real clients + origin
   apache2-utils   # htpasswd -B, to check our htpasswd files are compatible
   nftables iproute2 openssl curl
+  prometheus      # promtool: checks and unit-tests deploy/prometheus/p2preg-alerts.yml
 )
 if [ "$(id -u)" = 0 ]; then
   missing=()
@@ -16,6 +17,13 @@ if [ "$(id -u)" = 0 ]; then
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
+    # The tests start every daemon themselves (own roots, loopback only): keep the packages'
+    # services (dockerd, containerd, prometheus) from being started by their postinst scripts.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
