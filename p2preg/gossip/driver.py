@@ -11,7 +11,12 @@ Owns ``GossipDriver``, which
   incoming ones. Frames are the core's length-prefixed msgpack packets (``core.encode_stream`` /
   ``core.stream_decoder``: HMAC, size cap); a bad frame, an oversized length, a stalled or slow peer
   (``stream_timeout_s`` for the whole exchange) closes that one connection and is counted, nothing
-  else happens. At most ``max_streams`` exchanges run at once; more are refused at accept;
+  else happens. At most ``max_inbound_push_pulls`` incoming exchanges run at once: one more is
+  refused at accept (closed at once, counted in ``streams_refused``; its initiator sees a failed
+  push-pull and tries again at its next period), so a herd of initiators cannot pile full catalog
+  states into one node. Outgoing exchanges are capped by ``max_outbound_push_pulls`` the same way
+  (a skipped one counts as a failure); an initiator whose peer closes before replying counts a
+  failure, not a completed exchange;
 * hands every core event to the ``on_event`` callbacks;
 * sends only to IP literals: a peer announcing a host name is never resolved (no blocking lookup
   in ``sendto``, no DNS traffic steered by a stranger);
@@ -62,6 +67,7 @@ class DriverStats:
     send_errors: int = 0
     streams_accepted: int = 0
     streams_refused: int = 0
+    """Inbound push-pulls closed at accept: ``max_inbound_push_pulls`` were running."""
     streams_opened: int = 0
     streams_completed: int = 0
     stream_failures: int = 0
@@ -106,13 +112,17 @@ class GossipDriver:
         clock: Clock | None = None,
         stream_timeout_s: float = 10.0,
         connect_timeout_s: float = 3.0,
-        max_streams: int = 32,
+        max_inbound_push_pulls: int = 32,
+        max_outbound_push_pulls: int = 32,
         leave_timeout_s: float = 1.0,
     ) -> None:
         self.clock: Clock = clock or MonotonicClock()
         self.stream_timeout_s = stream_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.max_streams = max_streams
+        self.max_inbound_push_pulls = max_inbound_push_pulls
+        """Concurrent incoming push-pulls (memberlist allows 128 of its membership-only
+        exchanges; ours carry whole catalogs, up to ``max_stream_bytes`` a frame)."""
+        self.max_outbound_push_pulls = max_outbound_push_pulls
         self.leave_timeout_s = leave_timeout_s
         self.stats = DriverStats()
         self._core: GossipCore | None = None
@@ -121,6 +131,8 @@ class GossipDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._streams: set[asyncio.Task[None]] = set()
+        self._inbound = 0
+        self._outbound = 0
         self._on_event: list[EventCallback] = []
         self._closing = False
         self.address: Addr | None = None
@@ -237,7 +249,8 @@ class GossipDriver:
             except OSError:
                 self.stats.send_errors += 1
         for start in core.push_pulls_to_start(now):
-            if is_ip_literal(start.addr[0]):
+            if is_ip_literal(start.addr[0]) and self._outbound < self.max_outbound_push_pulls:
+                self._outbound += 1
                 self._spawn(self._initiate(start))
             else:
                 self.stats.stream_failures += 1
@@ -301,7 +314,8 @@ class GossipDriver:
                 writer = conn
                 conn.write(self.core.encode_stream(start.request))
                 await conn.drain()
-                await self._exchange(reader, conn)
+                if not await self._exchange(reader, conn):
+                    raise EOFError("peer closed the push-pull before replying (refused?)")
             self.stats.streams_completed += 1
         except TimeoutError:
             self.stats.stream_timeouts += 1
@@ -313,17 +327,19 @@ class GossipDriver:
             self.stats.core_errors += 1
             log.exception("push-pull with %s failed unexpectedly", start.addr)
         finally:
+            self._outbound -= 1
             if writer is not None:
                 writer.close()
 
     async def _accept_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if self._closing or len(self._streams) >= self.max_streams:
+        if self._closing or self._inbound >= self.max_inbound_push_pulls:
             self.stats.streams_refused += 1
             writer.close()
             return
         self.stats.streams_accepted += 1
+        self._inbound += 1
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
@@ -339,26 +355,30 @@ class GossipDriver:
             self.stats.core_errors += 1
             log.exception("incoming push-pull failed unexpectedly")
         finally:
+            self._inbound -= 1
             writer.close()
             if task is not None:
                 self._streams.discard(task)
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Read frames and answer them until the core has nothing more to say or EOF.
 
-        A bad frame (decoder failed) closes the stream: raises ``EOFError``.
+        True if at least one message was received. A bad frame (decoder failed) closes the
+        stream: raises ``EOFError``.
         """
         decoder = self.core.stream_decoder()
+        received = False
         while True:
             data = await reader.read(READ_CHUNK_BYTES)
             if not data:
-                return
+                return received
             messages = decoder.feed(data)
             for message in messages:
+                received = True
                 reply = self.core.handle_push_pull(message, self.clock.now())
                 self.flush()
                 if reply is None:
-                    return
+                    return True
                 writer.write(self.core.encode_stream(reply))
                 await writer.drain()
             if decoder.failed is not None:

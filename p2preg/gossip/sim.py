@@ -23,6 +23,7 @@ from p2preg.gossip.config import Addr, GossipConfig
 from p2preg.gossip.core import GossipCore
 from p2preg.gossip.events import LocalRefuted, MemberDead, MemberSuspect
 from p2preg.gossip.member import MemberStatus
+from p2preg.gossip.messages import PP_REQUEST
 from p2preg.gossip.wire import Keyring
 
 _TIMER, _DGRAM, _STREAM = 0, 1, 2
@@ -48,6 +49,8 @@ class SimNode:
     life: int = 0
     udp_bytes_sent: int = 0
     tcp_bytes_sent: int = 0
+    push_pulls_received: int = 0
+    """Push-pull requests this node answered (the inbound load a herd would put on it)."""
 
 
 @dataclass(slots=True)
@@ -58,6 +61,8 @@ class SimCounters:
     push_pulls: int = 0
     suspicions: int = 0
     refutations: int = 0
+    timer_wakeups: int = 0
+    """Node timers that fired (``handle_timer`` calls): idle wake-ups show up here."""
     deaths: list[DeathRecord] = field(default_factory=list)
 
 
@@ -309,6 +314,7 @@ class Simulation:
         if not node.up or node.life != life or self._timer_at.get(name) != when:
             return
         del self._timer_at[name]
+        self.counters.timer_wakeups += 1
         node.core.handle_timer(when)
         self._after(node)
 
@@ -332,6 +338,8 @@ class Simulation:
         if not node.up or self._blocked(src, dst):
             return
         for message in node.core.stream_decoder().feed(frame):
+            if isinstance(message, list) and message and message[0] == PP_REQUEST:
+                node.push_pulls_received += 1
             reply = node.core.handle_push_pull(message, self.now)
             if reply is not None:
                 self._send_stream(node, src, reply)

@@ -201,13 +201,44 @@ class MemberTable:
         return out
 
     def next_deadline(self) -> float | None:
+        """The earliest time ``expire`` or ``due_verifications`` has real work to do.
+
+        The heaps are cleaned lazily: a top entry that is stale (its suspicion ended or was
+        replaced, a reap superseded by a later status change) is popped here, so the driver is
+        never woken for nothing. Each entry is popped at most once: amortized O(log n) per entry,
+        no scan.
+        """
+        members = self._members
+        susp_heap = self._suspicions
+        while susp_heap:
+            _, _, name, susp = susp_heap[0]
+            st = members.get(name)
+            if (
+                st is not None
+                and st.suspicion is susp
+                and st.status == MemberStatus.SUSPECT
+                and susp.deadline <= susp_heap[0][0]
+            ):
+                break
+            heapq.heappop(susp_heap)
+        verifies = self._verifies
+        while verifies:
+            _, _, name, susp = verifies[0]
+            st = members.get(name)
+            if st is not None and st.suspicion is susp and st.status == MemberStatus.SUSPECT:
+                break
+            heapq.heappop(verifies)
+        reaps = self._reaps
+        while reaps:
+            _, _, name, changed_at = reaps[0]
+            st = members.get(name)
+            if st is not None and st.status not in _LIVE and st.changed_at == changed_at:
+                break
+            heapq.heappop(reaps)
         t: float | None = None
-        if self._suspicions:
-            t = self._suspicions[0][0]
-        if self._reaps and (t is None or self._reaps[0][0] < t):
-            t = self._reaps[0][0]
-        if self._verifies and (t is None or self._verifies[0][0] < t):
-            t = self._verifies[0][0]
+        for heap in (susp_heap, verifies, reaps):
+            if heap and (t is None or heap[0][0] < t):
+                t = heap[0][0]
         return t
 
     def due_verifications(self, now: float) -> list[MemberState]:
