@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +22,10 @@ from p2preg.gossip.service import (
     load_keyring,
 )
 from p2preg.gossip.wire import PROTOCOL_VERSION, MessageType
+from tests.support.cluster import until
 from tests.support.gossip import ServiceFactory, fast_config, gossip_address, gossip_services
 
 DIGEST = "sha256:" + "ab" * 32
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait (bounded) for a condition that the running services will make true."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from p2preg.oci.digest import Digest
 from p2preg.p2p.node_glue import ADVERTISE_BATCH, P2P
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
+from tests.support.cluster import until
 from tests.support.gossip import ServiceFactory, gossip_address, gossip_services
 
 N_DIGESTS = 300
@@ -28,13 +29,6 @@ N_DIGESTS = 300
 
 def digests(count: int, salt: int = 0) -> list[str]:
     return [f"sha256:{salt:08x}{i:056x}" for i in range(count)]
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Wait (bounded) for a condition the running services will make true."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
