@@ -208,32 +208,16 @@ class MemberTable:
         never woken for nothing. Each entry is popped at most once: amortized O(log n) per entry,
         no scan.
         """
-        members = self._members
-        susp_heap = self._suspicions
+        susp_heap, verifies, reaps = self._suspicions, self._verifies, self._reaps
         while susp_heap:
-            _, _, name, susp = susp_heap[0]
-            st = members.get(name)
-            if (
-                st is not None
-                and st.suspicion is susp
-                and st.status == MemberStatus.SUSPECT
-                and susp.deadline <= susp_heap[0][0]
-            ):
+            when, _, name, susp = susp_heap[0]
+            # A confirmation pushes an earlier entry and leaves this one: still valid then.
+            if self._suspecting(name, susp) is not None and susp.deadline <= when:
                 break
             heapq.heappop(susp_heap)
-        verifies = self._verifies
-        while verifies:
-            _, _, name, susp = verifies[0]
-            st = members.get(name)
-            if st is not None and st.suspicion is susp and st.status == MemberStatus.SUSPECT:
-                break
+        while verifies and self._suspecting(verifies[0][2], verifies[0][3]) is None:
             heapq.heappop(verifies)
-        reaps = self._reaps
-        while reaps:
-            _, _, name, changed_at = reaps[0]
-            st = members.get(name)
-            if st is not None and st.status not in _LIVE and st.changed_at == changed_at:
-                break
+        while reaps and self._reapable(reaps[0][2], reaps[0][3]) is None:
             heapq.heappop(reaps)
         t: float | None = None
         for heap in (susp_heap, verifies, reaps):
@@ -247,10 +231,24 @@ class MemberTable:
         heap = self._verifies
         while heap and heap[0][0] <= now:
             _, _, name, susp = heapq.heappop(heap)
-            st = self._members.get(name)
-            if st is not None and st.suspicion is susp and st.status == MemberStatus.SUSPECT:
+            st = self._suspecting(name, susp)
+            if st is not None:
                 out.append(st)
         return out
+
+    def _suspecting(self, name: str, susp: Suspicion) -> MemberState | None:
+        """``name``'s state while ``susp`` is still its running suspicion, else None (stale)."""
+        st = self._members.get(name)
+        if st is None or st.suspicion is not susp or st.status != MemberStatus.SUSPECT:
+            return None
+        return st
+
+    def _reapable(self, name: str, changed_at: float) -> MemberState | None:
+        """``name``'s state while it is still dead/left since ``changed_at``, else None."""
+        st = self._members.get(name)
+        if st is None or st.status in _LIVE or st.changed_at != changed_at:
+            return None
+        return st
 
     def take_forgotten(self) -> list[str]:
         """Members reclaimed (forgotten for good) since the last call."""
@@ -415,17 +413,14 @@ class MemberTable:
         heap = self._suspicions
         while heap and heap[0][0] <= now:
             _, _, name, susp = heapq.heappop(heap)
-            st = self._members.get(name)
-            if st is None or st.suspicion is not susp or st.status != MemberStatus.SUSPECT:
-                continue
-            if susp.deadline > now:
+            st = self._suspecting(name, susp)
+            if st is None or susp.deadline > now:
                 continue
             self.on_dead(msgs.Dead(st.incarnation, name, self.config.name), now)
         reaps = self._reaps
         while reaps and reaps[0][0] <= now:
             _, _, name, changed_at = heapq.heappop(reaps)
-            st = self._members.get(name)
-            if st is None or st.status in _LIVE or st.changed_at != changed_at:
+            if self._reapable(name, changed_at) is None:
                 continue
             self._remove(name)
             self._forgotten.append(name)
