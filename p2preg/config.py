@@ -67,6 +67,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("anonymous_read", bool, False, "with --htpasswd: allow pulls without login, "
            "require it for pushes and deletes"),
     Option("manifest_max_bytes", int, 4 * 1024 * 1024, "largest manifest accepted", "BYTES"),
+    Option("header_timeout_s", float, 20.0, "close a connection that has not sent a complete "
+           "request head this long after its first byte (slowloris; 0 = never)", "SECONDS"),
+    Option("upload_sessions_max", int, 1000, "most open upload sessions on this node; more "
+           "answer 429 TOOMANYREQUESTS (0 = unlimited)", "COUNT"),
+    Option("upload_sessions_per_client_max", int, 100, "most open upload sessions per client "
+           "(user name, else remote address); more answer 429 (0 = unlimited)", "COUNT"),
     # Mirror mode (issue 3)
     Option("upstream", list, [], "REGISTRY=URL: where to pull REGISTRY's content from "
            "(repeatable; default docker.io=https://registry-1.docker.io)", "REGISTRY=URL"),
@@ -130,6 +136,9 @@ class Config:
     htpasswd: str | None = None
     anonymous_read: bool = False
     manifest_max_bytes: int = 4 * 1024 * 1024
+    header_timeout_s: float = 20.0
+    upload_sessions_max: int = 1000
+    upload_sessions_per_client_max: int = 100
     upstream: tuple[str, ...] = ()
     upstream_ca: str | None = None
     docker_config: str | None = None
@@ -281,6 +290,11 @@ def validate(config: Config) -> None:
         raise ConfigError("--anonymous-read only makes sense with --htpasswd")
     if config.manifest_max_bytes <= 0:
         raise ConfigError("--manifest-max-bytes must be positive")
+    if not config.header_timeout_s >= 0 or math.isinf(config.header_timeout_s):
+        raise ConfigError("--header-timeout-s must be >= 0 (0 = never)")
+    if config.upload_sessions_max < 0 or config.upload_sessions_per_client_max < 0:
+        raise ConfigError("--upload-sessions-max and --upload-sessions-per-client-max must be "
+                          ">= 0 (0 = unlimited)")
     for value in config.upstream:
         registry, sep, url = value.partition("=")
         if not sep or not registry or not url.startswith(("http://", "https://")):

@@ -22,6 +22,7 @@ from p2preg.registry.auth import AuthPolicy, auth_middleware
 from p2preg.registry.content import ContentSource, LocalContentSource
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.htpasswd import Htpasswd
+from p2preg.registry.httpserver import RegistryRunner
 from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
@@ -67,7 +68,10 @@ class Node:
         self._lock = DataDirLock(self.layout)
         self._lock.acquire()  # before recover(): recovery deletes temp files
         meta = self._meta = MetadataStore(self.layout.db_path, clock=self.wall_clock)
-        uploads = UploadManager(self.layout, blobs, meta, self.wall_clock)
+        uploads = UploadManager(
+            self.layout, blobs, meta, self.wall_clock, max_sessions=config.upload_sessions_max,
+            max_sessions_per_owner=config.upload_sessions_per_client_max,
+        )
         removed = blobs.recover()
         recovery = uploads.recover()
         event(log, "store_recovered", data_dir=str(self.layout.root), temp_files_removed=removed,
@@ -168,7 +172,10 @@ class Node:
 
             ssl_context = server_context(config.tls_cert, config.tls_key)
 
-        self._runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+        self._runner = RegistryRunner(
+            app, header_timeout_s=config.header_timeout_s, access_log_class=AccessLogger,
+            handle_signals=False,
+        )
         await self._runner.setup()
         site = web.SockSite(self._runner, listen_sock, ssl_context=ssl_context)
         await site.start()

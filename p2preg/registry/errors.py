@@ -2,8 +2,11 @@
 
 Owns: ``error_middleware`` and ``error_response``. ``RegistryError`` keeps its code, status and
 headers; aiohttp's own HTTP errors (unknown route 404, 405, 413 body too large) are mapped to an
-OCI code; any other exception is logged with its traceback and answered 500 ``UNKNOWN`` without
-leaking internals. HEAD responses carry no body. When a handler fails after its response started
+OCI code; a client that went away mid-request (its body stopped, its socket closed) is answered
+``499`` (nginx's "client closed request": nobody reads it, but the access log and the metrics
+record it as the client's doing, not as a server error) and logged at DEBUG; any other exception is
+logged with its traceback and answered 500 ``UNKNOWN`` without leaking internals. HEAD responses
+carry no body. When a handler fails after its response started
 streaming, nothing can be sent any more: the exception propagates and aiohttp drops the connection,
 so a client never sees a completed response with wrong bytes.
 Must not import storage or handlers.
@@ -24,6 +27,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request whose client went away before the answer: a client fault."""
+
 _API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -39,6 +45,28 @@ def error_response(request: web.Request, error: RegistryError) -> web.Response:
         content_type="application/json",
         headers=headers,
     )
+
+
+def client_gone(request: web.BaseRequest) -> bool:
+    """True when the client's connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def is_client_disconnect(request: web.BaseRequest, exc: BaseException | None) -> bool:
+    """True when ``exc`` is the client going away: a connection or body error, socket closed.
+
+    A ``ConnectionError`` while the client is still connected came from somewhere else (a peer,
+    a local socket) and is the server's own failure.
+    """
+    return isinstance(exc, (ConnectionError, web.RequestPayloadError)) and client_gone(request)
+
+
+def client_closed_response() -> web.Response:
+    """The 499 recorded for a request whose client is gone (it is never delivered)."""
+    response = web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
+    response.force_close()
+    return response
 
 
 def from_http_exception(exc: web.HTTPException) -> RegistryError:
@@ -80,12 +108,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _response_started(request):
             raise
         return error_response(request, from_http_exception(exc))
-    except (asyncio.CancelledError, ConnectionError):
+    except asyncio.CancelledError:
         raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+    except (ConnectionError, web.RequestPayloadError) as exc:
         if _response_started(request):
             raise
-        return error_response(
-            request, RegistryError(ErrorCode.UNKNOWN, "internal server error", status=500)
-        )
+        if is_client_disconnect(request, exc):
+            log.debug("client went away during %s %s: %s", request.method, request.path, exc)
+            return client_closed_response()
+        if isinstance(exc, web.RequestPayloadError):
+            return error_response(
+                request, RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, f"malformed body: {exc}")
+            )
+        return _internal_error(request)
+    except Exception:
+        if _response_started(request):
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            raise
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """Log the exception being handled with its traceback; answer 500 ``UNKNOWN``."""
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(
+        request, RegistryError(ErrorCode.UNKNOWN, "internal server error", status=500)
+    )

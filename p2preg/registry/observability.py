@@ -12,7 +12,10 @@ latency, bytes served and the access log line are all recorded there, once. The 
 never logs is a handler-streamed ``StreamResponse`` whose client disconnects mid-body (the
 handler's ``write`` raises and aiohttp drops the connection silently): the middleware records
 that request itself, from the response captured by the ``on_response_prepare`` hook, marked
-``aborted``. A per-request flag makes sure nothing is counted twice.
+``aborted``. A per-request flag makes sure nothing is counted twice. A request whose client went
+away before its answer was complete is recorded with status 499 (nginx's "client closed
+request"): the error middleware answers 499 when the client left before the response started, and
+an aborted body whose connection is closed is recorded as 499 here; neither is a 5xx.
 
 Wiring (all three are needed): ``obs.middleware`` outermost in the app's middlewares (so 401s and
 error JSON are counted too), ``obs.setup(app)`` (hook + routes), ``AccessLogger`` on the runner.
@@ -36,6 +39,7 @@ from aiohttp.typedefs import Middleware
 
 from p2preg.clock import Clock, WallClock
 from p2preg.registry.accesslog import AccessRecord, emit
+from p2preg.registry.errors import CLIENT_CLOSED_REQUEST, client_gone
 from p2preg.registry.health import Health
 from p2preg.registry.metrics import RegistryMetrics, exposition
 from p2preg.registry.requestkeys import (
@@ -116,9 +120,12 @@ def finish_request(
     )
     route = route_label(request)
     source = request_value(request, SOURCE_KEY)
+    aborted = response.prepared and not completed and request.method != "HEAD"
+    # A body cut short because the client left is the client's doing (nginx's 499), not a 200.
+    status = CLIENT_CLOSED_REQUEST if aborted and client_gone(request) else response.status
     if state is not None:
         metrics = state.observability.metrics
-        metrics.request_finished(route, request.method, response.status, duration_s)
+        metrics.request_finished(route, request.method, status, duration_s)
         if source is not None:
             metrics.blob_bytes_served(source, nbytes)
         ts = state.observability.wall_clock.now()
@@ -130,7 +137,7 @@ def finish_request(
         method=request.method,
         path=request.path,
         route=route,
-        status=response.status,
+        status=status,
         bytes=nbytes,
         duration_ms=duration_s * 1000.0,
         user=request_value(request, USER_KEY),
@@ -140,7 +147,7 @@ def finish_request(
         peer=request_value(request, PEER_KEY),
         ns=_clip(request.query.get("ns")),
         user_agent=_clip(request.headers.get("User-Agent")),
-        aborted=response.prepared and not completed and request.method != "HEAD",
+        aborted=aborted,
     )
     emit(record)
     return record

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 from p2preg.oci.errors import ErrorCode, RegistryError
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# ASCII digits only: ``\d`` would take any Unicode digit (Arabic-Indic
+# ``bytes=\u0661-\u0662``), and ``int()`` would happily parse it. Whitespace is spaces and
+# tabs (RFC 9110's OWS), nothing else.
+_RANGE_RE = re.compile(r"^[ \t]*bytes[ \t]*=[ \t]*([0-9]{0,19})[ \t]*-[ \t]*([0-9]{0,19})[ \t]*$",
+                       re.IGNORECASE | re.ASCII)
 # The spec's grammar is ``^[0-9]+-[0-9]+$``; the RFC 9110 form ``bytes N-M/*`` is also accepted.
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
+_CONTENT_RANGE_RE = re.compile(
+    r"^(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?$", re.ASCII
+)
 
 
 @dataclass(frozen=True, slots=True)

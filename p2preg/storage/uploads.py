@@ -10,6 +10,11 @@ dropped (the client restarts the upload). Each append is all or nothing: a chunk
 The sha256 of the data is computed while it is appended (off the event loop, in 1 MiB batches), so
 finishing a multi-GiB upload does not read it back; after a restart the prefix is re-hashed once.
 
+Open sessions are capped per node (``max_sessions``) and per owner (``max_sessions_per_owner``:
+the client's user name or address, given to ``create``); beyond either, ``create`` raises
+``TOOMANYREQUESTS`` (429, ``Retry-After``) and nothing is written. Sessions recovered after a
+restart count towards the node's cap only (their owner is not stored).
+
 Must not import aiohttp or the registry/fetch/gossip packages.
 """
 
@@ -21,6 +26,7 @@ import hashlib
 import os
 import shutil
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,8 @@ from p2preg.storage.metadata import MetadataStore, UploadRecord
 from p2preg.storage.sink import DEFAULT_FLUSH_BYTES, HashingSink, settle
 
 _INCREMENTAL_ALGORITHM = "sha256"
+RETRY_AFTER_S = 60
+"""What a client refused for too many open sessions is told to wait (they expire or finish)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,12 @@ def range_header(offset: int) -> str:
     return f"0-{max(offset - 1, 0)}"
 
 
+def _too_many(message: str, detail: dict[str, int]) -> RegistryError:
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS, message, detail, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
 def _unknown(uuid: str) -> RegistryError:
     return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, detail={"uuid": uuid})
 
@@ -75,6 +89,8 @@ class UploadManager:
         clock: Clock,
         *,
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        max_sessions: int = 0,
+        max_sessions_per_owner: int = 0,
     ) -> None:
         self.layout = layout
         self.blobs = blobs
@@ -83,6 +99,11 @@ class UploadManager:
         self.flush_bytes = flush_bytes
         layout.ensure()
         self._sessions: dict[str, _Session] = {}
+        self.max_sessions = max_sessions  # 0 = unlimited
+        self.max_sessions_per_owner = max_sessions_per_owner  # 0 = unlimited
+        self._open: set[str] = {record.uuid for record in meta.uploads()}
+        self._owner_of: dict[str, str] = {}
+        self._per_owner: Counter[str] = Counter()
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -112,6 +133,7 @@ class UploadManager:
                 truncated += 1
             known.add(record.uuid)
             kept += 1
+        self._open = set(known)
         for entry in os.scandir(self.layout.uploads_dir):
             if entry.name not in known:
                 if entry.is_dir(follow_symlinks=False):
@@ -126,15 +148,41 @@ class UploadManager:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def create(self, repo: str) -> UploadRecord:
-        """Start a session for ``repo`` (the name must already be validated)."""
+    def create(self, repo: str, owner: str | None = None) -> UploadRecord:
+        """Start a session for ``repo`` (the name must already be validated) on behalf of
+        ``owner``; ``TOOMANYREQUESTS`` when a session cap is reached (see the module docstring)."""
+        self._check_caps(owner)
         uuid = str(uuidlib.uuid4())
         directory = self.layout.upload_dir(uuid)
         directory.mkdir()
         self.layout.upload_data_path(uuid).touch(exist_ok=False)
         # Directory entries are made durable by the first append, before any offset is recorded.
         self._sessions[uuid] = _Session(hasher=hashlib.new(_INCREMENTAL_ALGORITHM))
-        return self.meta.create_upload(repo, uuid, self.clock.now())
+        record = self.meta.create_upload(repo, uuid, self.clock.now())
+        self._open.add(uuid)
+        if owner is not None:
+            self._owner_of[uuid] = owner
+            self._per_owner[owner] += 1
+        return record
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._open)
+
+    def sessions_of(self, owner: str) -> int:
+        return self._per_owner[owner]
+
+    def _check_caps(self, owner: str | None) -> None:
+        if self.max_sessions and len(self._open) >= self.max_sessions:
+            raise _too_many(f"this node has {len(self._open)} open upload sessions (the most "
+                            "it keeps); finish or cancel one, or retry later",
+                            {"open": len(self._open), "limit": self.max_sessions})
+        if owner is not None and self.max_sessions_per_owner:
+            held = self._per_owner[owner]
+            if held >= self.max_sessions_per_owner:
+                raise _too_many(f"this client has {held} open upload sessions (the most one "
+                                "client may hold); finish or cancel one, or retry later",
+                                {"open": held, "limit": self.max_sessions_per_owner})
 
     def get(self, repo: str, uuid: str) -> UploadRecord:
         """The session ``uuid`` of ``repo``; ``BLOB_UPLOAD_UNKNOWN`` when absent or elsewhere."""
@@ -188,9 +236,7 @@ class UploadManager:
             path = self.layout.upload_data_path(uuid)
             await self.blobs.commit_file(path, digest, actual=actual)
             self.meta.link_blob(repo, digest, record.offset)
-            self.meta.delete_upload(uuid)
-            self._remove_dir(uuid)
-            self._sessions.pop(uuid, None)
+            self._drop(uuid)
             return record.offset
 
     def cancel(self, repo: str, uuid: str) -> None:
@@ -267,6 +313,12 @@ class UploadManager:
         self.meta.delete_upload(uuid)
         self._remove_dir(uuid)
         self._sessions.pop(uuid, None)
+        self._open.discard(uuid)
+        owner = self._owner_of.pop(uuid, None)
+        if owner is not None:
+            self._per_owner[owner] -= 1
+            if self._per_owner[owner] <= 0:
+                del self._per_owner[owner]
 
     def _remove_dir(self, uuid: str) -> None:
         shutil.rmtree(self.layout.upload_dir(uuid), ignore_errors=True)

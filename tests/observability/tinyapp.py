@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from p2preg.registry.accesslog import ACCESS_LOGGER_NAME
+from p2preg.registry.httpserver import RegistryRunner
 from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.registry.requestkeys import SOURCE_KEY
 
@@ -120,7 +121,7 @@ class TinyRegistry:
 @asynccontextmanager
 async def serving(app: web.Application, *, ssl_context: object = None) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1:<free port> with the p2preg access logger; yields the base URL."""
-    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    runner = RegistryRunner(app, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)  # type: ignore[arg-type]
     await site.start()

@@ -26,6 +26,7 @@ from p2preg.oci.manifest import MAX_MANIFEST_BYTES
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.content import ContentSource
 from p2preg.registry.context import RegistryContext
+from p2preg.registry.httpserver import RegistryRunner
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.storage.metadata import MetadataStore
@@ -115,7 +116,7 @@ async def start_registry(
         content=content,  # type: ignore[arg-type]
     )
     app = create_registry_app(ctx, middlewares=middlewares)
-    runner = web.AppRunner(app)
+    runner = RegistryRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -300,12 +300,28 @@ async def test_unknown_manifests_and_repositories(registry: RegistryNode) -> Non
         (".hidden", "TAG_INVALID"),
     ],
 )
-async def test_malformed_references_are_400(
+async def test_malformed_references_are_400_on_put_and_delete(
     registry: RegistryNode, reference: str, code: str
 ) -> None:
-    for method in ("GET", "PUT", "DELETE"):
+    for method in ("PUT", "DELETE"):
         response = await registry.request(method, f"/v2/lib/app/manifests/{reference}", data=b"{}")
         assert_oci_error(response, 400, code)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [".INVALID_MANIFEST_NAME", "-tag", "t" * 129, ".hidden", "a b", "t%C3%A9"],
+)
+async def test_get_and_head_of_a_malformed_reference_are_404_manifest_unknown(
+    registry: RegistryNode, reference: str
+) -> None:
+    """The conformance suite GETs and HEADs ``.INVALID_MANIFEST_NAME`` and wants 404."""
+    await push_image(registry, "lib/app", "v1")
+    response = await registry.request("GET", f"/v2/lib/app/manifests/{reference}")
+    assert_oci_error(response, 404, "MANIFEST_UNKNOWN")
+    head = await registry.request("HEAD", f"/v2/lib/app/manifests/{reference}")
+    assert head.status == 404
+    assert head.body == b""
 
 
 async def test_delete_by_tag_removes_only_the_tag(registry: RegistryNode) -> None:

@@ -1,6 +1,7 @@
 """Blob endpoints: ``GET``/``HEAD``/``DELETE /v2/<name>/blobs/<digest>``.
 
-Owns: ``get_blob`` (200 or 206 with a single ``Range``, 416 with ``Content-Range: bytes */size``;
+Owns: ``get_blob`` (200 or 206 with a single ``Range``; 416 with ``Content-Range: bytes */size``
+for an unsatisfiable or malformed range, including non-ASCII digits, once the blob is known;
 ``Docker-Content-Digest``, ``ETag``, ``Accept-Ranges``) and ``delete_blob`` (202, unlinks the blob
 from the repository; the bytes are reclaimed by garbage collection when nothing references them).
 A blob still arriving (``BlobContent.growing``) is sent with sendfile as its file grows.
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.registry.content import BlobContent
 from p2preg.registry.fileslice import send_chunks, send_file_slice, send_growing_file
@@ -33,8 +35,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     """``GET``/``HEAD`` a blob linked to the repository, whole or one byte range."""
     name = repo_name(request)
     digest = digest_param(request)
-    spec = parse_range_header(request.headers.get("Range"))
     want_body = request.method != "HEAD"
+    try:
+        spec = parse_range_header(request.headers.get("Range"))
+    except RegistryError as exc:
+        raise await _with_blob_size(request, name, digest, exc) from None
     blob = await context(request).content.blob(name, digest, spec, want_body=want_body)
     request[SOURCE_KEY] = blob.source
     response = web.StreamResponse(status=200 if blob.byte_range is None else 206)
@@ -72,6 +77,16 @@ async def delete_blob(request: web.Request) -> web.Response:
             {"repository": name, "digest": str(digest)},
         )
     return web.Response(status=202, headers={**API_VERSION, "Docker-Content-Digest": str(digest)})
+
+
+async def _with_blob_size(
+    request: web.Request, name: str, digest: Digest, error: RegistryError
+) -> RegistryError:
+    """``error`` (a malformed ``Range``: 416) with ``Content-Range: bytes */size`` once the blob
+    is known to exist; ``BLOB_UNKNOWN`` instead when it does not."""
+    blob = await context(request).content.blob(name, digest, None, want_body=False)
+    error.headers["Content-Range"] = f"bytes */{blob.size}"
+    return error
 
 
 async def _close(chunks: AsyncIterator[bytes]) -> None:

@@ -1,6 +1,7 @@
 """Manifest endpoints: ``GET``/``HEAD``/``PUT``/``DELETE /v2/<name>/manifests/<reference>``.
 
-Owns: the reference check (a digest or a tag), reading the ``Accept`` lines (all of them, through
+Owns: the reference check (a digest or a tag; on GET/HEAD a reference that is not a digest
+and not a valid tag is ``MANIFEST_UNKNOWN`` 404, on PUT/DELETE ``TAG_INVALID`` 400), reading the ``Accept`` lines (all of them, through
 ``oci.manifest.parse_accept``), the manifest response headers (``Content-Type``,
 ``Docker-Content-Digest``, ``ETag``, ``Content-Length``), and the PUT pipeline: bounded read
 (413 ``MANIFEST_INVALID`` over ``ctx.max_manifest_bytes``), parse and validate
@@ -17,7 +18,7 @@ from aiohttp import web
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.oci.manifest import ParsedManifest, manifest_too_large, parse_accept, parse_manifest
-from p2preg.oci.names import validate_tag
+from p2preg.oci.names import is_tag, validate_tag
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.handlers.common import (
     API_VERSION,
@@ -43,6 +44,13 @@ async def get_manifest(request: web.Request) -> web.Response:
     """``GET``/``HEAD``: the stored manifest, whatever the client accepts (see ``content``)."""
     name = repo_name(request)
     reference = request.match_info["reference"]
+    if ":" not in reference and not is_tag(reference):
+        # A reference that is neither a tag nor a digest names no manifest: 404, as the spec's
+        # conformance suite expects for GET/HEAD of ``.INVALID_MANIFEST_NAME`` (PUT and DELETE
+        # still answer 400 TAG_INVALID; a malformed digest is 400 DIGEST_INVALID everywhere).
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN, "manifest unknown", {"name": name, "reference": reference}
+        )
     parse_reference(reference)
     accept = parse_accept(request.headers.getall("Accept", []))
     manifest = await context(request).content.manifest(name, reference, accept)

@@ -2,13 +2,16 @@
 
 Owns: building the OCI image index of the manifests whose ``subject`` is ``<digest>`` (each
 descriptor with ``artifactType`` and ``annotations``), the ``artifactType`` filter and its
-``OCI-Filters-Applied: artifactType`` header. Always 200 with an index (empty when nothing refers
-to the digest, even in an unknown repository), as the spec requires; a malformed digest is 400.
+``OCI-Filters-Applied: artifactType`` header. ``Content-Type`` is exactly
+``application/vnd.oci.image.index.v1+json`` (no charset parameter). Always 200 with an index
+(empty when nothing refers to the digest, even in an unknown repository), as the spec requires;
+a malformed digest is 400.
 Must not import other handler modules.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -39,4 +42,7 @@ async def list_referrers(request: web.Request) -> web.Response:
     headers = dict(API_VERSION)
     if artifact_type is not None:
         headers["OCI-Filters-Applied"] = "artifactType"
-    return web.json_response(index, headers=headers, content_type=mediatypes.OCI_INDEX)
+    # Content-Type exactly the index media type: clients compare it without parameters, and
+    # json_response(content_type=...) would append "; charset=utf-8".
+    headers["Content-Type"] = mediatypes.OCI_INDEX
+    return web.Response(body=json.dumps(index).encode(), headers=headers)

@@ -5,7 +5,9 @@ Owns the HTTP side of pushing a blob:
 - ``POST .../uploads/?digest=D`` with a body: monolithic push, 201.
 - ``POST .../uploads/?mount=D&from=R``: 201 when ``D`` is linked in ``R`` (cross-repository
   mount), else a new session (202), as the spec allows.
-- ``POST .../uploads/``: a new session, 202 with ``Location``, ``Range``, ``Docker-Upload-UUID``.
+- ``POST .../uploads/``: a new session, 202 with ``Location``, ``Range``, ``Docker-Upload-UUID``;
+  429 ``TOOMANYREQUESTS`` when the node's or this client's (user, else address) cap of open
+  sessions is reached.
 - ``PATCH .../uploads/<uuid>``: append a chunk. With ``Content-Range: start-end`` the chunk must
   start at the session's offset (else 416 ``RANGE_INVALID`` with the current ``Range``) and match
   ``Content-Length``; without it the body is a streamed append.
@@ -36,6 +38,7 @@ from p2preg.registry.handlers.common import (
     upload_location,
 )
 from p2preg.registry.ranges import parse_content_range, upload_range_header
+from p2preg.registry.requestkeys import USER_KEY, request_value
 
 _READ_BYTES = 1 << 20
 
@@ -54,7 +57,7 @@ async def start_upload(request: web.Request) -> web.Response:
         if digest is not None:
             await _monolithic(ctx, name, digest, _body_chunks(request, None))
             return _created(name, digest)
-    record = ctx.uploads.create(name)
+    record = ctx.uploads.create(name, owner=_client_id(request))
     return _session_response(202, name, record.uuid, 0)
 
 
@@ -105,6 +108,14 @@ async def cancel_upload(request: web.Request) -> web.Response:
     ctx.uploads.get(name, uuid)
     ctx.uploads.cancel(name, uuid)
     return web.Response(status=204, headers=API_VERSION)
+
+
+def _client_id(request: web.Request) -> str:
+    """Whose session this is, for the per-client cap: the user name, else the remote address."""
+    user = request_value(request, USER_KEY)
+    if user:
+        return f"user:{user}"
+    return f"addr:{request.remote or 'unknown'}"
 
 
 def _try_mount(ctx: RegistryContext, name: str, digest: Digest, source: str | None) -> bool:
@@ -189,7 +200,7 @@ def _out_of_order(name: str, uuid: str, offset: int, start: int | None) -> Regis
         f"chunk must start at offset {offset}",
         {"offset": offset, "start": start},
         status=416,
-        headers=_session_headers(name, uuid, offset),
+        headers={**_session_headers(name, uuid, offset), "Content-Range": f"bytes */{offset}"},
     )
 
 
