@@ -54,11 +54,15 @@ def client_gone(request: web.BaseRequest) -> bool:
 
 
 def is_client_disconnect(request: web.BaseRequest, exc: BaseException | None) -> bool:
-    """True when ``exc`` is the client going away: a connection or body error, socket closed.
+    """True when ``exc`` is the client going away.
 
-    A ``ConnectionError`` while the client is still connected came from somewhere else (a peer,
-    a local socket) and is the server's own failure.
+    A reset or broken pipe (what writing to a socket whose peer left raises, e.g. from
+    ``sendfile``), or any connection or body error once the client's socket is closed. Other
+    ``ConnectionError``s while the client is still connected (refused, aborted locally) came from
+    somewhere else and are the server's own failure.
     """
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return True
     return isinstance(exc, (ConnectionError, web.RequestPayloadError)) and client_gone(request)
 
 

@@ -39,7 +39,7 @@ from aiohttp.typedefs import Middleware
 
 from p2preg.clock import Clock, WallClock
 from p2preg.registry.accesslog import AccessRecord, emit
-from p2preg.registry.errors import CLIENT_CLOSED_REQUEST, client_gone
+from p2preg.registry.errors import CLIENT_CLOSED_REQUEST, client_gone, is_client_disconnect
 from p2preg.registry.health import Health
 from p2preg.registry.metrics import RegistryMetrics, exposition
 from p2preg.registry.requestkeys import (
@@ -107,9 +107,17 @@ def _clip(value: str | None, limit: int = 256) -> str | None:
 
 
 def finish_request(
-    request: web.BaseRequest, response: web.StreamResponse, duration_s: float
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    duration_s: float,
+    *,
+    client_left: bool = False,
 ) -> AccessRecord | None:
-    """Record one finished request (metrics + access log line); None when already recorded."""
+    """Record one finished request (metrics + access log line); None when already recorded.
+
+    ``client_left``: the body stopped because the client went away (also inferred from a closed
+    connection); such a request is recorded as 499.
+    """
     state = _state(request)
     if state is not None:
         if state.finished:
@@ -122,7 +130,8 @@ def finish_request(
     source = request_value(request, SOURCE_KEY)
     aborted = response.prepared and not completed and request.method != "HEAD"
     # A body cut short because the client left is the client's doing (nginx's 499), not a 200.
-    status = CLIENT_CLOSED_REQUEST if aborted and client_gone(request) else response.status
+    left = client_left or client_gone(request)
+    status = CLIENT_CLOSED_REQUEST if aborted and left else response.status
     if state is not None:
         metrics = state.observability.metrics
         metrics.request_finished(route, request.method, status, duration_s)
@@ -229,7 +238,12 @@ class Observability:
         started_writing = bool(getattr(request.writer, "output_size", 0))
         if started_writing or isinstance(exc, asyncio.CancelledError):
             try:
-                finish_request(request, response, now - state.started)
+                finish_request(
+                    request,
+                    response,
+                    now - state.started,
+                    client_left=is_client_disconnect(request, exc),
+                )
             except Exception:
                 log.exception("recording an aborted request failed")
 
