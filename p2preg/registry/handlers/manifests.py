@@ -1,14 +1,15 @@
 """Manifest endpoints: ``GET``/``HEAD``/``PUT``/``DELETE /v2/<name>/manifests/<reference>``.
 
-Owns: the reference check (a digest or a tag; on GET/HEAD a reference that is not a digest
-and not a valid tag is ``MANIFEST_UNKNOWN`` 404, on PUT/DELETE ``TAG_INVALID`` 400), reading the
+Owns: the reference check (a digest or a tag; on GET/HEAD a reference that is not a digest and
+not a valid tag is ``MANIFEST_UNKNOWN`` 404, on PUT/DELETE ``TAG_INVALID`` 400), reading the
 ``Accept`` lines (all of them, through ``oci.manifest.parse_accept``), the manifest response
 headers (``Content-Type``, ``Docker-Content-Digest``, ``ETag``, ``Content-Length``), and the PUT
 pipeline: bounded read (413 ``MANIFEST_INVALID`` over ``ctx.max_manifest_bytes``), parse and
-validate (``oci.manifest.parse_manifest``), digest-in-URL check, every referenced blob and child manifest
-present in the repository (``MANIFEST_BLOB_UNKNOWN``), store, then 201 with ``Location``,
-``Docker-Content-Digest`` and ``OCI-Subject``. DELETE by digest removes the manifest (and its tags),
-by tag removes only the tag; both answer 202. Must not import other handler modules.
+validate (``oci.manifest.parse_manifest``), digest-in-URL check, every referenced blob and child
+manifest present in the repository (``MANIFEST_BLOB_UNKNOWN``), store, then 201 with
+``Location``, ``Docker-Content-Digest`` and ``OCI-Subject``. DELETE by digest removes the
+manifest (and its tags), by tag removes only the tag; both answer 202. Must not import other
+handler modules.
 """
 
 from __future__ import annotations
