@@ -80,13 +80,41 @@ async def test_an_unsatisfiable_range_answers_416_with_the_size(
     assert response.headers["Content-Range"] == f"bytes */{len(DATA)}"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "lines=0-1", "bytes=9-3", "garbage"])
-async def test_multiple_or_malformed_ranges_answer_416(registry: RegistryNode, header: str) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=0-1,5-6",
+        "lines=0-1",
+        "bytes=9-3",
+        "garbage",
+        "bytes=\u0661-\u0662",  # Arabic-Indic digits: int() would parse them
+        "bytes=\uff10-\uff15",  # fullwidth digits
+        "bytes=0-\u0665",
+        "bytes=\u00b9-2",  # superscript one
+        "bytes=+1-2",
+        "bytes=0x1-2",
+        "bytes=1_0-20",
+        "bytes=" + "9" * 40 + "-",
+    ],
+)
+async def test_multiple_or_malformed_ranges_answer_416_with_the_size(
+    registry: RegistryNode, header: str
+) -> None:
     digest = await push_blob(registry, "lib/app", DATA)
+    for method in ("GET", "HEAD"):
+        raw = header.encode().decode("latin-1")  # the UTF-8 bytes on the wire
+        response = await registry.request(
+            method, f"/v2/lib/app/blobs/{digest}", headers={"Range": raw}
+        )
+        assert_oci_error(response, 416, "RANGE_INVALID")
+        assert response.headers["Content-Range"] == f"bytes */{len(DATA)}"
+
+
+async def test_a_malformed_range_on_an_unknown_blob_is_404(registry: RegistryNode) -> None:
     response = await registry.request(
-        "GET", f"/v2/lib/app/blobs/{digest}", headers={"Range": header}
+        "GET", f"/v2/lib/app/blobs/{digest_of(b'nope')}", headers={"Range": "garbage"}
     )
-    assert_oci_error(response, 416, "RANGE_INVALID")
+    assert_oci_error(response, 404, "BLOB_UNKNOWN")
 
 
 async def test_the_empty_blob_is_served(registry: RegistryNode) -> None:

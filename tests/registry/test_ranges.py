@@ -86,3 +86,23 @@ def test_upload_range_header_is_inclusive_and_zero_for_an_empty_session() -> Non
     assert upload_range_header(0) == "0-0"
     assert upload_range_header(1) == "0-0"
     assert upload_range_header(10) == "0-9"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=\u0661-\u0662", "bytes=\uff10-\uff15", "bytes=0-\u0665", "bytes=-\u0661",
+     "bytes=\u00b9-2", "bytes=0-1\u00a0", "bytes\u2003=0-1"],
+)
+def test_only_ascii_digits_and_spaces_make_a_range(header: str) -> None:
+    assert int("\u0661") == 1  # what a \d-based parser would have accepted
+    with pytest.raises(RegistryError) as caught:
+        parse_range_header(header)
+    assert caught.value.code is ErrorCode.RANGE_INVALID
+    assert caught.value.status == 416
+
+
+@pytest.mark.parametrize("header", ["\u0661-\u0662", "0-\uff15", "bytes \u0660-1/*"])
+def test_only_ascii_digits_make_a_content_range(header: str) -> None:
+    with pytest.raises(RegistryError) as caught:
+        parse_content_range(header)
+    assert caught.value.code is ErrorCode.BLOB_UPLOAD_INVALID
