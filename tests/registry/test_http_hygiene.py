@@ -1,4 +1,4 @@
-"""HTTP hygiene of the /v2 app: upload session caps, OCI JSON on every error status, exact headers."""
+"""HTTP hygiene of the /v2 app: upload session caps, OCI JSON on every error, exact headers."""
 
 from __future__ import annotations
 
