@@ -23,6 +23,7 @@ from p2preg.registry.content import ContentSource, LocalContentSource
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.htpasswd import Htpasswd
 from p2preg.registry.httpserver import RegistryRunner
+from p2preg.registry.listing import Listing
 from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
@@ -102,6 +103,7 @@ class Node:
             )
 
         content: ContentSource | None = None
+        mirror_listing: Listing | None = None
         if config.mode == "mirror":
             from p2preg.registry.mirror import create_mirror
             from p2preg.upstream.config import UpstreamConfigError
@@ -127,6 +129,7 @@ class Node:
             except UpstreamConfigError as exc:
                 raise ConfigError(str(exc)) from exc
             self._closers.append(mirror)
+            mirror_listing = mirror.listing
             if self.p2p is not None:
                 self.p2p.attach(mirror)
                 self._closers.append(self.p2p)  # closers run in reverse: p2p before the mirror
@@ -148,6 +151,8 @@ class Node:
         )
         if content is not None:
             ctx.content = content
+        if mirror_listing is not None:
+            ctx.listing = mirror_listing
 
         middlewares: list[Middleware] = [self.observability.middleware]
         if config.mode == "mirror":

@@ -33,6 +33,9 @@ Rules:
   routed to that registry (podman mirrors per registry); otherwise it is Docker Hub's.
 - An unconfigured registry is ``NAME_UNKNOWN`` naming the configured ones; upstream failures
   are OCI errors naming the upstream and the cause.
+- Tag lists and the catalog: ``mirrorlists.MirrorListing`` (``listing``, set by
+  ``create_mirror``) passes ``tags/list`` through to the same upstream with a last known
+  fallback and lists the cache under the names clients use.
 
 Must not import the handlers or gossip (peers arrive as ``BlobSource`` callbacks).
 """
@@ -46,6 +49,7 @@ import logging
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
@@ -62,6 +66,7 @@ from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.oci.manifest import parse_manifest
 from p2preg.oci.names import validate_name, validate_tag
 from p2preg.registry.content import BlobContent, ManifestContent
+from p2preg.registry.listing import Listing
 from p2preg.registry.metrics import RegistryMetrics
 from p2preg.registry.ranges import RangeSpec, resolve_range
 from p2preg.registry.requestkeys import UPSTREAM_KEY
@@ -258,6 +263,8 @@ class MirrorContentSource:
         self._persisted_at: dict[tuple[str, str], float] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Tag lists and the catalog through this mirror (``create_mirror`` sets it).
+        self.listing: Listing | None = None
         self.stale_served_total = 0  # from the node's own last known digest or a peer's
         self.tags_from_peers_total = 0
 
@@ -295,6 +302,10 @@ class MirrorContentSource:
         if request is not None:
             request[UPSTREAM_KEY] = routed[0].registry  # the access log names the upstream
         return routed
+
+    def upstream_client(self, config: UpstreamConfig) -> UpstreamClient:
+        """The client of the upstream ``config`` (for ``mirrorlists``: tag lists)."""
+        return self._pool.client(config)
 
     # -- manifests -------------------------------------------------------------------------------
 
@@ -683,11 +694,12 @@ def create_mirror(
         stale = Counter(
             "p2preg_stale_tags_served_total",
             "Tags answered while their upstream was down, by where the digest came from "
-            "(local: this node's last confirmation; peer: a peer's).",
+            "(local: this node's last confirmation; peer: a peer's; tag_list: a tags/list "
+            "answered from the last known list).",
             ["source"],
             registry=metrics.registry,
         )
-        for source in ("local", "peer"):
+        for source in ("local", "peer", "tag_list"):
             stale.labels(source=source)
 
         def on_stale_served(source: str) -> None:
@@ -695,7 +707,7 @@ def create_mirror(
 
     pool = UpstreamPool(upstreams_from_config(config), clock=clock, rng=rng, metrics=metrics)
     fetcher = BlobFetcher(blobs, clock=clock, observer=observer)
-    return MirrorContentSource(
+    mirror = MirrorContentSource(
         blobs, meta, pool, fetcher,
         tag_max_stale_s=config.tag_max_stale_s,
         wall_clock=wall_clock,
@@ -703,3 +715,11 @@ def create_mirror(
         peer_sources=peer_sources,
         on_stale_served=on_stale_served,
     )
+    # Imported here: mirrorlists builds on this module (route, cache names, the namespace).
+    from p2preg.registry.mirrorlists import TAGLISTS_DIR, MirrorListing, TagListStore
+
+    mirror.listing = MirrorListing(
+        mirror, meta, TagListStore(Path(config.data_dir) / TAGLISTS_DIR),
+        wall_clock=wall_clock, on_stale_served=on_stale_served,
+    )
+    return mirror

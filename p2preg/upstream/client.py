@@ -3,19 +3,22 @@
 Owns: ``UpstreamClient`` (one aiohttp session per upstream with its TLS trust and connect/idle
 timeouts; the challenge flow through ``Authenticator``; redirects followed by hand so that
 ``Authorization`` never leaves the upstream's origin; retries with backoff on connection errors,
-5xx and 429 honouring ``Retry-After``), ``FetchedManifest``, ``ManifestHead`` and ``BlobStream``.
+5xx and 429 honouring ``Retry-After``), ``FetchedManifest``, ``ManifestHead``, ``BlobStream`` and
+``TagPage`` (one page of ``list_tags``, its ``Link`` read as where the next page starts).
 Every failure is an ``UpstreamError``. Must not import storage, registry, gossip or fetch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
@@ -24,6 +27,7 @@ from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.oci import mediatypes
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import RegistryError
+from p2preg.oci.names import is_tag
 from p2preg.upstream.auth import Authenticator, pull_scope
 from p2preg.upstream.config import UpstreamConfig
 from p2preg.upstream.errors import (
@@ -36,6 +40,8 @@ from p2preg.upstream.errors import (
 from p2preg.upstream.retry import RETRYABLE_STATUSES, backoff_delay_s, parse_retry_after
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: A tag list page larger than this is refused (Docker Hub's biggest repositories fit easily).
+MAX_TAG_LIST_BYTES = 16 * 1024 * 1024
 MAX_REDIRECTS = 5
 #: A ``Retry-After`` longer than this is not waited for: the client gets an error now.
 MAX_RETRY_AFTER_S = 30.0
@@ -54,6 +60,7 @@ ALL_MANIFEST_TYPES: tuple[str, ...] = (
     mediatypes.DOCKER_MANIFEST,
 )
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_REL_NEXT = re.compile(r'\brel\s*=\s*"?next"?', re.IGNORECASE)
 
 #: Observer of every upstream HTTP exchange: (kind, status) with kind in manifest/blob/token and
 #: status the HTTP status, or "error" for a connection failure or timeout.
@@ -76,6 +83,15 @@ class ManifestHead:
     digest: Digest | None
     media_type: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagPage:
+    """One page of an upstream's tag list; ``next_last`` is where the next page starts (None:
+    this was the last page)."""
+
+    tags: list[str]
+    next_last: str | None
 
 
 class BlobStream:
@@ -247,6 +263,35 @@ class UpstreamClient:
             raise UpstreamProtocolError(self.config.registry,
                                         f"sent an invalid digest {value!r}") from exc
 
+    # -- tag lists -----------------------------------------------------------------------------
+
+    async def list_tags(
+        self, repository: str, n: int | None = None, last: str | None = None
+    ) -> TagPage:
+        """GET one page of ``repository``'s tags (``n``/``last`` passed through as given).
+
+        The upstream's ``Link: <...?last=L...>; rel="next"`` becomes ``TagPage.next_last`` (the
+        last tag of the page when the link carries no ``last``). A 404 is ``UpstreamNotFound``.
+        """
+        query = {key: value for key, value in (("n", n), ("last", last)) if value is not None}
+        path = "tags/list" + (f"?{urlencode(query)}" if query else "")
+        resp = await self._request("GET", "tags", repository, path, {"Accept": "application/json"})
+        try:
+            self._raise_for_status(resp, "tags of", repository, "list")
+            body = await resp.content.read(MAX_TAG_LIST_BYTES + 1)
+            link = resp.headers.get("Link")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamUnavailable(self.config.registry,
+                                      f"tag list body broke off: {exc or type(exc).__name__}"
+                                      ) from exc
+        finally:
+            resp.release()
+        if len(body) > MAX_TAG_LIST_BYTES:
+            raise UpstreamProtocolError(self.config.registry,
+                                        f"tag list of {repository} is over the size limit")
+        tags = _parse_tag_list(self.config.registry, repository, body)
+        return TagPage(tags, _next_last(link, tags))
+
     # -- blobs ---------------------------------------------------------------------------------
 
     async def open_blob(self, repository: str, digest: Digest, offset: int = 0) -> BlobStream:
@@ -402,6 +447,36 @@ class UpstreamClient:
                                     f"more than {MAX_REDIRECTS} redirects for {method} {url}")
 
 
+def _parse_tag_list(registry: str, repository: str, body: bytes) -> list[str]:
+    """The ``tags`` of a tags/list answer, each a valid tag (``null`` is an empty list)."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise UpstreamProtocolError(registry, f"tag list of {repository} is not JSON") from exc
+    tags = document.get("tags") if isinstance(document, dict) else None
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and is_tag(t) for t in tags):
+        raise UpstreamProtocolError(registry, f"tag list of {repository} holds invalid tags")
+    return tags
+
+
+def _next_last(link: str | None, tags: Sequence[str]) -> str | None:
+    """Where the next page starts per a ``Link: <URL>; rel="next"`` header; None: no next page."""
+    if not link:
+        return None
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        if _REL_NEXT.search(params) is None:
+            continue
+        url = URL(target.strip().removeprefix("<").removesuffix(">"))
+        value = url.query.get("last")
+        if value is not None and is_tag(value):
+            return value
+        return tags[-1] if tags else None
+    return None
+
+
 async def _skip(stream: BlobStream, count: int) -> None:
     """Drop the first ``count`` bytes of a 200 answer to a Range request (no Range support)."""
     remaining = count
@@ -434,6 +509,7 @@ __all__ = [
     "BlobStream",
     "FetchedManifest",
     "ManifestHead",
+    "TagPage",
     "UpstreamClient",
     "UpstreamError",
 ]

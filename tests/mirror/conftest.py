@@ -111,13 +111,14 @@ async def mirror_factory(tmp_path: Path) -> AsyncIterator[MirrorFactory]:
         metrics = RegistryMetrics()
         specs = tuple(f"{name}={u.url if isinstance(u, UpstreamConfig) else u}"
                       for name, u in upstreams.items())
-        content = create_mirror(Config(upstream=specs, tag_max_stale_s=tag_max_stale_s),
+        content = create_mirror(Config(upstream=specs, tag_max_stale_s=tag_max_stale_s,
+                                       data_dir=str(root)),
                                 blobs, meta, metrics=metrics, clock=clock or StepClock(),
                                 wall_clock=wall, rng=random.Random(7))
         fetcher = content.fetcher
         ctx = RegistryContext(blobs=blobs, meta=meta,
                               uploads=UploadManager(layout, blobs, meta, wall), clock=wall,
-                              read_only=True, content=content)
+                              read_only=True, content=content, listing=content.listing)
         served: list[tuple[str, str, int, str]] = []
 
         @web.middleware

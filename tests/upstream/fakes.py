@@ -199,6 +199,8 @@ class FakeUpstream:
         m = re.fullmatch(r"(.+)/(manifests|blobs)/([^/]+)", tail)
         if tail == "":
             return web.json_response({})
+        if tail.endswith("/tags/list"):
+            return self._tags(request, tail.removesuffix("/tags/list"))
         if m is None:
             return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
         repo, kind, ref = m.groups()
@@ -222,6 +224,23 @@ class FakeUpstream:
         if self.redirect_blobs and request.method == "GET":
             return web.Response(status=307, headers={"Location": f"{self.storage_url}/data/{ref}"})
         return await _serve_bytes(request, ref, self._body(ref, data))
+
+    def _tags(self, request: web.Request, repo: str) -> web.Response:
+        """tags/list with ``n``/``last`` and a ``Link`` to the next page, as Distribution does."""
+        if not self._authorized(request, repo):
+            return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401,
+                                     headers=self._challenge(repo))
+        tags = sorted(ref for (r, ref) in self.manifests if r == repo and ":" not in ref)
+        if not tags:
+            return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
+        last = request.query.get("last")
+        after = [t for t in tags if last is None or t > last]
+        n = int(request.query["n"]) if "n" in request.query else len(after)
+        page = after[:n]
+        headers = {}
+        if len(after) > n and page:
+            headers["Link"] = f'</v2/{repo}/tags/list?last={page[-1]}&n={n}>; rel="next"'
+        return web.json_response({"name": repo, "tags": page}, headers=headers)
 
     def _body(self, digest: str, data: bytes) -> bytes:
         return self.blob_body(digest, data) if self.blob_body else data

@@ -16,11 +16,10 @@ from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.oci.names import validate_name
 from p2preg.registry.context import CONTEXT_KEY, RegistryContext
+from p2preg.registry.listing import MAX_PAGE
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 _N_RE = re.compile(r"[0-9]{1,18}")
-MAX_PAGE = 10_000
-"""The most entries one tags/catalog page returns; larger ``n`` is clamped (and a Link follows)."""
 
 
 def context(request: web.Request) -> RegistryContext:
