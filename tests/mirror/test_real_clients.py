@@ -7,6 +7,7 @@ from the docker.io upstream): the clients silently fall back to docker.io otherw
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.support.daemons import (
     distribution,
     dockerd,
     podman,
+    skopeo,
     skopeo_copy,
 )
 from tests.support.images import BuiltImage, build_image
@@ -130,3 +132,22 @@ def test_podman_registries_conf_mirror_pulls_and_runs(
         run = pm.podman("run", "--rm", f"docker.io/{REF}", "cat", "/etc/hello.txt")
     assert run.stdout == image.images[0].hello_text
     assert_served_everything(node, image)
+
+
+def test_skopeo_inspect_and_list_tags_through_the_mirror(
+    node: P2pregNode, seeded_origin: tuple[Distribution, BuiltImage]
+) -> None:
+    """skopeo inspect reads the tag list too (it failed "fetching tags list: 404" before)."""
+    origin, image = seeded_origin
+    for tag in ("1.0", "2.0"):
+        skopeo_copy(image.oci_ref, f"docker://{origin.host}/library/tagged:{tag}")
+    inspected = skopeo("inspect", "--tls-verify=false", f"docker://{node.host}/library/tagged:2.0")
+    document = json.loads(inspected.stdout)
+    assert document["Digest"] == image.manifest_digests[0]
+    assert sorted(document["RepoTags"]) == ["1.0", "2.0"]
+    listed = skopeo("list-tags", "--tls-verify=false", f"docker://{node.host}/library/tagged")
+    assert sorted(json.loads(listed.stdout)["Tags"]) == ["1.0", "2.0"]
+    # Both answers came from the node, passed through to the docker.io upstream.
+    tag_lists = [e for e in node.access_log() if e["path"] == "/v2/library/tagged/tags/list"]
+    assert len(tag_lists) == 2
+    assert all(e["status"] == 200 and e.get("upstream") == "docker.io" for e in tag_lists)
