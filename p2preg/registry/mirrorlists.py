@@ -162,12 +162,12 @@ class MirrorListing:
             return self._last_known(cache_repo, n, last, exc)
         except UpstreamError as exc:
             raise exc.to_registry_error() from exc
-        tags = sorted(fetched.tags)
+        # Passed on in the upstream's order: ``last`` and its Link are in that order.
         await asyncio.to_thread(
-            self._store.merge_page, cache_repo, last, tags, fetched.next_last is None,
+            self._store.merge_page, cache_repo, last, fetched.tags, fetched.next_last is None,
             self._wall.now(),
         )
-        return Page(tags, fetched.next_last, n)
+        return Page(list(fetched.tags), fetched.next_last, n)
 
     def _last_known(
         self, cache_repo: str, n: int | None, last: str | None, exc: UpstreamError
