@@ -264,7 +264,7 @@ async def test_deleting_a_blob_twice_is_404_the_second_time(registry: RegistryNo
     )
 
 
-# -- Referrers --------------------------------------------------------------------------------------
+# -- Referrers -------------------------------------------------------------------------------------
 
 
 async def test_an_artifact_without_artifact_type_reports_its_config_media_type(
@@ -307,7 +307,7 @@ async def test_referrers_without_a_filter_do_not_claim_one(registry: RegistryNod
     }
 
 
-# -- Error codes ------------------------------------------------------------------------------------
+# -- Error codes -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
