@@ -30,6 +30,12 @@ def assert_oci_error(response: Reply, status: int, code: str) -> dict[str, Any]:
     return dict(errors[0])
 
 
+def assert_created_with_subject(response: Reply, subject: str) -> None:
+    """A manifest PUT answered 201 and named its ``subject`` in ``OCI-Subject``."""
+    assert response.status == 201, response.text
+    assert response.headers["OCI-Subject"] == subject
+
+
 async def push_blob(node: RegistryNode, name: str, data: bytes) -> str:
     """Push ``data`` monolithically (single POST) and return its digest."""
     digest = digest_of(data)

@@ -10,6 +10,7 @@ from p2preg.oci import mediatypes
 from p2preg.oci.digest import Digest
 from tests.registry.conftest import RegistryFactory, RegistryNode
 from tests.registry.helpers import (
+    assert_created_with_subject,
     assert_oci_error,
     digest_of,
     image_manifest,
@@ -254,8 +255,7 @@ async def test_a_subject_is_echoed_in_oci_subject(registry: RegistryNode) -> Non
     )
     await push_parts(registry)
     response = await put_manifest(registry, "lib/app", digest_of(body), body)
-    assert response.status == 201
-    assert response.headers["OCI-Subject"] == subject_digest
+    assert_created_with_subject(response, subject_digest)
 
 
 async def test_all_accept_lines_are_read_and_the_stored_type_is_always_served(

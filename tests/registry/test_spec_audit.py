@@ -14,6 +14,7 @@ import pytest
 from p2preg.oci import mediatypes
 from tests.registry.conftest import RegistryNode
 from tests.registry.helpers import (
+    assert_created_with_subject,
     assert_oci_error,
     digest_of,
     image_manifest,
@@ -174,8 +175,7 @@ async def test_a_manifest_whose_subject_does_not_exist_is_accepted(registry: Reg
     doc["subject"] = {"mediaType": mediatypes.OCI_MANIFEST, "digest": subject, "size": 23}
     body = json.dumps(doc).encode()
     response = await put_manifest(registry, "lib/app", digest_of(body), body)
-    assert response.status == 201
-    assert response.headers["OCI-Subject"] == subject
+    assert_created_with_subject(response, subject)
 
 
 async def test_an_index_whose_subject_does_not_exist_is_accepted_with_oci_subject(
@@ -188,8 +188,7 @@ async def test_an_index_whose_subject_does_not_exist_is_accepted_with_oci_subjec
     doc["artifactType"] = "application/x.bundle"
     body = json.dumps(doc).encode()
     response = await put_manifest(registry, "lib/app", "bundle", body, mediatypes.OCI_INDEX)
-    assert response.status == 201, response.text
-    assert response.headers["OCI-Subject"] == subject
+    assert_created_with_subject(response, subject)
     referrers = await registry.request("GET", f"/v2/lib/app/referrers/{subject}")
     (entry,) = referrers.json()["manifests"]
     assert entry["mediaType"] == mediatypes.OCI_INDEX
