@@ -300,3 +300,27 @@ async def test_a_session_whose_data_vanished_is_unknown(stack: Stack) -> None:
         await stack.uploads.append(REPO, uuid, stream(b"x"))
     assert info.value.code is ErrorCode.BLOB_UPLOAD_UNKNOWN
     assert stack.meta.get_upload(uuid) is None
+
+
+async def test_sessions_recovered_after_a_restart_count_towards_the_node_cap(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    first = Stack(tmp_path / "store", clock)
+    for _ in range(2):
+        first.uploads.create("lib/app", owner="addr:10.0.0.1")
+    first.close()
+    again = Stack(tmp_path / "store", clock)
+    try:
+        again.uploads.recover()
+        again.uploads.max_sessions = 3
+        assert again.uploads.open_sessions == 2
+        again.uploads.create("lib/app", owner="addr:10.0.0.2")
+        with pytest.raises(RegistryError) as refused:
+            again.uploads.create("lib/app", owner="addr:10.0.0.3")
+        assert refused.value.code is ErrorCode.TOOMANYREQUESTS
+        assert refused.value.status == 429
+        assert refused.value.headers["Retry-After"] == "60"
+        assert len(again.meta.uploads()) == 3  # the refused one wrote nothing
+        assert len(list(again.layout.uploads_dir.iterdir())) == 3
+    finally:
+        again.close()
