@@ -37,6 +37,10 @@ from p2preg.registry.errors import client_closed_response, is_client_disconnect
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT_S = 20.0
+DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
+"""An idle keep-alive connection is closed after this long (nginx's default; aiohttp's is an hour).
+It also bounds the one head the header deadline cannot see: a partial request pipelined behind a
+complete one in the same packet."""
 
 
 class RegistryRequestHandler(RequestHandler):
@@ -148,6 +152,7 @@ class RegistryRunner(web.AppRunner):
 
     ``header_timeout_s`` bounds the time from a connection's first byte (or the first byte of a
     request after the previous one) to a complete request head; 0 disables it.
+    ``keepalive_timeout`` closes idle keep-alive connections (``DEFAULT_KEEPALIVE_TIMEOUT_S``).
     """
 
     def __init__(
@@ -155,9 +160,10 @@ class RegistryRunner(web.AppRunner):
         app: web.Application,
         *,
         header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
-        super().__init__(app, **kwargs)
+        super().__init__(app, keepalive_timeout=keepalive_timeout, **kwargs)
         self._header_timeout_s = header_timeout_s
 
     async def _make_server(self) -> web.Server:

@@ -26,7 +26,11 @@ from p2preg.oci.manifest import MAX_MANIFEST_BYTES
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.content import ContentSource
 from p2preg.registry.context import RegistryContext
-from p2preg.registry.httpserver import DEFAULT_HEADER_TIMEOUT_S, RegistryRunner
+from p2preg.registry.httpserver import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEPALIVE_TIMEOUT_S,
+    RegistryRunner,
+)
 from p2preg.registry.observability import AccessLogger, Observability
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
@@ -98,6 +102,7 @@ async def start_registry(
     middlewares: Sequence[Middleware] = (),
     max_manifest_bytes: int = MAX_MANIFEST_BYTES,
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
     observability: Observability | None = None,
 ) -> RegistryNode:
     """Open a store under ``root`` and serve a registry app for it on 127.0.0.1, port 0."""
@@ -124,7 +129,10 @@ async def start_registry(
     if observability is not None:
         observability.setup(app)
     runner = RegistryRunner(
-        app, header_timeout_s=header_timeout_s, access_log_class=AccessLogger
+        app,
+        header_timeout_s=header_timeout_s,
+        keepalive_timeout=keepalive_timeout_s,
+        access_log_class=AccessLogger,
     )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

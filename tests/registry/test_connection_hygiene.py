@@ -133,6 +133,20 @@ async def test_a_keep_alive_connection_survives_the_deadline_between_requests(
     writer.close()
 
 
+async def test_a_partial_head_pipelined_behind_a_request_is_closed_by_the_keepalive_timeout(
+    registry_factory: RegistryFactory,
+) -> None:
+    """The one head the header deadline cannot see (it arrives with a complete request)."""
+    node = await registry_factory(header_timeout_s=HEADER_TIMEOUT_S, keepalive_timeout_s=1.0)
+    reader, writer = await asyncio.open_connection(*_address(node))
+    writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/ HTTP/1.1\r\nX-Slow: 1\r\n")
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # the first answer, then EOF: never a second answer
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.count(b"HTTP/1.1") == 1
+
+
 # -- client faults: not 5xx, not ERROR, no tracebacks ----------------------------------------------
 
 
