@@ -4,11 +4,12 @@ Owns: ``error_middleware`` and ``error_response``. ``RegistryError`` keeps its c
 headers; aiohttp's own HTTP errors (unknown route 404, 405, 413 body too large) are mapped to an
 OCI code; a client that went away mid-request (its body stopped, its socket closed) is answered
 ``499`` (nginx's "client closed request": nobody reads it, but the access log and the metrics
-record it as the client's doing, not as a server error) and logged at DEBUG; any other exception is
-logged with its traceback and answered 500 ``UNKNOWN`` without leaking internals. HEAD responses
-carry no body. When a handler fails after its response started
-streaming, nothing can be sent any more: the exception propagates and aiohttp drops the connection,
-so a client never sees a completed response with wrong bytes.
+record it as the client's doing, not as a server error) and logged at DEBUG; any other exception
+is logged with its traceback and answered 500 ``UNKNOWN`` without leaking internals. HEAD
+responses carry no body. When a handler fails after its response started streaming, nothing can
+be sent any more: the exception propagates and aiohttp drops the connection, so a client never
+sees a completed response with wrong bytes (``httpserver`` keeps a client's own disconnect there
+off the ERROR log).
 Must not import storage or handlers.
 """
 
