@@ -46,6 +46,10 @@ FILL_FLUSH_BYTES = 4 << 20
 #: ``ok``, ``wrong_bytes``, ``failed``.
 FillObserver = Callable[[str, str], None]
 
+#: Called for every chunk a fill receives: (source kind, bytes), before it is written. The data
+#: plane's receive counter (``p2preg_fill_received_bytes_total``); it must be cheap.
+ReceivedObserver = Callable[[str, int], None]
+
 
 class FillError(Exception):
     """A fill did not produce a committed blob. ``wrong_bytes``: a source sent bad content."""
@@ -125,12 +129,14 @@ class BlobFetcher:
         *,
         clock: Clock | None = None,
         observer: FillObserver | None = None,
+        received: ReceivedObserver | None = None,
         flush_bytes: int = FILL_FLUSH_BYTES,
     ) -> None:
         self._blobs = blobs
         self._flush_bytes = flush_bytes
         self._clock = clock or MonotonicClock()
         self._observe = observer or (lambda kind, outcome: None)
+        self.count_received: ReceivedObserver = received or (lambda kind, nbytes: None)
         self._fills: dict[Digest, Fill] = {}
         self.started_total = 0
         self.wrong_bytes_total = 0
@@ -242,6 +248,7 @@ class BlobFetcher:
                     if fill.size is not None and fill.received + len(chunk) > fill.size:
                         raise FillError(fill.digest, f"{source.name} sent more than the "
                                         f"{fill.size} bytes it announced", wrong_bytes=True)
+                    self.count_received(source.kind, len(chunk))
                     await writer.write(chunk)
                     fill.received += len(chunk)
                     now = self._clock.now()

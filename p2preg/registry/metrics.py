@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 #: The values ``p2preg_blob_bytes_served_total{source}`` may carry; anything else is ``"other"``.
 BLOB_SOURCES = frozenset({"local", "upstream", "peer"})
 
+#: The values ``p2preg_fill_received_bytes_total{source}`` may carry; anything else is ``"other"``.
+FILL_SOURCES = ("peer", "upstream")
+
 #: Methods kept as label values; anything else is counted as ``"OTHER"``.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -375,6 +378,21 @@ class RegistryMetrics:
             self._blob_bytes.labels(source=source)
         for result in ("hit", "miss"):
             self._cache.labels(result=result)
+        self._p2p_sent = Counter(
+            "p2preg_p2p_sent_bytes_total",
+            "Blob body bytes this node sent to peers (answers on /p2p/v1/blobs, partial "
+            "answers included).",
+            registry=self.registry,
+        )
+        self._fill_received = Counter(
+            "p2preg_fill_received_bytes_total",
+            "Blob bytes this node's fills received, by the kind of source that sent them "
+            "(peer, upstream).",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in FILL_SOURCES:
+            self._fill_received.labels(source=source)
         self._store = _StoreCollector()
         self.registry.register(self._store)
         self._maintenance = _MaintenanceCollector()
@@ -395,7 +413,18 @@ class RegistryMetrics:
         if nbytes > 0:
             self._blob_bytes.labels(source=source_label(source)).inc(nbytes)
 
+    def peer_bytes_sent(self, nbytes: int) -> None:
+        """Add ``nbytes`` blob body bytes sent to a peer (``p2preg_p2p_sent_bytes_total``)."""
+        if nbytes > 0:
+            self._p2p_sent.inc(nbytes)
+
     # --- called by the mirror ----------------------------------------------------------------
+
+    def fill_bytes_received(self, source: str, nbytes: int) -> None:
+        """Add ``nbytes`` a fill received from a source of kind ``source`` (peer, upstream)."""
+        if nbytes > 0:
+            label = source if source in FILL_SOURCES else "other"
+            self._fill_received.labels(source=label).inc(nbytes)
 
     def upstream_request(self, registry: str, kind: str, status: int | str) -> None:
         """Count one request to upstream ``registry`` (a configured host, e.g. ``docker.io``).

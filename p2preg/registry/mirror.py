@@ -706,7 +706,8 @@ def create_mirror(
             stale.labels(source=source).inc()
 
     pool = UpstreamPool(upstreams_from_config(config), clock=clock, rng=rng, metrics=metrics)
-    fetcher = BlobFetcher(blobs, clock=clock, observer=observer)
+    fetcher = BlobFetcher(blobs, clock=clock, observer=observer,
+                          received=metrics.fill_bytes_received if metrics is not None else None)
     mirror = MirrorContentSource(
         blobs, meta, pool, fetcher,
         tag_max_stale_s=config.tag_max_stale_s,

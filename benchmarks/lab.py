@@ -1,0 +1,825 @@
+"""The multi-host lab: N hosts with links of their own, an origin behind its own link, one real
+node per host. Shared by ``benchmarks/fanout.py --lab`` and the ``tests/lab/`` tests.
+
+Owns ``Lab`` (use as a context manager), ``LabUnavailable`` (why the lab cannot run here: tests
+turn it into a skip), ``PullResult``, ``link_rate_bytes_s`` and the stale-lab sweep
+(``sweep_stale``).
+
+The network (all of it inside namespaces this module creates; nothing is routed out):
+
+- a bridge namespace ``p2plab-TOKEN-br`` holding the Linux bridge ``br0``;
+- the origin namespace ``p2plab-TOKEN-o`` (address ``.2`` of the subnet, 10.214.0.0/24 by
+  default) running CNCF Distribution (``docker-registry``) on port 5000;
+- host namespaces ``p2plab-TOKEN-hI`` (addresses ``.10`` + I), one node each on port 5000
+  (gossip on 7946): ``p2preg serve --mode mirror`` joined by gossip (``cluster="p2preg"``), the
+  same without gossip (``"p2preg-solo"``: independent mirrors) or a Distribution proxy
+  (``"distribution"``);
+- every namespace's ``eth0`` is one end of a veth pair whose other end sits on the bridge. A
+  ``tbf`` qdisc on the namespace end caps what the namespace *sends* (its upload), one on the
+  bridge end caps what it *receives* (its download). There is no default route.
+
+The harness reaches into a namespace from a thread that ``setns(2)``-ed into it (network
+namespaces are per thread): ``pull`` GETs a blob through host I's own node from inside host I,
+``metrics`` scrapes its ``/metrics``, ``push_blob``/``push_image`` write to the origin from inside
+the origin's namespace (no link cap: local delivery). Child processes (curl, the daemons) start
+with ``ip netns exec``, so their PID is the daemon's own.
+
+Cleanup, whatever happens: a state file ``/run/p2plab/TOKEN.json`` (written before the first
+namespace exists) records the harness's PID and start time and the PID and start time of every
+daemon it starts. ``close`` (context exit, ``atexit``, SIGTERM/SIGINT/SIGHUP) kills those PIDs and
+deletes the namespaces. A harness killed by SIGKILL leaves its state file behind: the next lab's
+``sweep_stale`` (run at every start) finds state files whose harness is gone, kills the daemons it
+recorded (only those PIDs, and only when their start time still matches: a reused PID is left
+alone), deletes the namespaces of that token, and also deletes ``p2plab-`` namespaces that have no
+state file at all (killing the processes still inside those namespaces, ``ip netns pids``).
+A lab whose harness is alive is never touched, so labs of parallel runs coexist (each has its own
+namespaces and bridge; the same addresses in different labs never meet).
+
+Needs root, ``ip``, ``tc`` and ``docker-registry``; ``LabUnavailable`` says which is missing.
+Must not import p2preg: nodes are driven from the outside, as separate processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, TypeVar
+
+from benchmarks.common import write_blob_file
+from tests.support.daemons import Distribution, ManagedProcess
+from tests.support.node import MetricSample, parse_metrics
+
+PREFIX = "p2plab-"
+STATE_DIR = Path("/run/p2plab")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HTTP_PORT = 5000
+GOSSIP_PORT = 7946
+CLUSTERS = ("p2preg", "p2preg-solo", "distribution")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+START_TIMEOUT_S = 30.0
+MEMBERSHIP_TIMEOUT_S = 60.0
+_CLONE_NEWNET = 0x40000000
+_READ_BYTES = 256 * 1024
+T = TypeVar("T")
+
+
+class LabUnavailable(RuntimeError):
+    """The lab cannot run on this machine; the message says why (tests skip with it)."""
+
+
+def check_available() -> None:
+    """Raise ``LabUnavailable`` unless this process can build a lab."""
+    if sys.platform != "linux":
+        raise LabUnavailable("the lab needs Linux network namespaces")
+    if os.geteuid() != 0:
+        raise LabUnavailable("the lab needs root (network namespaces, tc)")
+    for tool in ("ip", "tc", "docker-registry"):
+        if shutil.which(tool) is None:
+            raise LabUnavailable(f"the lab needs `{tool}` (see deploy/dev-setup.sh)")
+
+
+def link_rate_bytes_s(mbit: float) -> float:
+    """Payload bytes/s a ``tbf`` cap of ``mbit`` Mbit/s carries for bulk TCP: the cap counts
+    Ethernet frames, 1514 bytes for 1448 bytes of TCP payload (timestamps on)."""
+    return mbit * 1e6 / 8 * 1448 / 1514
+
+
+# ------------------------------------------------------------------------------- namespaces
+
+
+def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=30)
+
+
+def _ip(*args: str, netns: str | None = None) -> None:
+    _run(["ip", *(["-n", netns] if netns else []), *args])
+
+
+def _netns_list() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return []
+
+
+def _netns_pids(name: str) -> list[int]:
+    out = _run(["ip", "netns", "pids", name], check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def enter_netns(name: str) -> None:
+    """Move the *calling thread* into network namespace ``name`` (sockets it opens live there)."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+def in_netns(name: str, fn: Callable[[], T], timeout_s: float = 600.0) -> T:
+    """Run ``fn()`` in a fresh thread inside namespace ``name``; its result or its exception."""
+    future: Future[T] = Future()
+
+    def body() -> None:
+        try:
+            enter_netns(name)
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the caller
+            future.set_exception(exc)
+
+    threading.Thread(target=body, name=f"netns-{name}", daemon=True).start()
+    return future.result(timeout_s)
+
+
+def _tbf(dev: str, netns: str, mbit: float) -> None:
+    """Cap what ``dev`` sends at ``mbit`` Mbit/s (burst: 10 ms at the rate, at least 32 KiB)."""
+    burst = max(32 * 1024, int(mbit * 1e6 / 8 * 0.01))
+    _run(["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf",
+          "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- process records
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _same_process(pid: int, started: int | None) -> bool:
+    return started is not None and _start_time(pid) == started
+
+
+def _kill_recorded(pids: Sequence[Sequence[int | None]]) -> None:
+    for pid, started in pids:
+        if pid is not None and _same_process(pid, started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _delete_netns(name: str) -> None:
+    for pid in _netns_pids(name):  # anything still inside one of our own namespaces
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _run(["ip", "netns", "del", name], check=False)
+
+
+def sweep_stale(state_dir: Path = STATE_DIR) -> list[str]:
+    """Remove the labs whose harness is gone (see the module docstring); the tokens removed."""
+    removed: list[str] = []
+    live_tokens: set[str] = set()
+    for path in sorted(state_dir.glob("*.json")) if state_dir.exists() else []:
+        token = path.stem
+        try:
+            state = json.loads(path.read_text())
+            owner_alive = _same_process(int(state["owner"][0]), state["owner"][1])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            state, owner_alive = {}, False
+        if owner_alive:
+            live_tokens.add(token)
+            continue
+        _kill_recorded(state.get("pids", []))
+        for name in _netns_list():
+            if name.startswith(f"{PREFIX}{token}-"):
+                _delete_netns(name)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        removed.append(token)
+    for name in _netns_list():  # our prefix, no state file: a lab killed before it wrote one
+        if name.startswith(PREFIX) and name[len(PREFIX):].split("-", 1)[0] not in live_tokens:
+            _delete_netns(name)
+            removed.append(name)
+    return removed
+
+
+# ---------------------------------------------------------------------------------- the lab
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One namespace: its name, address on the bridge, and the veth end on the bridge side."""
+
+    netns: str
+    address: str
+    bridge_port: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{HTTP_PORT}"
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """One host's GET of a blob through its own node."""
+
+    host: int
+    status: int
+    nbytes: int
+    digest_ok: bool
+    started: float  # time.monotonic() when the request was sent
+    finished: float  # time.monotonic() at the last byte (or the failure)
+    error: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass
+class Lab:
+    """``n_hosts`` hosts, an origin, one node per host. See the module docstring.
+
+    ``with Lab(4, host_mbit=128, origin_mbit=64) as lab:`` builds the network and starts the
+    origin; ``lab.start_nodes("p2preg")`` starts the nodes (``stop_nodes`` then another kind
+    reuses the network; every start has fresh data directories). Caps are Mbit/s; ``*_up`` /
+    ``*_down`` override one direction (``host_mbit=128, host_down_mbit=256``).
+    """
+
+    n_hosts: int
+    host_mbit: float = 128.0
+    origin_mbit: float = 64.0
+    host_up_mbit: float | None = None
+    host_down_mbit: float | None = None
+    origin_up_mbit: float | None = None
+    origin_down_mbit: float | None = None
+    subnet: str = "10.214.0.0/24"
+    token: str = field(default_factory=lambda: secrets.token_hex(3))
+    node_args: Sequence[str] = ()
+    python: str = field(default_factory=lambda: sys.executable)
+    state_dir: Path = STATE_DIR
+    hosts: list[LabHost] = field(default_factory=list, init=False)
+    origin: LabHost | None = field(default=None, init=False)
+    cluster: str | None = field(default=None, init=False)
+    workdir: Path = field(default_factory=Path, init=False)
+    _namespaces: list[str] = field(default_factory=list, init=False)
+    _pids: list[tuple[int, int | None]] = field(default_factory=list, init=False)
+    _origin_proc: ManagedProcess | None = field(default=None, init=False)
+    _nodes: list[ManagedProcess | None] = field(default_factory=list, init=False)
+    _closed: bool = field(default=False, init=False)
+    _previous_handlers: dict[int, Any] = field(default_factory=dict, init=False)
+
+    # --- names and caps ---------------------------------------------------------------------
+
+    @property
+    def bridge_netns(self) -> str:
+        return f"{PREFIX}{self.token}-br"
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / f"{self.token}.json"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return list(self._namespaces)
+
+    def _cap(self, specific: float | None, default: float) -> float:
+        return specific if specific is not None else default
+
+    @property
+    def host_up(self) -> float:
+        return self._cap(self.host_up_mbit, self.host_mbit)
+
+    @property
+    def host_down(self) -> float:
+        return self._cap(self.host_down_mbit, self.host_mbit)
+
+    @property
+    def origin_up(self) -> float:
+        return self._cap(self.origin_up_mbit, self.origin_mbit)
+
+    @property
+    def origin_down(self) -> float:
+        return self._cap(self.origin_down_mbit, self.origin_mbit)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Sweep stale labs, build the network, start the origin (cleans up if anything fails)."""
+        check_available()
+        net = ipaddress.ip_network(self.subnet)
+        if not net.is_private or net.num_addresses < self.n_hosts + 16:
+            raise ValueError(f"{self.subnet}: not a private network with room for the hosts")
+        sweep_stale(self.state_dir)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.token}-"))
+        self._write_state()
+        atexit.register(self.close)
+        self._install_signal_handlers()
+        try:
+            self._build(net)
+            self._start_origin()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Kill every daemon the lab started (by PID), delete its namespaces and state file."""
+        if self._closed:
+            return
+        self._closed = True
+        _kill_recorded(self._pids)
+        for proc in [*self._nodes, self._origin_proc]:
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.popen.wait(5)
+        for name in reversed(self._namespaces):
+            _delete_netns(name)
+        self._namespaces.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        if self.workdir != Path() and os.environ.get("P2PLAB_KEEP") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self._restore_signal_handlers()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.close()
+            previous = self._previous_handlers.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous_handlers.items():
+            with contextlib.suppress(Exception):
+                signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+    def _write_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        me = os.getpid()
+        state = {"owner": [me, _start_time(me)], "pids": self._pids,
+                 "netns": self._namespaces, "workdir": str(self.workdir)}  # fmt: skip
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_path)
+
+    def _record(self, proc: ManagedProcess) -> None:
+        self._pids.append((proc.pid, _start_time(proc.pid)))
+        self._write_state()
+
+    def _netns_add(self, name: str) -> None:
+        self._namespaces.append(name)
+        self._write_state()
+        _ip("netns", "add", name)
+        _ip("link", "set", "lo", "up", netns=name)
+
+    def _build(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        self._netns_add(self.bridge_netns)
+        _ip("link", "add", "br0", "type", "bridge", netns=self.bridge_netns)
+        _ip("link", "set", "br0", "up", netns=self.bridge_netns)
+        origin_ns = f"{PREFIX}{self.token}-o"
+        self.origin = self._attach(origin_ns, "vo", str(net.network_address + 2), net.prefixlen,
+                                   up_mbit=self.origin_up, down_mbit=self.origin_down)
+        for i in range(self.n_hosts):
+            self.hosts.append(self._attach(
+                f"{PREFIX}{self.token}-h{i}", f"v{i}", str(net.network_address + 10 + i),
+                net.prefixlen, up_mbit=self.host_up, down_mbit=self.host_down))
+        self._nodes = [None] * self.n_hosts
+
+    def _attach(self, name: str, port: str, address: str, prefixlen: int, *,
+                up_mbit: float, down_mbit: float) -> LabHost:  # fmt: skip
+        self._netns_add(name)
+        # Create the pair inside the namespace, then move the peer end onto the bridge.
+        _ip("link", "add", "eth0", "type", "veth", "peer", "name", port, netns=name)
+        _ip("link", "set", port, "netns", self.bridge_netns, netns=name)
+        _ip("link", "set", port, "master", "br0", netns=self.bridge_netns)
+        _ip("link", "set", port, "up", netns=self.bridge_netns)
+        _ip("addr", "add", f"{address}/{prefixlen}", "dev", "eth0", netns=name)
+        _ip("link", "set", "eth0", "up", netns=name)
+        _tbf("eth0", name, up_mbit)  # what this namespace sends
+        _tbf(port, self.bridge_netns, down_mbit)  # what the bridge sends it
+        return LabHost(name, address, port)
+
+    def _spawn(self, netns: str, argv: Sequence[str], log: Path,
+               env: dict[str, str] | None = None) -> ManagedProcess:  # fmt: skip
+        proc = ManagedProcess(["ip", "netns", "exec", netns, *argv], log, env=env, cwd=REPO_ROOT)
+        self._record(proc)
+        return proc
+
+    # --- the origin -------------------------------------------------------------------------
+
+    def _distribution_config(self, name: str, listen: str, proxy: str | None) -> Path:
+        root = self.workdir / name
+        root.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "version": 0.1,
+            "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(root / "data")},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": listen, "secret": "p2preg-lab-secret"},
+        }
+        if proxy is not None:
+            config["proxy"] = {"remoteurl": proxy}
+        path = root / "config.yml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
+
+    def _start_origin(self) -> None:
+        assert self.origin is not None
+        config = self._distribution_config("origin", f"{self.origin.address}:{HTTP_PORT}", None)
+        self._origin_proc = self._spawn(self.origin.netns, ["docker-registry", "serve",
+                                        str(config)], self.workdir / "origin.log")  # fmt: skip
+        self._wait_http(self.origin.netns, self.origin.url + "/v2/", self._origin_proc)
+
+    @property
+    def origin_registry(self) -> Distribution:
+        """The origin as ``tests.support.daemons.Distribution`` (its request log, blob GETs)."""
+        assert self.origin is not None and self._origin_proc is not None
+        return Distribution(process=self._origin_proc, root=self.workdir / "origin",
+                            host=f"{self.origin.address}:{HTTP_PORT}",
+                            config_path=self.workdir / "origin" / "config.yml")  # fmt: skip
+
+    def origin_blob_gets(self, digest: str) -> tuple[int, int]:
+        """(successful GETs of blob ``digest``, body bytes the origin wrote for them), from the
+        origin's log (a GET cut off by a killed client counts with the bytes it got)."""
+        gets = nbytes = 0
+        for line in self._origin_proc.log_text().splitlines() if self._origin_proc else []:
+            if not line.startswith("{") or '"response completed"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if (entry.get("http.request.method") == "GET"
+                    and f"/blobs/{digest}" in str(entry.get("http.request.uri", ""))
+                    and int(entry.get("http.response.status", 0)) in (200, 206)):  # fmt: skip
+                gets += 1
+                nbytes += int(entry.get("http.response.written", 0))
+        return gets, nbytes
+
+    def push_blob(self, size_bytes: int, seed: int, repo: str = "library/lab") -> str:
+        """Push ``size_bytes`` seeded pseudo-random bytes to the origin; returns the digest."""
+        path = self.workdir / f"blob-{seed}"
+        digest = write_blob_file(path, size_bytes, seed)
+        try:
+            self._push_file(repo, path, digest)
+        finally:
+            path.unlink()
+        return digest
+
+    def push_image(self, repo: str, tag: str, layers: Sequence[tuple[str, int]]) -> str:
+        """Push a config and an OCI manifest naming ``layers`` (already pushed blobs, as
+        ``(digest, size)``) as ``repo:tag``; returns the manifest digest."""
+        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        config_digest = self._push_bytes(repo, config)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": d, "size": s} for d, s in layers],
+        }).encode()  # fmt: skip
+        status, _ = self._origin_request("PUT", f"/v2/{repo}/manifests/{tag}", manifest,
+                                         {"Content-Type": OCI_MANIFEST})  # fmt: skip
+        if status != 201:
+            raise RuntimeError(f"manifest PUT to the origin: {status}")
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def _push_bytes(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.workdir / f"push-{digest[7:19]}"
+        path.write_bytes(data)
+        try:
+            self._push_file(repo, path, digest)
+        finally:
+            path.unlink()
+        return digest
+
+    def _push_file(self, repo: str, path: Path, digest: str) -> None:
+        status, headers = self._origin_request("POST", f"/v2/{repo}/blobs/uploads/")
+        location = headers.get("location", "")
+        if status != 202 or not location:
+            raise RuntimeError(f"upload POST to the origin: {status}")
+        sep = "&" if "?" in location else "?"
+        target = location.split("://", 1)[-1].split("/", 1)[-1]
+        with path.open("rb") as body:
+            status, _ = self._origin_request(
+                "PUT", f"/{target}{sep}digest={digest}", body,
+                {"Content-Type": "application/octet-stream",
+                 "Content-Length": str(path.stat().st_size)})  # fmt: skip
+        if status != 201:
+            raise RuntimeError(f"blob PUT to the origin: {status}")
+
+    def _origin_request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str]]:
+        assert self.origin is not None
+        address = self.origin.address
+
+        def request() -> tuple[int, dict[str, str]]:
+            conn = http.client.HTTPConnection(address, HTTP_PORT, timeout=120)
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                response = conn.getresponse()
+                response.read()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}
+            finally:
+                conn.close()
+
+        return in_netns(self.origin.netns, request)
+
+    # --- the nodes --------------------------------------------------------------------------
+
+    def start_nodes(self, cluster: str = "p2preg", extra_args: Sequence[str] = ()) -> None:
+        """Start one node of kind ``cluster`` (see ``CLUSTERS``) per host, cold, and wait until
+        each answers (and, for ``p2preg``, until every node sees every other alive)."""
+        if cluster not in CLUSTERS:
+            raise ValueError(f"cluster must be one of {CLUSTERS}")
+        self.stop_nodes()
+        self.cluster = cluster
+        run_dir = self.workdir / f"run-{secrets.token_hex(2)}"
+        run_dir.mkdir()
+        key_file = run_dir / "cluster.key"
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        path = "/healthz" if cluster != "distribution" else "/v2/"
+        # Host 0 first (the others join its gossip address), then the rest together.
+        for batch in ([0], range(1, self.n_hosts)):
+            for i in batch:
+                self._nodes[i] = self._start_node(i, self.hosts[i], cluster, run_dir, key_file,
+                                                  [*self.node_args, *extra_args])  # fmt: skip
+            for i in batch:
+                proc = self._nodes[i]
+                assert proc is not None
+                self._wait_http(self.hosts[i].netns, self.hosts[i].url + path, proc)
+        if cluster == "p2preg" and self.n_hosts > 1:
+            self._wait_membership()
+
+    def _start_node(self, i: int, host: LabHost, cluster: str, run_dir: Path, key_file: Path,
+                    extra: Sequence[str]) -> ManagedProcess:  # fmt: skip
+        assert self.origin is not None
+        log = run_dir / f"h{i}.log"
+        if cluster == "distribution":
+            config = self._distribution_config(f"{run_dir.name}/h{i}",
+                                               f"{host.address}:{HTTP_PORT}", self.origin.url)
+            return self._spawn(host.netns, ["docker-registry", "serve", str(config)], log)
+        argv = [self.python, "-m", "p2preg", "serve", "--mode", "mirror",
+                "--listen", f"{host.address}:{HTTP_PORT}", "--data-dir", str(run_dir / f"h{i}"),
+                "--log-level", "info", "--upstream", f"docker.io={self.origin.url}",
+                "--no-mdns"]  # fmt: skip
+        if cluster == "p2preg":
+            argv += ["--gossip-listen", f"{host.address}:{GOSSIP_PORT}", "--node-name", f"h{i}",
+                     "--cluster-key-file", str(key_file)]  # fmt: skip
+            if i > 0:
+                argv += ["--join", f"{self.hosts[0].address}:{GOSSIP_PORT}"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        return self._spawn(host.netns, [*argv, *extra], log, env)
+
+    def stop_nodes(self) -> None:
+        """SIGTERM every node (SIGKILL after 10 s), by PID."""
+        for i, proc in enumerate(self._nodes):
+            if proc is not None:
+                proc.stop(10)
+                self._nodes[i] = None
+        self.cluster = None
+
+    def kill(self, host: int) -> None:
+        """SIGKILL host ``host``'s node at once (a crash), by its PID."""
+        proc = self._nodes[host]
+        if proc is not None:
+            proc.kill9()
+
+    def node_alive(self, host: int) -> bool:
+        proc = self._nodes[host]
+        return proc is not None and proc.alive
+
+    def node_log(self, host: int) -> str:
+        proc = self._nodes[host]
+        return proc.log_text() if proc is not None else ""
+
+    def _wait_http(self, netns: str, url: str, proc: ManagedProcess,
+                   timeout_s: float = START_TIMEOUT_S) -> None:  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                status, _ = in_netns(netns, lambda: _get(url, timeout_s=2))
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if not proc.alive:
+                raise RuntimeError(f"{proc.argv[4:6]} exited at start:\n{proc.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer in {timeout_s}s")
+            time.sleep(0.1)
+
+    def _wait_membership(self, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(range(self.n_hosts))
+        while pending:
+            for i in sorted(pending):
+                if self.members_alive(i) == self.n_hosts:
+                    pending.discard(i)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"hosts {sorted(pending)} did not see all members in time")
+            if pending:
+                time.sleep(0.2)
+
+    def members_alive(self, host: int) -> int:
+        """How many members host ``host``'s node sees alive (0 when it does not answer)."""
+        h = self.hosts[host]
+        try:
+            status, body = in_netns(h.netns, lambda: _get(h.url + "/p2p/v1/members", 5))
+            members = json.loads(body)["members"] if status == 200 else []
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(1 for m in members if m.get("status") == "alive")
+
+    # --- pulls and metrics ------------------------------------------------------------------
+
+    def blob_url(self, host: int, digest: str, repo: str = "library/lab") -> str:
+        return f"{self.hosts[host].url}/v2/{repo}/blobs/{digest}"
+
+    def pull(self, host: int, digest: str, repo: str = "library/lab",
+             timeout_s: float = 300.0) -> PullResult:  # fmt: skip
+        """Host ``host`` GETs blob ``digest`` through its own node, from inside its namespace."""
+        return self.pull_many([host], digest, repo, timeout_s)[0]
+
+    def pull_many(self, hosts: Sequence[int], digest: str, repo: str = "library/lab",
+                  timeout_s: float = 300.0) -> list[PullResult]:  # fmt: skip
+        """``hosts`` GET blob ``digest`` at the same instant (one thread each, inside its host's
+        namespace, released together by a barrier), each through its own node."""
+        barrier = threading.Barrier(len(hosts) + 1)
+        futures: list[Future[PullResult]] = []
+        for host in hosts:
+            future: Future[PullResult] = Future()
+            futures.append(future)
+            threading.Thread(target=self._pull_thread, daemon=True, name=f"pull-h{host}",
+                             args=(host, digest, repo, barrier, future, timeout_s)).start()
+        barrier.wait(30)
+        return [f.result(timeout_s + 30) for f in futures]
+
+    def _pull_thread(self, host: int, digest: str, repo: str, barrier: threading.Barrier,
+                     future: Future[PullResult], timeout_s: float) -> None:  # fmt: skip
+        h = self.hosts[host]
+        try:
+            enter_netns(h.netns)
+        except BaseException as exc:
+            barrier.abort()
+            future.set_exception(exc)
+            return
+        barrier.wait(30)
+        started = time.monotonic()
+        status = nbytes = 0
+        hasher = hashlib.sha256()
+        error = ""
+        conn = http.client.HTTPConnection(h.address, HTTP_PORT, timeout=timeout_s)
+        try:
+            conn.request("GET", f"/v2/{repo}/blobs/{digest}")
+            response = conn.getresponse()
+            status = response.status
+            while chunk := response.read(_READ_BYTES):
+                hasher.update(chunk)
+                nbytes += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            error = repr(exc)
+        finally:
+            conn.close()
+        finished = time.monotonic()
+        ok = status == 200 and "sha256:" + hasher.hexdigest() == digest
+        future.set_result(PullResult(host, status, nbytes, ok, started, finished, error))
+
+    def metrics(self, host: int) -> list[MetricSample]:
+        """Host ``host``'s node's ``/metrics``, parsed."""
+        h = self.hosts[host]
+        status, body = in_netns(h.netns, lambda: _get(h.url + "/metrics", 10))
+        if status != 200:
+            raise RuntimeError(f"/metrics of host {host}: {status}")
+        return parse_metrics(body.decode())
+
+    def metric(self, host: int, name: str, **labels: str) -> float:
+        """The sum of samples ``name`` with ``labels`` on host ``host`` (0 when absent)."""
+        return sum(s.value for s in self.metrics(host)
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    # --- raw link measurements --------------------------------------------------------------
+
+    def measure_transfer(self, sender: str, receiver: str, nbytes: int) -> float:
+        """Seconds to send ``nbytes`` over TCP from namespace ``sender`` to ``receiver`` (names
+        from ``hosts``/``origin``: ``"h0"``, ``"o"``); no node involved, just the links."""
+        src, dst = self._named(sender), self._named(receiver)
+        ready = threading.Event()
+        got: Future[float] = Future()
+
+        def receive() -> None:
+            import socket
+
+            try:
+                enter_netns(dst.netns)
+                with socket.create_server((dst.address, 0)) as server:
+                    port_box.append(server.getsockname()[1])
+                    ready.set()
+                    server.settimeout(60)
+                    conn, _ = server.accept()
+                    with conn:
+                        conn.settimeout(60)
+                        total = 0
+                        while total < nbytes and (data := conn.recv(_READ_BYTES)):
+                            total += len(data)
+                got.set_result(time.monotonic())
+            except BaseException as exc:
+                ready.set()
+                got.set_exception(exc)
+
+        port_box: list[int] = []
+        threading.Thread(target=receive, daemon=True).start()
+        ready.wait(30)
+        if not port_box:
+            got.result()
+
+        def send() -> float:
+            import socket
+
+            payload = os.urandom(min(nbytes, 1 << 20))
+            with socket.create_connection((dst.address, port_box[0]), timeout=60) as conn:
+                start = time.monotonic()
+                sent = 0
+                while sent < nbytes:
+                    piece = payload[: min(len(payload), nbytes - sent)]
+                    conn.sendall(piece)
+                    sent += len(piece)
+            return start
+
+        start = in_netns(src.netns, send)
+        return got.result(120) - start
+
+    def _named(self, name: str) -> LabHost:
+        if name == "o":
+            assert self.origin is not None
+            return self.origin
+        return self.hosts[int(name.removeprefix("h"))]
+
+
+def _get(url: str, timeout_s: float) -> tuple[int, bytes]:
+    """A small GET (status, body) with the standard library, no proxy, error statuses returned."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        conn.request("GET", "/" + path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def lab(n_hosts: int, **kwargs: Any) -> Iterator[Lab]:
+    """``with lab(4, host_mbit=...) as l:`` (the same as ``with Lab(4, ...) as l:``)."""
+    with Lab(n_hosts, **kwargs) as built:
+        yield built
