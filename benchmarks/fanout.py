@@ -53,6 +53,11 @@ from benchmarks.common import (
     update_docs_section,
     write_results,
 )
+from benchmarks.fanout_lab import markdown as lab_markdown
+from benchmarks.fanout_lab import plot as lab_plot
+from benchmarks.fanout_lab import run_lab
+from benchmarks.lab import CLUSTERS as LAB_CLUSTERS
+from benchmarks.lab import LabUnavailable, check_available
 from benchmarks.mirror import OCI_MANIFEST, curl_get, seed_image
 from tests.support.daemons import Distribution, distribution
 from tests.support.node import P2pregNode
@@ -374,7 +379,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH,
                         help="where the JSON goes (docs/benchmarks/fanout.json)")  # fmt: skip
+    lab = parser.add_argument_group(
+        "lab mode", "hosts as network namespaces with capped links (needs root; "
+        "benchmarks/fanout_lab.py)")
+    lab.add_argument("--lab", action="store_true", help="run on the multi-host lab")
+    lab.add_argument("--lab-case", action="append", metavar="N:HOST_MBIT:ORIGIN_MBIT:BLOB_MIB",
+                     help="a lab setting (repeatable; default: the issue's for each --nodes)")
+    lab.add_argument("--clusters", nargs="+", default=list(LAB_CLUSTERS), choices=LAB_CLUSTERS)
+    lab.add_argument("--no-kill", action="store_true", help="skip the kill scenarios")
+    lab.add_argument("--seed", type=int, default=900, help="seed of the blobs' bytes")
+    lab.add_argument("--label", default="", help="title of this run in the docs")
+    lab.add_argument("--section", default="fanout-lab",
+                     help="the marked docs section the table replaces (fanout-lab)")
     args = parser.parse_args(argv)
+    if args.lab:
+        return main_lab(args)
     report = run(args)
     print(json.dumps(report["results"], indent=2))
     print(markdown(report))
@@ -384,6 +403,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(report, PLOT_PATH)
         update_docs_section(DOCS_PATH, "fanout", markdown(report)
                             + f"\n![fan-out]({PLOT_PATH.relative_to(DOCS_PATH.parent)})\n")
+    return 0
+
+
+def main_lab(args: argparse.Namespace) -> int:
+    """``--lab``: run the lab scenarios; JSON, a table and plots (``benchmarks/fanout_lab.py``)."""
+    try:
+        check_available()
+    except LabUnavailable as exc:
+        print(f"the lab cannot run here: {exc}", file=sys.stderr)
+        return 2
+    report = run_lab(args)
+    print(json.dumps(report["results"], indent=2))
+    table = lab_markdown(report)
+    print(table)
+    if args.no_write:
+        return 0
+    stem = args.section
+    write_results(REPO_ROOT / "docs" / "benchmarks" / f"{stem}.json", report)
+    if args.update_docs:
+        plot_path = REPO_ROOT / "docs" / "benchmarks" / f"{stem}.png"
+        with contextlib.suppress(ImportError):
+            lab_plot(report, plot_path)
+            table += f"\n![{stem}]({plot_path.relative_to(DOCS_PATH.parent)})\n"
+        update_docs_section(DOCS_PATH, stem, table)
     return 0
 
 

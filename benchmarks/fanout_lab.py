@@ -1,0 +1,352 @@
+"""Pull fan-out on the multi-host lab (``benchmarks/lab.py``): the ``--lab`` mode of
+``benchmarks/fanout.py``.
+
+Owns the lab scenarios, their report (JSON, a markdown table, plots) and ``CASES`` (the issue's
+link and blob sizes). Each case is N hosts with capped links (host up = down = ``host_mbit``,
+origin ``origin_mbit``) and a blob of ``blob_mib``; for each cluster kind (``p2preg``: one
+gossip cluster; ``p2preg-solo``: independent p2preg mirrors; ``distribution``: one Distribution
+proxy per host), started cold:
+
+- **create**: a new blob is pushed to the origin; every host GETs it through its own node at the
+  same instant;
+- **update**: another new blob; host 0 pulls it alone first, then the N-1 others at once;
+- **kill** (``p2preg`` only): like create, and 1.5 s in the digest's owner (the node receiving
+  from the upstream, read from the metrics) or a peer (another node, the one that has uploaded
+  the most by then) is SIGKILLed; the others' times and the origin GETs are reported.
+
+Per run: time until all hosts are done (from the common start), per-host p50/max, origin blob
+GETs and bytes (the origin's log), bytes each host uploaded to peers and received by source
+(``p2preg_p2p_sent_bytes_total``, ``p2preg_fill_received_bytes_total``), and per case the time of
+one origin transfer and one host-link transfer of the blob, computed from the caps and measured
+(a raw TCP transfer over the same links, no node involved).
+
+Must not import p2preg: the nodes are separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import MIB, machine_info
+from benchmarks.lab import CLUSTERS, Lab, PullResult, link_rate_bytes_s
+
+SENT = "p2preg_p2p_sent_bytes_total"
+RECEIVED = "p2preg_fill_received_bytes_total"
+KILL_AFTER_S = 1.5
+OWNER_PROBE_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One lab setting: N hosts, link caps in Mbit/s, the blob size in MiB."""
+
+    nodes: int
+    host_mbit: float
+    origin_mbit: float
+    blob_mib: int
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        """``N:HOST_MBIT:ORIGIN_MBIT:BLOB_MIB`` (``16:64:32:16``)."""
+        n, host, origin, blob = text.split(":")
+        return cls(int(n), float(host), float(origin), int(blob))
+
+    def __str__(self) -> str:
+        return f"{self.nodes}:{self.host_mbit:g}:{self.origin_mbit:g}:{self.blob_mib}"
+
+
+#: The issue's settings (host link 2x the origin link), and smaller N on the N=8 links.
+CASES = {n: Case.parse(text) for n, text in (
+    (1, "1:128:64:32"), (4, "4:128:64:32"), (8, "8:128:64:32"), (16, "16:64:32:16"),
+)}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ measurements
+
+
+def _sample_hosts(lab: Lab, hosts: Sequence[int]) -> dict[int, dict[str, float]]:
+    """Per host: bytes sent to peers, received from peers and from upstream (0 for nodes
+    without these metrics, or dead ones)."""
+    out: dict[int, dict[str, float]] = {}
+    threads = []
+
+    def one(i: int) -> None:
+        try:
+            samples = lab.metrics(i)
+        except (OSError, RuntimeError):
+            samples = []
+
+        def total(name: str, **labels: str) -> float:
+            return sum(s.value for s in samples if s.name == name
+                       and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+
+        out[i] = {"sent": total(SENT), "from_peer": total(RECEIVED, source="peer"),
+                  "from_upstream": total(RECEIVED, source="upstream")}  # fmt: skip
+
+    for i in hosts:
+        thread = threading.Thread(target=one, args=(i,))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(30)
+    return out
+
+
+def _delta(after: dict[int, dict[str, float]], before: dict[int, dict[str, float]],
+           key: str) -> list[int]:  # fmt: skip
+    return [int(after[i][key] - before.get(i, {}).get(key, 0.0)) for i in sorted(after)]
+
+
+def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
+             before: dict[int, dict[str, float]], gets_before: tuple[int, int],
+             metrics: bool) -> dict[str, Any]:  # fmt: skip
+    t0 = min(r.started for r in results)
+    ok = [r for r in results if r.digest_ok and r.nbytes == size]
+    host_s = {r.host: round(r.finished - t0, 3) for r in ok}
+    gets, nbytes = lab.origin_blob_gets(digest)
+    row: dict[str, Any] = {
+        "hosts": len(results),
+        "lab_hosts": lab.n_hosts,
+        "ok_hosts": len(ok),
+        "failed_hosts": {r.host: r.error or f"status {r.status}, {r.nbytes} bytes"
+                         for r in results if r not in ok},
+        "all_done_s": max(host_s.values()) if host_s else None,
+        "host_p50_s": round(statistics.median(host_s.values()), 3) if host_s else None,
+        "host_max_s": max(host_s.values()) if host_s else None,
+        "host_s": host_s,
+        "origin_blob_gets": gets - gets_before[0],
+        "origin_bytes_x_blob": round((nbytes - gets_before[1]) / size, 2),
+    }
+    if metrics:
+        after = _sample_hosts(lab, range(lab.n_hosts))
+        sent = _delta(after, before, "sent")
+        row["uploaded_bytes_per_host"] = sent
+        row["max_upload_x_blob"] = round(max(sent) / size, 2)
+        row["uploading_hosts"] = sum(1 for s in sent if s > size // 100)
+        row["received_from_peer_bytes"] = sum(_delta(after, before, "from_peer"))
+        row["received_from_upstream_bytes"] = sum(_delta(after, before, "from_upstream"))
+    return row
+
+
+def _phase(lab: Lab, hosts: Sequence[int], digest: str, size: int,
+           metrics: bool) -> dict[str, Any]:  # fmt: skip
+    before = _sample_hosts(lab, range(lab.n_hosts)) if metrics else {}
+    gets_before = lab.origin_blob_gets(digest)
+    results = lab.pull_many(hosts, digest, timeout_s=240)
+    return _summary(lab, results, digest, size, before, gets_before, metrics)
+
+
+def _owner_now(lab: Lab) -> int | None:
+    """The node receiving the blob from the upstream right now (the digest's owner)."""
+    sample = _sample_hosts(lab, range(lab.n_hosts))
+    fetching = [i for i, s in sample.items() if s["from_upstream"] > 0]
+    return fetching[0] if fetching else None
+
+
+def _kill_run(lab: Lab, digest: str, size: int, victim: str) -> dict[str, Any]:
+    """Create phase with a SIGKILL 1.5 s in: of the owner (``victim="owner"``) or of the
+    non-owner that has uploaded the most by then (``"peer"``)."""
+    before = _sample_hosts(lab, range(lab.n_hosts))
+    gets_before = lab.origin_blob_gets(digest)
+    box: dict[str, Any] = {}
+    puller = threading.Thread(
+        target=lambda: box.setdefault("results", lab.pull_many(range(lab.n_hosts), digest,
+                                                               timeout_s=240)))  # fmt: skip
+    start = time.monotonic()
+    puller.start()
+    time.sleep(OWNER_PROBE_AFTER_S)
+    owner = _owner_now(lab)
+    killed = owner
+    if victim == "peer":
+        sample = _sample_hosts(lab, range(lab.n_hosts))
+        others = [i for i in range(lab.n_hosts) if i != owner]
+        killed = max(others, key=lambda i: (sample[i]["sent"], -i))
+    time.sleep(max(0.0, start + KILL_AFTER_S - time.monotonic()))
+    if killed is not None:
+        lab.kill(killed)
+    puller.join(300)
+    results = [r for r in box["results"] if r.host != killed]
+    row = _summary(lab, results, digest, size, before, gets_before, metrics=True)
+    row.update(victim=victim, killed_host=killed, owner=owner)
+    return row
+
+
+# ----------------------------------------------------------------------------------- one case
+
+
+def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dict[str, Any]:
+    """Every scenario of ``case`` on one lab (the network is built once)."""
+    size = case.blob_mib * MIB
+    out: dict[str, Any] = {"case": str(case), "nodes": case.nodes, "host_mbit": case.host_mbit,
+                           "origin_mbit": case.origin_mbit, "blob_MiB": case.blob_mib}  # fmt: skip
+    origin_rate = link_rate_bytes_s(min(case.origin_mbit, case.host_mbit))
+    host_rate = link_rate_bytes_s(case.host_mbit)
+    with Lab(case.nodes, host_mbit=case.host_mbit, origin_mbit=case.origin_mbit) as lab:
+        out["one_origin_transfer_s"] = {
+            "computed": round(size / origin_rate, 2),
+            "measured": round(lab.measure_transfer("o", "h0", size), 2),
+        }
+        if case.nodes > 1:
+            out["one_host_link_transfer_s"] = {
+                "computed": round(size / host_rate, 2),
+                "measured": round(lab.measure_transfer("h0", "h1", size), 2),
+            }
+        for k, cluster in enumerate(clusters):
+            metrics = cluster != "distribution"
+            lab.start_nodes(cluster)
+            try:
+                result: dict[str, Any] = {}
+                digest = lab.push_blob(size, seed + 10 * k)
+                result["create"] = _phase(lab, range(case.nodes), digest, size, metrics)
+                print(f"  {case} {cluster} create: {_brief(result['create'])}", flush=True)
+                if case.nodes > 1:
+                    digest = lab.push_blob(size, seed + 10 * k + 1)
+                    lab.pull(0, digest)
+                    result["update"] = _phase(lab, range(1, case.nodes), digest, size, metrics)
+                    print(f"  {case} {cluster} update: {_brief(result['update'])}", flush=True)
+            finally:
+                lab.stop_nodes()
+            out[cluster] = result
+        if kills and "p2preg" in clusters and case.nodes > 2:
+            out["kill"] = {}
+            for j, victim in enumerate(("owner", "peer")):
+                lab.start_nodes("p2preg")
+                try:
+                    digest = lab.push_blob(size, seed + 100 + j)
+                    out["kill"][victim] = _kill_run(lab, digest, size, victim)
+                    print(f"  {case} kill {victim}: {_brief(out['kill'][victim])}", flush=True)
+                finally:
+                    lab.stop_nodes()
+    one = out["one_origin_transfer_s"]["computed"]
+    for cluster in clusters:
+        create = out[cluster]["create"]
+        if create["all_done_s"] is not None:
+            create["x_one_origin_transfer"] = round(create["all_done_s"] / one, 2)
+        update = out[cluster].get("update")
+        if update and update["all_done_s"] is not None and case.nodes > 1:
+            update["x_one_host_link_transfer"] = round(
+                update["all_done_s"] / out["one_host_link_transfer_s"]["computed"], 2)
+    return out
+
+
+def _brief(row: dict[str, Any]) -> str:
+    keys = ("all_done_s", "host_p50_s", "origin_blob_gets", "max_upload_x_blob", "ok_hosts",
+            "failed_hosts", "killed_host")  # fmt: skip
+    return ", ".join(f"{k}={row[k]}" for k in keys if k in row)
+
+
+def run_lab(args: argparse.Namespace) -> dict[str, Any]:
+    cases = [Case.parse(c) for c in args.lab_case] if args.lab_case else [
+        CASES.get(n) or Case(n, 128, 64, 32) for n in args.nodes]  # fmt: skip
+    results = []
+    for case in cases:
+        print(f"lab case {case}", flush=True)
+        results.append(run_case(case, args.clusters, not args.no_kill, args.seed))
+    return {
+        "benchmark": "fanout-lab",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.fanout " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "label": args.label,
+        "results": results,
+    }
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else f"{value} s"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [
+        f"### {report['label'] or 'Lab run'} ({report['when']})",
+        "",
+        f"{machine['cpus']} CPUs (load at start {machine['loadavg_at_start']}), command: "
+        f"`{report['command']}`. Times from the common start until the last byte; "
+        "\"x\" columns divide by one transfer of the blob at the cap (computed).",
+        "",
+        "| N | host / origin link | blob | one origin / host-link transfer (computed; measured) "
+        "| cluster | phase | all done | host p50 / max | x one transfer | origin GETs (x blob) "
+        "| max upload (x blob) | hosts that uploaded |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        origin, link = row["one_origin_transfer_s"], row.get("one_host_link_transfer_s")
+        transfers = f"{origin['computed']} s; {origin['measured']} s"
+        if link:
+            transfers += f" / {link['computed']} s; {link['measured']} s"
+        head = (f"| {row['nodes']} | {row['host_mbit']:g} / {row['origin_mbit']:g} Mbit/s "
+                f"| {row['blob_MiB']} MiB | {transfers} ")
+        for cluster in CLUSTERS:
+            for phase in ("create", "update"):
+                r = row.get(cluster, {}).get(phase)
+                if r is None:
+                    continue
+                ratio = r.get("x_one_origin_transfer") or r.get("x_one_host_link_transfer")
+                lines.append(
+                    head + f"| {cluster} | {phase} | {_s(r['all_done_s'])} "
+                    f"| {_s(r['host_p50_s'])} / {_s(r['host_max_s'])} | {ratio} "
+                    f"| {r['origin_blob_gets']} ({r['origin_bytes_x_blob']}) "
+                    f"| {r.get('max_upload_x_blob', '-')} | "
+                    f"{r.get('uploading_hosts', '-')} of {r['lab_hosts']} |")
+                head = "| | | | "
+        for victim, r in row.get("kill", {}).items():
+            lines.append(
+                head + f"| p2preg | kill {victim} (host {r['killed_host']}) at {KILL_AFTER_S} s "
+                f"| {_s(r['all_done_s'])} | {_s(r['host_p50_s'])} / {_s(r['host_max_s'])} "
+                f"| {r['ok_hosts']} of {r['hosts']} ok | {r['origin_blob_gets']} "
+                f"({r['origin_bytes_x_blob']}) | {r.get('max_upload_x_blob', '-')} "
+                f"| {r.get('uploading_hosts', '-')} of {r['lab_hosts']} |")
+    lines += ["", "Bytes uploaded to peers per host (create phase, p2preg), in MiB:", ""]
+    for row in report["results"]:
+        create = row.get("p2preg", {}).get("create", {})
+        if "uploaded_bytes_per_host" in create:
+            per_host = ", ".join(f"{b / MIB:.0f}" for b in create["uploaded_bytes_per_host"])
+            lines.append(f"- N={row['nodes']}: {per_host}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Time to all hosts vs N (create phase, per cluster) and bytes uploaded per host."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    nodes = [row["nodes"] for row in rows]
+    for cluster in CLUSTERS:
+        ys = [row.get(cluster, {}).get("create", {}).get("x_one_origin_transfer") for row in rows]
+        if any(y is not None for y in ys):
+            left.plot(nodes, ys, marker="o", label=cluster)
+    left.set_xlabel("hosts (N)")
+    left.set_title("create phase: all hosts done (x one origin transfer)", fontsize=10)
+    left.legend(fontsize=8)
+    width = 0.8 / max(1, len(rows))
+    for k, row in enumerate(rows):
+        sent = row.get("p2preg", {}).get("create", {}).get("uploaded_bytes_per_host")
+        if not sent:
+            continue
+        blob = row["blob_MiB"] * MIB
+        xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(sent))]
+        right.bar(xs, [s / blob for s in sent], width, label=f"N={row['nodes']}")
+    right.set_xlabel("host")
+    right.set_title("p2preg create phase: bytes uploaded per host (x blob)", fontsize=10)
+    right.legend(fontsize=8)
+    fig.suptitle(report["label"] or "fan-out on the lab", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
