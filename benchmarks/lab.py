@@ -2,38 +2,31 @@
 node per host. Shared by ``benchmarks/fanout.py --lab`` and the ``tests/lab/`` tests.
 
 Owns ``Lab`` (use as a context manager), ``LabUnavailable`` (why the lab cannot run here: tests
-turn it into a skip), ``PullResult``, ``link_rate_bytes_s`` and the stale-lab sweep
-(``sweep_stale``).
+turn it into a skip), ``PullResult``, ``url_of`` and ``sweep_stale_labs``.
 
-The network (all of it inside namespaces this module creates; nothing is routed out):
+The network is a ``tests.support.netns.NetnsLab`` (which owns namespaces, caps, the state file
+and the stale sweep; this module adds the origin and the nodes), all of it inside namespaces it
+creates, nothing routed out:
 
 - a bridge namespace ``p2plab-TOKEN-br`` holding the Linux bridge ``br0``;
 - the origin namespace ``p2plab-TOKEN-o`` (address ``.2`` of the subnet, 10.214.0.0/24 by
   default) running CNCF Distribution (``docker-registry``) on port 5000;
 - host namespaces ``p2plab-TOKEN-hI`` (addresses ``.10`` + I), one node each on port 5000
-  (gossip on 7946): ``p2preg serve --mode mirror`` joined by gossip (``cluster="p2preg"``), the
-  same without gossip (``"p2preg-solo"``: independent mirrors) or a Distribution proxy
-  (``"distribution"``);
-- every namespace's ``eth0`` is one end of a veth pair whose other end sits on the bridge. A
-  ``tbf`` qdisc on the namespace end caps what the namespace *sends* (its upload), one on the
-  bridge end caps what it *receives* (its download). There is no default route.
+  (gossip on 7946): ``p2preg serve --mode mirror`` joined by gossip (``cluster="p2preg"``, static
+  ``--join`` to host 0), the same without gossip (``"p2preg-solo"``: independent mirrors) or a
+  Distribution proxy (``"distribution"``);
+- every namespace's ``eth0`` is one end of a veth pair whose other end sits on the bridge; a
+  ``tbf`` on the namespace end caps its upload, one on the bridge end its download.
 
-The harness reaches into a namespace from a thread that ``setns(2)``-ed into it (network
-namespaces are per thread): ``pull`` GETs a blob through host I's own node from inside host I,
-``metrics`` scrapes its ``/metrics``, ``push_blob``/``push_image`` write to the origin from inside
-the origin's namespace (no link cap: local delivery). Child processes (curl, the daemons) start
-with ``ip netns exec``, so their PID is the daemon's own.
-
-Cleanup, whatever happens: a state file ``/run/p2plab/TOKEN.json`` (written before the first
-namespace exists) records the harness's PID and start time and the PID and start time of every
-daemon it starts. ``close`` (context exit, ``atexit``, SIGTERM/SIGINT/SIGHUP) kills those PIDs and
-deletes the namespaces. A harness killed by SIGKILL leaves its state file behind: the next lab's
-``sweep_stale`` (run at every start) finds state files whose harness is gone, kills the daemons it
-recorded (only those PIDs, and only when their start time still matches: a reused PID is left
-alone), deletes the namespaces of that token, and also deletes ``p2plab-`` namespaces that have no
-state file at all (killing the processes still inside those namespaces, ``ip netns pids``).
-A lab whose harness is alive is never touched, so labs of parallel runs coexist (each has its own
-namespaces and bridge; the same addresses in different labs never meet).
+The harness reaches into a namespace from a thread that ``setns(2)``-ed into it:
+``pull``/``pull_many`` GET a blob through host I's own node from inside host I (released together
+by a barrier, timed from the request to the last byte, the digest checked), ``metrics`` scrapes a
+node's ``/metrics``, ``push_blob``/``push_image`` write to the origin from inside the origin's
+namespace (no cap: local delivery), ``measure_transfer`` times a raw TCP transfer between two
+namespaces (the links alone). Daemons start with ``ip netns exec`` (their PID is their own) and
+are recorded in the state file ``/run/p2plab/TOKEN.json``: whatever kills the harness, the next
+lab removes them (``sweep_stale_labs``, run at every start). ``kill(i)`` SIGKILLs node i by PID.
+Origin blob GETs and the bytes they sent come from the origin's own log (``origin_blob_gets``).
 
 Needs root, ``ip``, ``tc`` and ``docker-registry``; ``LabUnavailable`` says which is missing.
 Must not import p2preg: nodes are driven from the outside, as separate processes.
@@ -41,9 +34,7 @@ Must not import p2preg: nodes are driven from the outside, as separate processes
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import ipaddress
@@ -51,24 +42,30 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, TypeVar
 
 from benchmarks.common import write_blob_file
 from tests.support.daemons import Distribution, ManagedProcess
+from tests.support.netns import (
+    NetnsHost,
+    NetnsLab,
+    enter_netns,
+    in_netns,
+    link_rate_bytes_s,
+    sweep_stale,
+)
 from tests.support.node import MetricSample, parse_metrics
 
-PREFIX = "p2plab-"
+PREFIX = "p2plab-"  # names and state files of their own: never swept by other labs
 STATE_DIR = Path("/run/p2plab")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HTTP_PORT = 5000
@@ -80,6 +77,15 @@ MEMBERSHIP_TIMEOUT_S = 60.0
 _CLONE_NEWNET = 0x40000000
 _READ_BYTES = 256 * 1024
 T = TypeVar("T")
+
+
+__all__ = ["CLUSTERS", "Lab", "LabUnavailable", "PullResult", "check_available",
+           "link_rate_bytes_s", "sweep_stale_labs", "url_of"]
+
+
+def sweep_stale_labs() -> list[str]:
+    """Remove the labs left behind by dead harnesses (``tests.support.netns.sweep_stale``)."""
+    return sweep_stale(PREFIX, STATE_DIR)
 
 
 class LabUnavailable(RuntimeError):
@@ -97,143 +103,12 @@ def check_available() -> None:
             raise LabUnavailable(f"the lab needs `{tool}` (see deploy/dev-setup.sh)")
 
 
-def link_rate_bytes_s(mbit: float) -> float:
-    """Payload bytes/s a ``tbf`` cap of ``mbit`` Mbit/s carries for bulk TCP: the cap counts
-    Ethernet frames, 1514 bytes for 1448 bytes of TCP payload (timestamps on)."""
-    return mbit * 1e6 / 8 * 1448 / 1514
-
-
-# ------------------------------------------------------------------------------- namespaces
-
-
-def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), check=check, capture_output=True, text=True, timeout=30)
-
-
-def _ip(*args: str, netns: str | None = None) -> None:
-    _run(["ip", *(["-n", netns] if netns else []), *args])
-
-
-def _netns_list() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return []
-
-
-def _netns_pids(name: str) -> list[int]:
-    out = _run(["ip", "netns", "pids", name], check=False).stdout
-    return [int(p) for p in out.split()]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def enter_netns(name: str) -> None:
-    """Move the *calling thread* into network namespace ``name`` (sockets it opens live there)."""
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns({name}): {os.strerror(errno)}")
-    finally:
-        os.close(fd)
-
-
-def in_netns(name: str, fn: Callable[[], T], timeout_s: float = 600.0) -> T:
-    """Run ``fn()`` in a fresh thread inside namespace ``name``; its result or its exception."""
-    future: Future[T] = Future()
-
-    def body() -> None:
-        try:
-            enter_netns(name)
-            future.set_result(fn())
-        except BaseException as exc:  # handed to the caller
-            future.set_exception(exc)
-
-    threading.Thread(target=body, name=f"netns-{name}", daemon=True).start()
-    return future.result(timeout_s)
-
-
-def _tbf(dev: str, netns: str, mbit: float) -> None:
-    """Cap what ``dev`` sends at ``mbit`` Mbit/s (burst: 10 ms at the rate, at least 32 KiB)."""
-    burst = max(32 * 1024, int(mbit * 1e6 / 8 * 0.01))
-    _run(["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf",
-          "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms"])  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- process records
-
-
-def _start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _same_process(pid: int, started: int | None) -> bool:
-    return started is not None and _start_time(pid) == started
-
-
-def _kill_recorded(pids: Sequence[Sequence[int | None]]) -> None:
-    for pid, started in pids:
-        if pid is not None and _same_process(pid, started):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _delete_netns(name: str) -> None:
-    for pid in _netns_pids(name):  # anything still inside one of our own namespaces
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _run(["ip", "netns", "del", name], check=False)
-
-
-def sweep_stale(state_dir: Path = STATE_DIR) -> list[str]:
-    """Remove the labs whose harness is gone (see the module docstring); the tokens removed."""
-    removed: list[str] = []
-    live_tokens: set[str] = set()
-    for path in sorted(state_dir.glob("*.json")) if state_dir.exists() else []:
-        token = path.stem
-        try:
-            state = json.loads(path.read_text())
-            owner_alive = _same_process(int(state["owner"][0]), state["owner"][1])
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            state, owner_alive = {}, False
-        if owner_alive:
-            live_tokens.add(token)
-            continue
-        _kill_recorded(state.get("pids", []))
-        for name in _netns_list():
-            if name.startswith(f"{PREFIX}{token}-"):
-                _delete_netns(name)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        removed.append(token)
-    for name in _netns_list():  # our prefix, no state file: a lab killed before it wrote one
-        if name.startswith(PREFIX) and name[len(PREFIX):].split("-", 1)[0] not in live_tokens:
-            _delete_netns(name)
-            removed.append(name)
-    return removed
-
-
 # ---------------------------------------------------------------------------------- the lab
 
 
-@dataclass(frozen=True)
-class LabHost:
-    """One namespace: its name, address on the bridge, and the veth end on the bridge side."""
-
-    netns: str
-    address: str
-    bridge_port: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}:{HTTP_PORT}"
+def url_of(host: NetnsHost) -> str:
+    """The base URL of the node (or origin) on ``host``."""
+    return f"http://{host.address}:{HTTP_PORT}"
 
 
 @dataclass(frozen=True)
@@ -275,32 +150,25 @@ class Lab:
     node_args: Sequence[str] = ()
     python: str = field(default_factory=lambda: sys.executable)
     state_dir: Path = STATE_DIR
-    hosts: list[LabHost] = field(default_factory=list, init=False)
-    origin: LabHost | None = field(default=None, init=False)
+    net: NetnsLab | None = field(default=None, init=False)
+    origin: NetnsHost | None = field(default=None, init=False)
     cluster: str | None = field(default=None, init=False)
     workdir: Path = field(default_factory=Path, init=False)
-    _namespaces: list[str] = field(default_factory=list, init=False)
-    _pids: list[tuple[int, int | None]] = field(default_factory=list, init=False)
     _origin_proc: ManagedProcess | None = field(default=None, init=False)
     _nodes: list[ManagedProcess | None] = field(default_factory=list, init=False)
-    _closed: bool = field(default=False, init=False)
-    _previous_handlers: dict[int, Any] = field(default_factory=dict, init=False)
 
     # --- names and caps ---------------------------------------------------------------------
 
     @property
-    def bridge_netns(self) -> str:
-        return f"{PREFIX}{self.token}-br"
-
-    @property
-    def state_path(self) -> Path:
-        return self.state_dir / f"{self.token}.json"
+    def hosts(self) -> list[NetnsHost]:
+        return self.net.hosts if self.net is not None else []
 
     @property
     def namespaces(self) -> list[str]:
-        return list(self._namespaces)
+        return self.net.namespaces if self.net is not None else []
 
-    def _cap(self, specific: float | None, default: float) -> float:
+    @staticmethod
+    def _cap(specific: float | None, default: float) -> float:
         return specific if specific is not None else default
 
     @property
@@ -336,16 +204,17 @@ class Lab:
     def open(self) -> None:
         """Sweep stale labs, build the network, start the origin (cleans up if anything fails)."""
         check_available()
-        net = ipaddress.ip_network(self.subnet)
-        if not net.is_private or net.num_addresses < self.n_hosts + 16:
-            raise ValueError(f"{self.subnet}: not a private network with room for the hosts")
-        sweep_stale(self.state_dir)
+        if ipaddress.ip_network(self.subnet).num_addresses < self.n_hosts + 16:
+            raise ValueError(f"{self.subnet} has no room for {self.n_hosts} hosts")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.token}-"))
-        self._write_state()
-        atexit.register(self.close)
-        self._install_signal_handlers()
+        self.net = NetnsLab(self.n_hosts, subnet=self.subnet, up_mbit=self.host_up,
+                            down_mbit=self.host_down, prefix=PREFIX, state_dir=self.state_dir,
+                            token=self.token)  # fmt: skip
         try:
-            self._build(net)
+            self.net.setup()
+            self.origin = self.net.add_host("o", 2, up_mbit=self.origin_up,
+                                            down_mbit=self.origin_down)  # fmt: skip
+            self._nodes = [None] * self.n_hosts
             self._start_origin()
         except BaseException:
             self.close()
@@ -353,98 +222,22 @@ class Lab:
 
     def close(self) -> None:
         """Kill every daemon the lab started (by PID), delete its namespaces and state file."""
-        if self._closed:
-            return
-        self._closed = True
-        _kill_recorded(self._pids)
-        for proc in [*self._nodes, self._origin_proc]:
-            if proc is not None:
-                with contextlib.suppress(Exception):
-                    proc.popen.wait(5)
-        for name in reversed(self._namespaces):
-            _delete_netns(name)
-        self._namespaces.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
-        if self.workdir != Path() and os.environ.get("P2PLAB_KEEP") != "1":
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        self._restore_signal_handlers()
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.close)
+        try:
+            if self.net is not None:
+                self.net.teardown()
+        finally:
+            for proc in [*self._nodes, self._origin_proc]:
+                if proc is not None:
+                    with contextlib.suppress(Exception):
+                        proc.popen.wait(5)
+            if self.workdir != Path() and os.environ.get("P2PLAB_KEEP") != "1":
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.close()
-            previous = self._previous_handlers.get(signum)
-            if callable(previous):
-                previous(signum, frame)
-            else:
-                raise SystemExit(128 + signum)
-
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            self._previous_handlers[signum] = signal.signal(signum, handler)
-
-    def _restore_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, previous in self._previous_handlers.items():
-            with contextlib.suppress(Exception):
-                signal.signal(signum, previous)
-        self._previous_handlers.clear()
-
-    def _write_state(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        me = os.getpid()
-        state = {"owner": [me, _start_time(me)], "pids": self._pids,
-                 "netns": self._namespaces, "workdir": str(self.workdir)}  # fmt: skip
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_path)
-
-    def _record(self, proc: ManagedProcess) -> None:
-        self._pids.append((proc.pid, _start_time(proc.pid)))
-        self._write_state()
-
-    def _netns_add(self, name: str) -> None:
-        self._namespaces.append(name)
-        self._write_state()
-        _ip("netns", "add", name)
-        _ip("link", "set", "lo", "up", netns=name)
-
-    def _build(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
-        self._netns_add(self.bridge_netns)
-        _ip("link", "add", "br0", "type", "bridge", netns=self.bridge_netns)
-        _ip("link", "set", "br0", "up", netns=self.bridge_netns)
-        origin_ns = f"{PREFIX}{self.token}-o"
-        self.origin = self._attach(origin_ns, "vo", str(net.network_address + 2), net.prefixlen,
-                                   up_mbit=self.origin_up, down_mbit=self.origin_down)
-        for i in range(self.n_hosts):
-            self.hosts.append(self._attach(
-                f"{PREFIX}{self.token}-h{i}", f"v{i}", str(net.network_address + 10 + i),
-                net.prefixlen, up_mbit=self.host_up, down_mbit=self.host_down))
-        self._nodes = [None] * self.n_hosts
-
-    def _attach(self, name: str, port: str, address: str, prefixlen: int, *,
-                up_mbit: float, down_mbit: float) -> LabHost:  # fmt: skip
-        self._netns_add(name)
-        # Create the pair inside the namespace, then move the peer end onto the bridge.
-        _ip("link", "add", "eth0", "type", "veth", "peer", "name", port, netns=name)
-        _ip("link", "set", port, "netns", self.bridge_netns, netns=name)
-        _ip("link", "set", port, "master", "br0", netns=self.bridge_netns)
-        _ip("link", "set", port, "up", netns=self.bridge_netns)
-        _ip("addr", "add", f"{address}/{prefixlen}", "dev", "eth0", netns=name)
-        _ip("link", "set", "eth0", "up", netns=name)
-        _tbf("eth0", name, up_mbit)  # what this namespace sends
-        _tbf(port, self.bridge_netns, down_mbit)  # what the bridge sends it
-        return LabHost(name, address, port)
-
-    def _spawn(self, netns: str, argv: Sequence[str], log: Path,
+    def _spawn(self, host: NetnsHost, argv: Sequence[str], log: Path,
                env: dict[str, str] | None = None) -> ManagedProcess:  # fmt: skip
-        proc = ManagedProcess(["ip", "netns", "exec", netns, *argv], log, env=env, cwd=REPO_ROOT)
-        self._record(proc)
+        assert self.net is not None
+        proc = ManagedProcess(host.argv(argv), log, env=env, cwd=REPO_ROOT)
+        self.net.record_pid(proc.pid)
         return proc
 
     # --- the origin -------------------------------------------------------------------------
@@ -471,9 +264,9 @@ class Lab:
     def _start_origin(self) -> None:
         assert self.origin is not None
         config = self._distribution_config("origin", f"{self.origin.address}:{HTTP_PORT}", None)
-        self._origin_proc = self._spawn(self.origin.netns, ["docker-registry", "serve",
+        self._origin_proc = self._spawn(self.origin, ["docker-registry", "serve",
                                         str(config)], self.workdir / "origin.log")  # fmt: skip
-        self._wait_http(self.origin.netns, self.origin.url + "/v2/", self._origin_proc)
+        self._wait_http(self.origin.netns, url_of(self.origin) + "/v2/", self._origin_proc)
 
     @property
     def origin_registry(self) -> Distribution:
@@ -594,21 +387,21 @@ class Lab:
             for i in batch:
                 proc = self._nodes[i]
                 assert proc is not None
-                self._wait_http(self.hosts[i].netns, self.hosts[i].url + path, proc)
+                self._wait_http(self.hosts[i].netns, url_of(self.hosts[i]) + path, proc)
         if cluster == "p2preg" and self.n_hosts > 1:
             self._wait_membership()
 
-    def _start_node(self, i: int, host: LabHost, cluster: str, run_dir: Path, key_file: Path,
+    def _start_node(self, i: int, host: NetnsHost, cluster: str, run_dir: Path, key_file: Path,
                     extra: Sequence[str]) -> ManagedProcess:  # fmt: skip
         assert self.origin is not None
         log = run_dir / f"h{i}.log"
         if cluster == "distribution":
             config = self._distribution_config(f"{run_dir.name}/h{i}",
-                                               f"{host.address}:{HTTP_PORT}", self.origin.url)
-            return self._spawn(host.netns, ["docker-registry", "serve", str(config)], log)
+                                               f"{host.address}:{HTTP_PORT}", url_of(self.origin))
+            return self._spawn(host, ["docker-registry", "serve", str(config)], log)
         argv = [self.python, "-m", "p2preg", "serve", "--mode", "mirror",
                 "--listen", f"{host.address}:{HTTP_PORT}", "--data-dir", str(run_dir / f"h{i}"),
-                "--log-level", "info", "--upstream", f"docker.io={self.origin.url}",
+                "--log-level", "info", "--upstream", f"docker.io={url_of(self.origin)}",
                 "--no-mdns"]  # fmt: skip
         if cluster == "p2preg":
             argv += ["--gossip-listen", f"{host.address}:{GOSSIP_PORT}", "--node-name", f"h{i}",
@@ -617,7 +410,7 @@ class Lab:
                 argv += ["--join", f"{self.hosts[0].address}:{GOSSIP_PORT}"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        return self._spawn(host.netns, [*argv, *extra], log, env)
+        return self._spawn(host, [*argv, *extra], log, env)
 
     def stop_nodes(self) -> None:
         """SIGTERM every node (SIGKILL after 10 s), by PID."""
@@ -673,7 +466,7 @@ class Lab:
         """How many members host ``host``'s node sees alive (0 when it does not answer)."""
         h = self.hosts[host]
         try:
-            status, body = in_netns(h.netns, lambda: _get(h.url + "/p2p/v1/members", 5))
+            status, body = in_netns(h.netns, lambda: _get(url_of(h) + "/p2p/v1/members", 5))
             members = json.loads(body)["members"] if status == 200 else []
         except (OSError, ValueError, KeyError):
             return 0
@@ -682,7 +475,7 @@ class Lab:
     # --- pulls and metrics ------------------------------------------------------------------
 
     def blob_url(self, host: int, digest: str, repo: str = "library/lab") -> str:
-        return f"{self.hosts[host].url}/v2/{repo}/blobs/{digest}"
+        return f"{url_of(self.hosts[host])}/v2/{repo}/blobs/{digest}"
 
     def pull(self, host: int, digest: str, repo: str = "library/lab",
              timeout_s: float = 300.0) -> PullResult:  # fmt: skip
@@ -736,7 +529,7 @@ class Lab:
     def metrics(self, host: int) -> list[MetricSample]:
         """Host ``host``'s node's ``/metrics``, parsed."""
         h = self.hosts[host]
-        status, body = in_netns(h.netns, lambda: _get(h.url + "/metrics", 10))
+        status, body = in_netns(h.netns, lambda: _get(url_of(h) + "/metrics", 10))
         if status != 200:
             raise RuntimeError(f"/metrics of host {host}: {status}")
         return parse_metrics(body.decode())
@@ -797,7 +590,7 @@ class Lab:
         start = in_netns(src.netns, send)
         return got.result(120) - start
 
-    def _named(self, name: str) -> LabHost:
+    def _named(self, name: str) -> NetnsHost:
         if name == "o":
             assert self.origin is not None
             return self.origin
