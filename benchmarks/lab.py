@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,21 +482,34 @@ class Lab:
         """Host ``host`` GETs blob ``digest`` through its own node, from inside its namespace."""
         return self.pull_many([host], digest, repo, timeout_s)[0]
 
-    def pull_many(self, hosts: Sequence[int], digest: str, repo: str = "library/lab",
+    def pull_many(self, hosts: Iterable[int], digest: str, repo: str = "library/lab",
                   timeout_s: float = 300.0) -> list[PullResult]:  # fmt: skip
         """``hosts`` GET blob ``digest`` at the same instant (one thread each, inside its host's
         namespace, released together by a barrier), each through its own node."""
-        barrier = threading.Barrier(len(hosts) + 1)
+        return self._at_once(hosts, lambda conn: _get_blob(conn, repo, digest), timeout_s)
+
+    def pull_image(self, hosts: Iterable[int], repo: str, tag: str,
+                   timeout_s: float = 300.0) -> list[PullResult]:  # fmt: skip
+        """``hosts`` pull image ``repo:tag`` at the same instant through their own nodes: the
+        manifest by tag, then its config and layers one after the other, each digest checked
+        (``nbytes``: the blobs' bytes; ``digest_ok``: every blob was right)."""
+        return self._at_once(hosts, lambda conn: _get_image(conn, repo, tag), timeout_s)
+
+    def _at_once(self, hosts: Iterable[int], job: Callable[[http.client.HTTPConnection],
+                 tuple[int, int, bool]], timeout_s: float) -> list[PullResult]:  # fmt: skip
+        chosen = list(hosts)
+        barrier = threading.Barrier(len(chosen) + 1)
         futures: list[Future[PullResult]] = []
-        for host in hosts:
+        for host in chosen:
             future: Future[PullResult] = Future()
             futures.append(future)
             threading.Thread(target=self._pull_thread, daemon=True, name=f"pull-h{host}",
-                             args=(host, digest, repo, barrier, future, timeout_s)).start()
+                             args=(host, job, barrier, future, timeout_s)).start()
         barrier.wait(30)
         return [f.result(timeout_s + 30) for f in futures]
 
-    def _pull_thread(self, host: int, digest: str, repo: str, barrier: threading.Barrier,
+    def _pull_thread(self, host: int, job: Callable[[http.client.HTTPConnection],
+                     tuple[int, int, bool]], barrier: threading.Barrier,
                      future: Future[PullResult], timeout_s: float) -> None:  # fmt: skip
         h = self.hosts[host]
         try:
@@ -508,23 +521,16 @@ class Lab:
         barrier.wait(30)
         started = time.monotonic()
         status = nbytes = 0
-        hasher = hashlib.sha256()
+        ok = False
         error = ""
         conn = http.client.HTTPConnection(h.address, HTTP_PORT, timeout=timeout_s)
         try:
-            conn.request("GET", f"/v2/{repo}/blobs/{digest}")
-            response = conn.getresponse()
-            status = response.status
-            while chunk := response.read(_READ_BYTES):
-                hasher.update(chunk)
-                nbytes += len(chunk)
-        except (OSError, http.client.HTTPException) as exc:
+            status, nbytes, ok = job(conn)
+        except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
             error = repr(exc)
         finally:
             conn.close()
-        finished = time.monotonic()
-        ok = status == 200 and "sha256:" + hasher.hexdigest() == digest
-        future.set_result(PullResult(host, status, nbytes, ok, started, finished, error))
+        future.set_result(PullResult(host, status, nbytes, ok, started, time.monotonic(), error))
 
     def metrics(self, host: int) -> list[MetricSample]:
         """Host ``host``'s node's ``/metrics``, parsed."""
@@ -595,6 +601,35 @@ class Lab:
             assert self.origin is not None
             return self.origin
         return self.hosts[int(name.removeprefix("h"))]
+
+
+def _get_blob(conn: http.client.HTTPConnection, repo: str, digest: str) -> tuple[int, int, bool]:
+    """GET one blob on ``conn``: (status, body bytes, 200 with the right digest)."""
+    conn.request("GET", f"/v2/{repo}/blobs/{digest}")
+    response = conn.getresponse()
+    hasher = hashlib.sha256()
+    nbytes = 0
+    while chunk := response.read(_READ_BYTES):
+        hasher.update(chunk)
+        nbytes += len(chunk)
+    return response.status, nbytes, response.status == 200 and (
+        "sha256:" + hasher.hexdigest() == digest)
+
+
+def _get_image(conn: http.client.HTTPConnection, repo: str, tag: str) -> tuple[int, int, bool]:
+    """GET the manifest of ``repo:tag`` then every blob it names (see ``Lab.pull_image``)."""
+    conn.request("GET", f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        return response.status, 0, False
+    manifest = json.loads(body)
+    total, all_ok, status = 0, True, 200
+    for entry in [manifest["config"], *manifest["layers"]]:
+        status, nbytes, ok = _get_blob(conn, repo, entry["digest"])
+        total += nbytes
+        all_ok = all_ok and ok and nbytes == entry["size"]
+    return status, total, all_ok
 
 
 def _get(url: str, timeout_s: float) -> tuple[int, bytes]:

@@ -41,3 +41,11 @@ def test_four_hosts_pull_a_new_blob_at_once_with_one_origin_transfer() -> None:
         assert from_upstream == BLOB_BYTES  # the owner alone went to the origin
         assert sent == from_peer == 3 * BLOB_BYTES
         assert [round(c[1] + c[2]) for c in counters] == [BLOB_BYTES] * 4
+
+        # The same blob as a layer of an image: a host pulls the image through its node and the
+        # layer comes from the cluster, not from the origin again.
+        lab.push_image("library/lab", "v1", [(digest, BLOB_BYTES)])
+        [image] = lab.pull_image([3], "library/lab", "v1")
+        assert image.status == 200 and image.digest_ok, image
+        assert image.nbytes > BLOB_BYTES
+        assert lab.origin_blob_gets(digest) == (1, BLOB_BYTES)
