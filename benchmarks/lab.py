@@ -54,7 +54,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from benchmarks.common import write_blob_file
-from tests.support.daemons import Distribution, ManagedProcess
+from tests.support.daemons import Distribution, ManagedProcess, distribution_config
 from tests.support.netns import (
     NetnsHost,
     NetnsLab,
@@ -245,21 +245,7 @@ class Lab:
     def _distribution_config(self, name: str, listen: str, proxy: str | None) -> Path:
         root = self.workdir / name
         root.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
-            "storage": {
-                "filesystem": {"rootdirectory": str(root / "data")},
-                "delete": {"enabled": True},
-                "maintenance": {"uploadpurging": {"enabled": False}},
-            },
-            "http": {"addr": listen, "secret": "p2preg-lab-secret"},
-        }
-        if proxy is not None:
-            config["proxy"] = {"remoteurl": proxy}
-        path = root / "config.yml"
-        path.write_text(json.dumps(config))  # JSON is YAML
-        return path
+        return distribution_config(root, listen, proxy)
 
     def _start_origin(self) -> None:
         assert self.origin is not None
@@ -279,20 +265,9 @@ class Lab:
     def origin_blob_gets(self, digest: str) -> tuple[int, int]:
         """(successful GETs of blob ``digest``, body bytes the origin wrote for them), from the
         origin's log (a GET cut off by a killed client counts with the bytes it got)."""
-        gets = nbytes = 0
-        for line in self._origin_proc.log_text().splitlines() if self._origin_proc else []:
-            if not line.startswith("{") or '"response completed"' not in line:
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if (entry.get("http.request.method") == "GET"
-                    and f"/blobs/{digest}" in str(entry.get("http.request.uri", ""))
-                    and int(entry.get("http.response.status", 0)) in (200, 206)):  # fmt: skip
-                gets += 1
-                nbytes += int(entry.get("http.response.written", 0))
-        return gets, nbytes
+        gets = [r for r in self.origin_registry.requests() if r.method == "GET"
+                and r.status in (200, 206) and f"/blobs/{digest}" in r.path]  # fmt: skip
+        return len(gets), sum(r.written for r in gets)
 
     def push_blob(self, size_bytes: int, seed: int, repo: str = "library/lab") -> str:
         """Push ``size_bytes`` seeded pseudo-random bytes to the origin; returns the digest."""

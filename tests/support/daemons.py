@@ -240,6 +240,7 @@ class DistributionRequest:
     method: str
     path: str  # with the query string
     status: int
+    written: int = 0  # body bytes the registry wrote
 
 
 @dataclass
@@ -272,6 +273,7 @@ class Distribution:
                     method=str(entry.get("http.request.method", "")),
                     path=str(entry["http.request.uri"]),
                     status=int(entry.get("http.response.status", 0)),
+                    written=int(entry.get("http.response.written", 0)),
                 )
             )
         return out
@@ -283,6 +285,31 @@ class Distribution:
             for r in self.requests()
             if r.method == "GET" and r.status in (200, 206) and f"/blobs/{digest}" in r.path
         )
+
+
+def distribution_config(
+    base: Path, addr: str, proxy_remote_url: str | None = None, htpasswd: Path | None = None
+) -> Path:
+    """Write ``base/config.yml`` for Distribution listening on ``addr``, storing under
+    ``base/data``, JSON logs with one ``response completed`` line per request (what
+    ``Distribution.requests`` reads); a proxy of ``proxy_remote_url`` when given."""
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(base / "data")},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": addr, "secret": "p2preg-test-secret"},
+    }
+    if proxy_remote_url is not None:
+        config["proxy"] = {"remoteurl": proxy_remote_url}
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "p2preg-test", "path": str(htpasswd)}}
+    config_path = base / "config.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    return config_path
 
 
 @contextlib.contextmanager
@@ -300,22 +327,7 @@ def distribution(
     own_root = root is None
     base = short_tempdir("p2p-dist-") if root is None else root
     base.mkdir(parents=True, exist_ok=True)
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "info", "formatter": "json", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(base / "data")},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": {"addr": "127.0.0.1:0", "secret": "p2preg-test-secret"},
-    }
-    if proxy_remote_url is not None:
-        config["proxy"] = {"remoteurl": proxy_remote_url}
-    if htpasswd is not None:
-        config["auth"] = {"htpasswd": {"realm": "p2preg-test", "path": str(htpasswd)}}
-    config_path = base / "config.yml"
-    config_path.write_text(json.dumps(config))  # JSON is YAML
+    config_path = distribution_config(base, "127.0.0.1:0", proxy_remote_url, htpasswd)
     process = ManagedProcess(["docker-registry", "serve", str(config_path)], base / "registry.log")
     try:
         line = wait_for_log(process, "listening on ")
