@@ -48,7 +48,7 @@ def test_links_are_capped_both_ways_at_the_asked_rates() -> None:
         for sender, receiver, cap_mbit, nbytes in cases:
             seconds = lab.measure_transfer(sender, receiver, nbytes)
             ratio = nbytes / seconds / link_rate_bytes_s(cap_mbit)
-            assert 0.8 <= ratio <= 1.1, (sender, receiver, cap_mbit, seconds, ratio)
+            assert 0.7 <= ratio <= 1.1, (sender, receiver, cap_mbit, seconds, ratio)
 
 
 def test_the_lab_removes_its_namespaces_processes_and_state_on_exit() -> None:
