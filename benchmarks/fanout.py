@@ -21,6 +21,10 @@ and median host), the origin's egress as a multiple of the image size, and the o
 GETs (from its own log). Results are printed, written to ``docs/benchmarks/fanout.json`` and,
 with ``--update-docs``, into ``docs/benchmarks-fanout.md``.
 
+``--lab`` runs instead on the multi-host lab (root): every host a network namespace with a capped
+link of its own, the origin behind its own; create, update and kill scenarios (see
+``benchmarks/fanout_lab.py``, results in ``docs/benchmarks/fanout-lab*.json``).
+
 Run from the repository root: ``.venv/bin/python -m benchmarks.fanout`` (``--help``).
 """
 
@@ -391,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--label", default="", help="title of this run in the docs")
     lab.add_argument("--section", default="fanout-lab",
                      help="the marked docs section the table replaces (fanout-lab)")
+    lab.add_argument("--render", type=Path, metavar="JSON",
+                     help="only rewrite the docs section and plot from an earlier run's JSON")
     args = parser.parse_args(argv)
     if args.lab:
         return main_lab(args)
@@ -409,18 +415,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def main_lab(args: argparse.Namespace) -> int:
     """``--lab``: run the lab scenarios; JSON, a table and plots (``benchmarks/fanout_lab.py``)."""
     try:
-        check_available()
+        if args.render is None:
+            check_available()
     except LabUnavailable as exc:
         print(f"the lab cannot run here: {exc}", file=sys.stderr)
         return 2
-    report = run_lab(args)
-    print(json.dumps(report["results"], indent=2))
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        args.no_write, args.update_docs = True, True
+    else:
+        report = run_lab(args)
+        print(json.dumps(report["results"], indent=2))
     table = lab_markdown(report)
     print(table)
-    if args.no_write:
-        return 0
     stem = args.section
-    write_results(REPO_ROOT / "docs" / "benchmarks" / f"{stem}.json", report)
+    if not args.no_write:
+        write_results(REPO_ROOT / "docs" / "benchmarks" / f"{stem}.json", report)
     if args.update_docs:
         plot_path = REPO_ROOT / "docs" / "benchmarks" / f"{stem}.png"
         with contextlib.suppress(ImportError):

@@ -309,6 +309,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['ok_hosts']} of {r['hosts']} ok | {r['origin_blob_gets']} "
                 f"({r['origin_bytes_x_blob']}) | {r.get('max_upload_x_blob', '-')} "
                 f"| {r.get('uploading_hosts', '-')} of {r['lab_hosts']} |")
+    lines += ["", "Against the issue's goals (p2preg cluster):", ""]
+    for row in report["results"]:
+        lines.append(f"- N={row['nodes']}: " + "; ".join(_goals(row)))
     lines += ["", "Bytes uploaded to peers per host (create phase, p2preg), in MiB:", ""]
     for row in report["results"]:
         create = row.get("p2preg", {}).get("create", {})
@@ -316,6 +319,32 @@ def markdown(report: dict[str, Any]) -> str:
             per_host = ", ".join(f"{b / MIB:.0f}" for b in create["uploaded_bytes_per_host"])
             lines.append(f"- N={row['nodes']}: {per_host}")
     return "\n".join(lines) + "\n"
+
+
+def _goals(row: dict[str, Any]) -> list[str]:
+    """The issue's goal ratios for one case, from what was measured (goal in brackets)."""
+    out: list[str] = []
+    create = row.get("p2preg", {}).get("create")
+    solo = row.get("p2preg-solo", {}).get("create")
+    if create and create["all_done_s"] is not None:
+        out.append(f"create {create.get('x_one_origin_transfer')}x one origin transfer (<= 1.5)")
+        if solo and solo["all_done_s"]:
+            out.append(f"{create['all_done_s'] / solo['all_done_s']:.2f}x independent mirrors "
+                       "(<= 0.15)")
+        out.append(f"origin egress {create['origin_bytes_x_blob']}x (1.0)")
+        if "max_upload_x_blob" in create:
+            out.append(f"largest upload {create['max_upload_x_blob']}x the blob (<= 2)")
+    update = row.get("p2preg", {}).get("update")
+    if update and update.get("x_one_host_link_transfer") is not None:
+        out.append(f"update {update['x_one_host_link_transfer']}x one host-link transfer "
+                   "(<= 1.5)")
+    for victim, kill in row.get("kill", {}).items():
+        if create and kill["all_done_s"] is not None and create["all_done_s"] is not None:
+            late = kill["all_done_s"] - create["all_done_s"]
+            out.append(f"kill {victim}: others done {late:+.1f} s vs no kill (<= +5), "
+                       f"{kill['ok_hosts']}/{kill['hosts']} ok, origin sent "
+                       f"{kill['origin_bytes_x_blob']}x (<= 2)")
+    return out
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
