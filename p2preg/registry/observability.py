@@ -59,8 +59,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATE_KEY = web.RequestKey("p2preg_observe", object)
 METRICS_PATH = "/metrics"
 #: Route patterns under this prefix answer peers with blob bytes (``p2p.source.BLOBS_PATH``; this
-#: package must not import ``p2p``, a test pins the two equal): their body bytes are counted as
-#: ``p2preg_p2p_sent_bytes_total``.
+#: package must not import ``p2p``, a test pins the two equal): the body bytes of their 200/206
+#: answers are counted as ``p2preg_p2p_sent_bytes_total``.
 PEER_BLOBS_ROUTE_PREFIX = "/p2p/v1/blobs/"
 HEALTHZ_PATH = "/healthz"
 
@@ -141,8 +141,8 @@ def finish_request(
         metrics.request_finished(route, request.method, status, duration_s)
         if source is not None:
             metrics.blob_bytes_served(source, nbytes)
-        if route.startswith(PEER_BLOBS_ROUTE_PREFIX):
-            metrics.peer_bytes_sent(nbytes)
+        if route.startswith(PEER_BLOBS_ROUTE_PREFIX) and response.status in (200, 206):
+            metrics.peer_bytes_sent(nbytes)  # blob bytes only: never a refusal's error JSON
         ts = state.observability.wall_clock.now()
     else:
         ts = WallClock().now()

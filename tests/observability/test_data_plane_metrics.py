@@ -4,9 +4,15 @@ two constants together). The lab tests (``tests/lab/``) check them on real nodes
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
 from p2preg.p2p.source import BLOBS_PATH
 from p2preg.registry.metrics import RegistryMetrics, exposition
-from p2preg.registry.observability import PEER_BLOBS_ROUTE_PREFIX
+from p2preg.registry.observability import PEER_BLOBS_ROUTE_PREFIX, Observability
+from tests.observability.tinyapp import DIGEST, AccessLines, TinyRegistry, serving
 from tests.support.node import parse_metrics
 
 
@@ -45,3 +51,28 @@ def test_both_counters_are_exported_at_zero_before_any_transfer() -> None:
     assert values[("p2preg_p2p_sent_bytes_total", ())] == 0
     assert values[("p2preg_fill_received_bytes_total", (("source", "peer"),))] == 0
     assert values[("p2preg_fill_received_bytes_total", (("source", "upstream"),))] == 0
+
+
+async def test_a_node_counts_blob_bytes_sent_to_peers_but_not_refusals(
+    obs: Observability, blob_file: Path, blob_bytes: bytes, access_lines: AccessLines
+) -> None:
+    tiny = TinyRegistry(blob_file)
+
+    async def peer_blob(request: web.Request) -> web.StreamResponse:
+        if request.match_info["digest"] != DIGEST:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        return await tiny.blob(request)
+
+    app = tiny.app(obs=obs)
+    app.router.add_get(BLOBS_PATH + "{digest}", peer_blob)
+    async with serving(app) as base, aiohttp.ClientSession() as client:
+        async with client.get(f"{base}{BLOBS_PATH}{DIGEST}") as response:
+            assert await response.read() == blob_bytes
+        async with client.get(f"{base}{BLOBS_PATH}sha256:{'cd' * 32}") as response:
+            assert response.status == 404
+            assert await response.read()
+        async with client.get(f"{base}/v2/library/busybox/blobs/{DIGEST}") as response:
+            assert await response.read() == blob_bytes  # a client's GET: not an upload to a peer
+    await access_lines.wait_for(3)
+    sent = obs.metrics.registry.get_sample_value("p2preg_p2p_sent_bytes_total")
+    assert sent == len(blob_bytes)
