@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,17 +77,36 @@ HARNESS = textwrap.dedent("""
 """)
 
 
-def test_a_lab_killed_by_sigkill_is_swept_by_the_next_one() -> None:
-    lab = lab_or_skip(1)
+def _harness() -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A harness process with a 1-host lab and its node up; what it started."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     harness = subprocess.Popen([sys.executable, "-c", HARNESS], stdout=subprocess.PIPE,
                                text=True, cwd=REPO_ROOT, env=env)  # fmt: skip
-    try:
-        assert harness.stdout is not None
-        started = json.loads(harness.stdout.readline())
-    finally:
-        os.kill(harness.pid, signal.SIGKILL)
+    assert harness.stdout is not None
+    line = harness.stdout.readline()
+    if not line:
+        harness.kill()
         harness.wait(10)
+        raise AssertionError("the harness did not start its lab")
+    return harness, json.loads(line)
+
+
+def test_a_harness_stopped_by_sigterm_cleans_up_its_lab() -> None:
+    lab_or_skip(1)
+    harness, started = _harness()
+    assert len(_ours(started["token"])) == 3
+    os.kill(harness.pid, signal.SIGTERM)
+    assert harness.wait(30) != 0
+    assert _ours(started["token"]) == []
+    assert not _alive(started["node"]) and not _alive(started["origin"])
+    assert not (STATE_DIR / f"{started['token']}.json").exists()
+
+
+def test_a_lab_killed_by_sigkill_is_swept_by_the_next_one() -> None:
+    lab = lab_or_skip(1)
+    harness, started = _harness()
+    os.kill(harness.pid, signal.SIGKILL)
+    harness.wait(10)
     stale = started["token"]
     assert len(_ours(stale)) == 3
     assert _alive(started["node"]) and _alive(started["origin"])
