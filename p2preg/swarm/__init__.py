@@ -1,0 +1,1 @@
+"""The data-plane swarm: piece layout, download scheduler, upload policy, simulator."""

@@ -1,0 +1,380 @@
+"""Which piece to ask of which peer: the download side of the swarm, one ``Scheduler`` per fill.
+
+Owns: ``SchedulerConfig``, ``Scheduler``, ``Request`` and the peer role names it uses. The
+caller (the node's fill, or the simulator) tells it the peers (``set_peers``), what they
+answered (``on_piece``, ``on_progress``, ``on_busy``, ``on_missing``, ``on_failed``) and what
+they reported (``on_availability``); it answers ``next_requests(now)`` and ``next_deadline()``
+and, through ``expire(now)``, which requests stalled. The rules, in order:
+
+1. **Limits.** At most ``max_requests`` requests in flight, at most ``per_peer`` to one peer,
+   at most one per piece. Only pieces in the **window** ``[prefix, prefix + window_pieces)``
+   are asked for (``prefix``: the pieces received contiguously from 0, handed to the writer;
+   pieces above it wait in memory, so the window bounds the memory of a fill).
+2. **Piece choice**, among missing pieces of the window not in flight that some eligible peer
+   is known to have: those among the first ``in_order_pieces`` missing pieces of the window
+   lowest first (the prefix keeps streaming to the clients that follow the fill), then the
+   others rarest first (fewest peers known to have it), then random.
+3. **Peer choice** for that piece: peers known to have it that are not backed off, fewest of
+   our requests in flight to them, fetchers before holders and the owner (spread load off the
+   seeds), random tie-break.
+4. **Nobody known to have a piece** (lowest first): ask the **owner** (it long-polls on its
+   growing upstream fill) unless it has ``per_peer`` of our requests already or said busy for
+   that piece; else a peer **hinted** for that piece by a busy answer (it has the piece or is
+   receiving it) that is not backed off for it.
+5. **Backoff.** Busy -> that peer is not asked for that piece for ``busy_backoff_s``; missing
+   (it answered 404 with its availability) -> not for ``missing_backoff_s``; failed -> the
+   peer is not asked at all for ``failure_backoff_s``. A piece refused busy for
+   ``last_resort_after_s`` with no other source is asked with ``last_resort`` of a peer that
+   has it, was hinted for it, or the owner (busy backoff ignored, failure backoff kept).
+6. **Stall.** A request that received no byte for ``stall_s`` (a long-poll on the owner for a
+   piece it is not known to have: ``owner_wait_s``) is cancelled by ``expire`` and counts as
+   a failure of that peer; the piece goes back to the pool.
+
+Peers are names; the caller maps names to addresses and tells the scheduler the new owner when
+membership changes (``set_peers``). Availability only grows during a fill, so what a peer
+reported is a lower bound and stays usable. A peer that leaves is dropped with its requests
+(the caller cancels them).
+
+Pure: no I/O, no clock reads (``now`` is passed in), randomness from the ``random.Random``
+given; must not import asyncio, aiohttp or anything of the node.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from p2preg.swarm.pieces import Have, Layout
+
+ROLE_HOLDER = "holder"
+ROLE_FETCHER = "fetcher"
+ROLE_OWNER = "owner"
+#: A live member with no known relation to the digest (it may be named in hints).
+ROLE_MEMBER = "member"
+_ROLE_RANK = {ROLE_FETCHER: 0, ROLE_MEMBER: 0, ROLE_HOLDER: 1, ROLE_OWNER: 1}
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """The knobs of ``Scheduler`` (module docstring)."""
+
+    max_requests: int = 6
+    per_peer: int = 2
+    window_pieces: int = 32
+    in_order_pieces: int = 4
+    busy_backoff_s: float = 0.5
+    missing_backoff_s: float = 0.05
+    failure_backoff_s: float = 5.0
+    last_resort_after_s: float = 2.0
+    stall_s: float = 3.0
+    owner_wait_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Ask ``peer`` for ``piece``; ``last_resort``: tell it we have no other source."""
+
+    peer: str
+    piece: int
+    last_resort: bool = False
+
+
+@dataclass(slots=True)
+class _Peer:
+    role: str
+    have: Have = field(default_factory=Have)
+    in_flight: int = 0
+    failed_until: float = -math.inf
+    failures: int = 0
+    #: piece -> time before which this peer is not asked for it (busy or missing)
+    piece_until: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Flight:
+    request: Request
+    started: float
+    deadline: float
+
+
+class Scheduler:
+    """The piece requests of one fill (module docstring)."""
+
+    def __init__(self, layout: Layout, *, self_name: str,
+                 config: SchedulerConfig | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.layout = layout
+        self.self_name = self_name
+        self.config = config or SchedulerConfig()
+        self._rng = rng or random.Random(0)
+        self._peers: dict[str, _Peer] = {}
+        self._owner: str | None = None
+        self._complete = bytearray(layout.count)
+        self._prefix = 0
+        self._buffered: set[int] = set()
+        self._flights: dict[int, _Flight] = {}
+        self._hinted: dict[int, set[str]] = {}
+        self._refused_since: dict[int, float] = {}
+        self._contributors: set[str] = set()
+        self._now = -math.inf
+
+    # -- what the caller tells it ------------------------------------------------------------
+
+    def set_peers(self, peers: Mapping[str, str], owner: str | None) -> list[Request]:
+        """The live peers with their roles (``ROLE_*``) and the digest's owner (None: none;
+        the owner may be this node). Returns the requests to peers that left (cancel them)."""
+        self._owner = owner if owner != self.self_name else None
+        dropped: list[Request] = []
+        for name in list(self._peers):
+            if name not in peers:
+                dropped += [f.request for f in self._flights.values() if f.request.peer == name]
+                del self._peers[name]
+        for req in dropped:
+            self._flights.pop(req.piece, None)
+        for name, role in peers.items():
+            if name == self.self_name:
+                continue
+            state = self._peers.get(name)
+            if state is None:
+                state = self._peers[name] = _Peer(role)
+            state.role = role
+            if role == ROLE_HOLDER:
+                state.have = Have.full(self.layout)
+        for names in self._hinted.values():
+            names.intersection_update(self._peers)
+        return dropped
+
+    def on_availability(self, peer: str, have: Have, now: float) -> None:
+        """``peer`` reported ``have`` (from any answer's ``P2preg-Have``)."""
+        self._now = max(self._now, now)
+        state = self._peers.get(peer)
+        if state is not None:
+            state.have = state.have.merge(have)
+
+    def on_progress(self, peer: str, piece: int, now: float) -> None:
+        """Bytes of ``piece`` arrived from ``peer`` (resets its stall timer)."""
+        self._now = max(self._now, now)
+        flight = self._flights.get(piece)
+        if flight is not None and flight.request.peer == peer:
+            flight.deadline = now + self.config.stall_s
+            self._refused_since.pop(piece, None)
+
+    def on_piece(self, peer: str, piece: int, now: float) -> None:
+        """``piece`` arrived whole from ``peer`` (or from anywhere: ``peer`` may be "")."""
+        self._now = max(self._now, now)
+        self._end_flight(piece, peer)
+        state = self._peers.get(peer)
+        if state is not None:
+            state.failures = 0
+            state.have = state.have.merge(Have.of(0, [piece]))
+        if peer:
+            self._contributors.add(peer)
+        self._refused_since.pop(piece, None)
+        self._hinted.pop(piece, None)
+        if not self._complete[piece]:
+            self._complete[piece] = 1
+            self._buffered.add(piece)
+            while self._prefix < self.layout.count and self._complete[self._prefix]:
+                self._buffered.discard(self._prefix)
+                self._prefix += 1
+
+    def on_busy(self, peer: str, piece: int, hints: Iterable[str], now: float) -> None:
+        """``peer`` refused ``piece`` as busy and named ``hints`` (peers to try instead)."""
+        self._now = max(self._now, now)
+        self._end_flight(piece, peer)
+        state = self._peers.get(peer)
+        if state is not None:
+            state.piece_until[piece] = now + self.config.busy_backoff_s
+        self._refused_since.setdefault(piece, now)
+        known = {h for h in hints if h in self._peers and h != peer}
+        if known:
+            self._hinted.setdefault(piece, set()).update(known)
+
+    def on_missing(self, peer: str, piece: int, have: Have | None, now: float) -> None:
+        """``peer`` does not have ``piece`` yet (404 with its availability ``have``)."""
+        self._now = max(self._now, now)
+        self._end_flight(piece, peer)
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        if have is not None:
+            state.have = state.have.merge(have)
+        state.piece_until[piece] = now + self.config.missing_backoff_s
+
+    def on_failed(self, peer: str, piece: int | None, now: float) -> None:
+        """A request to ``peer`` failed (refused, broke off, wrong answer, stalled)."""
+        self._now = max(self._now, now)
+        if piece is not None:
+            self._end_flight(piece, peer)
+        state = self._peers.get(peer)
+        if state is not None:
+            state.failures += 1
+            state.failed_until = now + self.config.failure_backoff_s
+
+    def expire(self, now: float) -> list[Request]:
+        """Cancel the requests that stalled (rule 6); the caller aborts them."""
+        self._now = max(self._now, now)
+        stalled = [f.request for f in self._flights.values() if f.deadline <= now]
+        for req in stalled:
+            self.on_failed(req.peer, req.piece, now)
+        return stalled
+
+    # -- what it answers -------------------------------------------------------------------
+
+    def next_requests(self, now: float) -> list[Request]:
+        """The requests to send now (rules 1-5), already counted as in flight."""
+        self._now = max(self._now, now)
+        out: list[Request] = []
+        while len(self._flights) < self.config.max_requests:
+            req = self._pick(now)
+            if req is None:
+                break
+            self._start(req, now)
+            out.append(req)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time after the last ``now`` seen at which ``expire`` or
+        ``next_requests`` may have something new (None: only an answer can change things)."""
+        times = [f.deadline for f in self._flights.values()]
+        for state in self._peers.values():
+            times.append(state.failed_until)
+            times += state.piece_until.values()
+        times += [t + self.config.last_resort_after_s for t in self._refused_since.values()]
+        future = [t for t in times if t > self._now]
+        return min(future) if future else None
+
+    @property
+    def done(self) -> bool:
+        return self._prefix >= self.layout.count
+
+    @property
+    def prefix(self) -> int:
+        """Pieces received contiguously from piece 0."""
+        return self._prefix
+
+    @property
+    def owner(self) -> str | None:
+        return self._owner
+
+    def have(self) -> Have:
+        """This node's availability (what it reports to its peers)."""
+        return Have(self._prefix, frozenset(self._buffered))
+
+    def in_flight(self) -> list[Request]:
+        return [f.request for f in self._flights.values()]
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self._prefix, self.layout.count) if not self._complete[i]]
+
+    def contributors(self) -> frozenset[str]:
+        """Peers that delivered at least one piece (blamed together if the digest is wrong)."""
+        return frozenset(self._contributors)
+
+    def failures(self, peer: str) -> int:
+        """Failures of ``peer`` since it last delivered a piece."""
+        state = self._peers.get(peer)
+        return state.failures if state else 0
+
+    def peers(self) -> dict[str, str]:
+        return {name: s.role for name, s in self._peers.items()}
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _start(self, req: Request, now: float) -> None:
+        state = self._peers[req.peer]
+        state.in_flight += 1
+        wait = self.config.stall_s
+        if req.peer == self._owner and not state.have.has(req.piece):
+            wait = self.config.owner_wait_s
+        self._flights[req.piece] = _Flight(req, now, now + wait)
+
+    def _end_flight(self, piece: int, peer: str) -> None:
+        flight = self._flights.get(piece)
+        if flight is None or flight.request.peer != peer:
+            return
+        del self._flights[piece]
+        state = self._peers.get(peer)
+        if state is not None:
+            state.in_flight -= 1
+
+    def _missing_in_window(self) -> list[int]:
+        end = min(self.layout.count, self._prefix + self.config.window_pieces)
+        return [i for i in range(self._prefix, end) if not self._complete[i]]
+
+    def _window(self) -> list[int]:
+        end = min(self.layout.count, self._prefix + self.config.window_pieces)
+        return [i for i in range(self._prefix, end)
+                if not self._complete[i] and i not in self._flights]
+
+    def _usable(self, name: str, now: float) -> _Peer | None:
+        state = self._peers.get(name)
+        if state is None or state.in_flight >= self.config.per_peer or state.failed_until > now:
+            return None
+        return state
+
+    def _free_for(self, state: _Peer, piece: int, now: float) -> bool:
+        return state.piece_until.get(piece, -math.inf) <= now
+
+    def _pick(self, now: float) -> Request | None:
+        pieces = self._window()
+        # Rule 5 first: a piece refused long enough with no free source blocks the window.
+        for piece in pieces:
+            since = self._refused_since.get(piece)
+            if since is not None and now - since >= self.config.last_resort_after_s \
+                    and not self._sources(piece, now) and self._fallback(piece, now) is None:
+                req = self._last_resort(piece, now)
+                if req is not None:
+                    return req
+        # Rules 2-3: pieces some eligible peer is known to have.
+        sourced = [(p, names) for p in pieces if (names := self._sources(p, now))]
+        if sourced:
+            zone = set(self._missing_in_window()[:self.config.in_order_pieces])
+            first = [t for t in sourced if t[0] in zone]
+            rest = [t for t in sourced if t[0] not in zone]
+            rarity = {p: sum(1 for s in self._peers.values() if s.have.has(p))
+                      for p, _ in rest}
+            keyed = [(p, names, self._rng.random()) for p, names in rest]
+            keyed.sort(key=lambda t: (rarity[t[0]], t[2]))
+            piece, names = first[0] if first else (keyed[0][0], keyed[0][1])
+            return Request(self._best_peer(names), piece)
+        # Rule 4: nobody known to have them; the owner, then hints.
+        for piece in pieces:
+            req = self._fallback(piece, now)
+            if req is not None:
+                return req
+        return None
+
+    def _sources(self, piece: int, now: float) -> list[str]:
+        return [n for n, s in self._peers.items()
+                if s.have.has(piece) and self._usable(n, now) is not None
+                and self._free_for(s, piece, now)]
+
+    def _best_peer(self, names: list[str]) -> str:
+        keyed = [(self._peers[n].in_flight, _ROLE_RANK.get(self._peers[n].role, 0),
+                  self._rng.random(), n) for n in names]
+        return min(keyed)[3]
+
+    def _fallback(self, piece: int, now: float) -> Request | None:
+        owner = self._owner
+        if owner is not None:
+            state = self._usable(owner, now)
+            if state is not None and self._free_for(state, piece, now):
+                return Request(owner, piece)
+        hinted = [n for n in sorted(self._hinted.get(piece, ()))
+                  if (s := self._usable(n, now)) is not None and self._free_for(s, piece, now)]
+        if hinted:
+            return Request(self._best_peer(hinted), piece)
+        return None
+
+    def _last_resort(self, piece: int, now: float) -> Request | None:
+        names = [n for n, s in self._peers.items() if s.have.has(piece)]
+        names += sorted(self._hinted.get(piece, ()))
+        if self._owner is not None:
+            names.append(self._owner)
+        usable = [n for n in dict.fromkeys(names) if self._usable(n, now) is not None]
+        if not usable:
+            return None
+        return Request(self._best_peer(usable), piece, last_resort=True)

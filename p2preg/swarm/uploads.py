@@ -1,0 +1,182 @@
+"""Who gets a piece from this node: the upload side of the swarm, one policy per node.
+
+Owns: ``UploadConfig``, ``UploadPolicy``, ``Admission`` and ``Ticket``. The rules, in order:
+
+1. **Global slots.** At most ``upload_slots`` piece uploads run at once. Beyond that the asker
+   gets busy (``BUSY_SLOTS``) with hints: peers that recently completed a piece of the same
+   digest from this node (they hold bytes of it). A last-resort asker may use
+   ``last_resort_slots`` more.
+2. **Per-piece cap ("super-seeding").** Piece ``i`` of digest ``d`` goes to at most
+   ``piece_cap`` distinct peers while those peers are believed to have it (their transfer is
+   running or completed). The next asker is refused busy (``BUSY_PIECE``) with hints = those
+   peers: it should fetch the piece from them. A peer asking again for a piece it was already
+   admitted for (a resume) is admitted. A transfer that fails frees its place (that peer does
+   not have the piece). Places expire after ``served_ttl_s`` and when ``forget_peer`` says the
+   peer left.
+3. **Last resort.** A requester that says it has no other source (``last_resort``) ignores the
+   per-piece cap (rule 2) but not the slots (rule 1, with its extra allowance).
+
+So every node uploads each piece about ``piece_cap`` times at most (plus last-resort requests),
+however many ask: the swarm spreads each piece as a tree of fan-out ``piece_cap``.
+
+Memory is bounded: at most ``max_digests`` digests are remembered (least recently asked
+dropped), each with at most ``piece_cap`` places per piece (+ resumes of last-resort askers).
+
+Pure: no I/O, no clock reads (``now`` is passed in), no asyncio or aiohttp.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from p2preg.swarm.pieces import BUSY_PIECE, BUSY_SLOTS, MAX_HINTS
+
+
+@dataclass(frozen=True, slots=True)
+class UploadConfig:
+    """The knobs of ``UploadPolicy`` (module docstring)."""
+
+    piece_cap: int = 2
+    upload_slots: int = 8
+    last_resort_slots: int = 4
+    served_ttl_s: float = 120.0
+    recent_uploaders: int = 16
+    max_digests: int = 256
+    hints: int = MAX_HINTS
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted upload; hand it back to ``UploadPolicy.release`` when it ends."""
+
+    digest: str
+    piece: int
+    peer: str
+    last_resort: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The policy's answer: a ``ticket`` (serve it) or ``busy`` (``BUSY_PIECE``/``BUSY_SLOTS``)
+    with ``hints`` (peer names to try instead)."""
+
+    ticket: Ticket | None
+    busy: str | None = None
+    hints: tuple[str, ...] = ()
+
+    @property
+    def granted(self) -> bool:
+        return self.ticket is not None
+
+
+@dataclass(slots=True)
+class _Digest:
+    #: piece -> {peer: time its place was taken or renewed}
+    served: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: peers that recently completed a piece of this digest from us, newest last
+    recent: deque[str] = field(default_factory=deque)
+
+
+class UploadPolicy:
+    """The upload admission of one node (module docstring)."""
+
+    def __init__(self, config: UploadConfig | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config or UploadConfig()
+        self._rng = rng or random.Random(0)
+        self._digests: OrderedDict[str, _Digest] = OrderedDict()
+        self._active: dict[Ticket, int] = {}
+        self.active = 0
+        self.active_last_resort = 0
+        self.refused_piece = 0
+        self.refused_slots = 0
+
+    def admit(self, digest: str, piece: int, peer: str, *, now: float,
+              last_resort: bool = False) -> Admission:
+        """Whether ``peer`` may have ``piece`` of ``digest`` now (rules 1-3)."""
+        cfg = self.config
+        state = self._state(digest)
+        places = self._places(state, piece, now)
+        slots = cfg.upload_slots + (cfg.last_resort_slots if last_resort else 0)
+        if self.active >= slots:
+            self.refused_slots += 1
+            return Admission(None, BUSY_SLOTS, self._recent_hints(state, peer))
+        if peer not in places and len(places) >= cfg.piece_cap and not last_resort:
+            self.refused_piece += 1
+            hints = [p for p in places if p != peer]
+            self._rng.shuffle(hints)
+            return Admission(None, BUSY_PIECE, tuple(hints[:cfg.hints]))
+        if peer in places or len(places) < cfg.piece_cap:
+            places[peer] = now
+        ticket = Ticket(digest, piece, peer, last_resort)
+        self._active[ticket] = self._active.get(ticket, 0) + 1
+        self.active += 1
+        self.active_last_resort += last_resort
+        return Admission(ticket)
+
+    def release(self, ticket: Ticket, *, completed: bool, now: float) -> None:
+        """An admitted upload ended; ``completed``: the peer received the whole piece."""
+        n = self._active.get(ticket, 0)
+        if n <= 0:
+            return
+        if n == 1:
+            del self._active[ticket]
+        else:
+            self._active[ticket] = n - 1
+        self.active -= 1
+        self.active_last_resort -= ticket.last_resort
+        state = self._digests.get(ticket.digest)
+        if state is None:
+            return
+        places = state.served.get(ticket.piece, {})
+        if completed:
+            if ticket.peer in places:
+                places[ticket.peer] = now
+            if ticket.peer in state.recent:
+                state.recent.remove(ticket.peer)
+            state.recent.append(ticket.peer)
+            while len(state.recent) > self.config.recent_uploaders:
+                state.recent.popleft()
+        elif ticket.peer in places and self._active.get(ticket, 0) == 0:
+            del places[ticket.peer]
+
+    def forget_peer(self, peer: str) -> None:
+        """``peer`` left the cluster: its places are free, it is no longer a hint."""
+        for state in self._digests.values():
+            for places in state.served.values():
+                places.pop(peer, None)
+            if peer in state.recent:
+                state.recent.remove(peer)
+
+    def forget_digest(self, digest: str) -> None:
+        self._digests.pop(digest, None)
+
+    def served_to(self, digest: str, piece: int) -> tuple[str, ...]:
+        """The peers holding a place for ``piece`` (for tests and metrics)."""
+        state = self._digests.get(digest)
+        return tuple(state.served.get(piece, {})) if state else ()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _state(self, digest: str) -> _Digest:
+        state = self._digests.get(digest)
+        if state is None:
+            state = self._digests[digest] = _Digest()
+            while len(self._digests) > self.config.max_digests:
+                self._digests.popitem(last=False)
+        else:
+            self._digests.move_to_end(digest)
+        return state
+
+    def _places(self, state: _Digest, piece: int, now: float) -> dict[str, float]:
+        places = state.served.setdefault(piece, {})
+        ttl = self.config.served_ttl_s
+        for name in [n for n, t in places.items() if now - t > ttl]:
+            del places[name]
+        return places
+
+    def _recent_hints(self, state: _Digest, asker: str) -> tuple[str, ...]:
+        names = [p for p in reversed(state.recent) if p != asker]
+        return tuple(names[:self.config.hints])

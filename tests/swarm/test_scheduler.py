@@ -1,0 +1,212 @@
+"""The download scheduler: its rules (module docstring of ``p2preg.swarm.scheduler``) one by one."""
+
+from __future__ import annotations
+
+import random
+
+from p2preg.swarm.pieces import Have, Layout
+from p2preg.swarm.scheduler import (
+    ROLE_FETCHER,
+    ROLE_HOLDER,
+    ROLE_MEMBER,
+    ROLE_OWNER,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+)
+
+LAYOUT = Layout(size=40, piece_bytes=4)  # 10 pieces
+
+
+def sched(peers: dict[str, str], owner: str | None = "o", layout: Layout = LAYOUT,
+          seed: int = 1, **kw: int | float) -> Scheduler:
+    s = Scheduler(layout, self_name="me", config=SchedulerConfig(**kw),  # type: ignore[arg-type]
+                  rng=random.Random(seed))
+    s.set_peers(peers, owner)
+    return s
+
+
+def test_with_nothing_known_it_long_polls_the_owner_up_to_per_peer() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, per_peer=2)
+    assert s.next_requests(0) == [Request("o", 0), Request("o", 1)]
+    assert s.next_requests(0) == []
+
+
+def test_pieces_known_at_a_peer_are_asked_lowest_first_within_in_order_pieces() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, per_peer=4, max_requests=3)
+    s.on_availability("a", Have.of(0, [3, 5, 7]), 0)
+    reqs = s.next_requests(0)
+    assert [(r.peer, r.piece) for r in reqs] == [("a", 3), ("a", 5), ("a", 7)]
+
+
+def test_past_in_order_pieces_the_rarest_comes_first() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER, "c": ROLE_FETCHER},
+              in_order_pieces=1, per_peer=4, max_requests=2)
+    s.on_availability("a", Have.of(0, [1, 2, 3]), 0)
+    s.on_availability("b", Have.of(0, [2, 3]), 0)
+    s.on_availability("c", Have.of(0, [2]), 0)
+    # piece 1 is in order; then piece 3 (2 copies) before piece 2 (3 copies)
+    assert [r.piece for r in s.next_requests(0)] == [1, 3]
+
+
+def test_max_requests_and_per_peer_limit_what_is_in_flight() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=2,
+              max_requests=3)
+    reqs = s.next_requests(0)
+    assert len(reqs) == 3
+    assert max(sum(r.peer == p for r in reqs) for p in ("a", "b")) == 2
+    assert len({r.piece for r in reqs}) == 3
+
+
+def test_fetchers_are_preferred_over_holders_and_the_owner() -> None:
+    s = sched({"o": ROLE_OWNER, "h": ROLE_HOLDER, "f": ROLE_FETCHER}, per_peer=1)
+    s.on_availability("o", Have(10), 0)
+    s.on_availability("f", Have(1), 0)
+    assert s.next_requests(0)[0] == Request("f", 0)
+
+
+def test_load_spreads_over_peers_with_the_fewest_requests() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=3,
+              max_requests=4)
+    peers = [r.peer for r in s.next_requests(0)]
+    assert sorted(peers) == ["a", "a", "b", "b"]
+
+
+def test_the_window_bounds_the_pieces_asked_for() -> None:
+    s = sched({"a": ROLE_HOLDER}, window_pieces=3, per_peer=9, max_requests=9)
+    assert [r.piece for r in s.next_requests(0)] == [0, 1, 2]
+    s.on_piece("a", 1, 1)
+    s.on_piece("a", 2, 1)
+    assert s.next_requests(1) == []  # piece 0 still holds the window
+    s.on_piece("a", 0, 2)
+    assert s.prefix == 3
+    assert [r.piece for r in s.next_requests(2)] == [3, 4, 5]
+
+
+def test_have_reports_the_prefix_and_buffered_pieces() -> None:
+    s = sched({"a": ROLE_HOLDER}, per_peer=9, max_requests=9)
+    s.next_requests(0)
+    s.on_piece("a", 0, 1)
+    s.on_piece("a", 2, 1)
+    assert s.have() == Have(1, frozenset({2}))
+    assert s.missing() == [1, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_busy_backs_off_that_peer_for_that_piece_and_tries_the_hints() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER},
+              per_peer=1, max_requests=2, busy_backoff_s=0.5)
+    assert s.next_requests(0) == [Request("o", 0)]
+    s.on_busy("o", 0, ["a", "zz"], 0.1)
+    # the hint for piece 0, and the owner again, for the next piece (not backed off for it)
+    assert s.next_requests(0.1) == [Request("a", 0), Request("o", 1)]
+    assert s.next_deadline() == 0.6
+    s.on_missing("a", 0, None, 0.2)
+    s.on_busy("o", 1, [], 0.2)
+    # a is receiving piece 0: asked again after the short missing backoff
+    assert s.next_requests(0.3) == [Request("a", 0), Request("o", 2)]
+
+
+def test_a_missing_answer_teaches_availability_and_backs_off_briefly() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, per_peer=1, max_requests=1,
+              missing_backoff_s=0.05)
+    s.on_busy("o", 0, ["a"], 0)
+    s.on_busy("o", 1, [], 0)
+    s.on_busy("o", 2, [], 0)
+    s.set_peers({"o": ROLE_OWNER, "a": ROLE_FETCHER}, "o")
+    s._peers["o"].failed_until = 10  # keep the owner out of this test
+    assert s.next_requests(0) == [Request("a", 0)]
+    s.on_missing("a", 0, Have.of(0, [4]), 0.01)
+    assert s.next_requests(0.01) == [Request("a", 4)]  # learned: a has piece 4
+    s.on_piece("a", 4, 0.02)
+    assert s.next_requests(0.03) == []  # still backed off for piece 0
+    assert s.next_requests(0.07) == [Request("a", 0)]
+
+
+def test_failure_backs_the_peer_off_entirely() -> None:
+    s = sched({"a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=1, max_requests=1,
+              failure_backoff_s=5)
+    first = s.next_requests(0)[0]
+    s.on_failed(first.peer, first.piece, 1)
+    other = "b" if first.peer == "a" else "a"
+    assert s.next_requests(1) == [Request(other, first.piece)]
+    assert s.failures(first.peer) == 1
+    assert s.next_deadline() == 4  # the new request stalls at 1 + stall_s, before 6
+
+
+def test_only_busy_answers_lead_to_a_last_resort_request_after_the_delay() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, owner=None, per_peer=1,
+              max_requests=1, busy_backoff_s=10, last_resort_after_s=2)
+    s.on_availability("a", Have(10), 0)
+    assert s.next_requests(0) == [Request("a", 0)]
+    s.on_busy("a", 0, [], 0)
+    assert s.next_requests(0) == [Request("a", 1)]
+    s.on_busy("a", 1, [], 0)
+    assert s.next_requests(1) == [Request("a", 2)]
+    s.on_busy("a", 2, [], 1)
+    assert s.next_deadline() == 2
+    assert s.next_requests(2) == [Request("a", 0, last_resort=True)]
+
+
+def test_a_stalled_request_is_cancelled_and_counted_as_a_failure() -> None:
+    s = sched({"a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=1, max_requests=1, stall_s=3)
+    req = s.next_requests(0)[0]
+    s.on_progress(req.peer, req.piece, 2)
+    assert s.expire(4) == []
+    assert s.next_deadline() == 5
+    assert s.expire(5) == [req]
+    assert s.failures(req.peer) == 1
+    assert s.next_requests(5)[0].piece == req.piece
+
+
+def test_a_long_poll_on_the_owner_waits_longer_than_a_stall() -> None:
+    s = sched({"o": ROLE_OWNER}, per_peer=1, stall_s=3, owner_wait_s=10)
+    assert s.next_requests(0) == [Request("o", 0)]
+    assert s.expire(5) == []
+    assert s.expire(10) == [Request("o", 0)]
+
+
+def test_only_the_owner_is_long_polled_never_a_fetcher_without_availability() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_MEMBER}, per_peer=2)
+    assert {r.peer for r in s.next_requests(0)} == {"o"}
+
+
+def test_a_node_that_is_the_owner_asks_nobody_without_availability() -> None:
+    s = sched({"a": ROLE_FETCHER}, owner="me")
+    assert s.owner is None
+    assert s.next_requests(0) == []
+
+
+def test_a_peer_that_leaves_loses_its_requests() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER}, per_peer=1, max_requests=2)
+    reqs = s.next_requests(0)
+    dropped = s.set_peers({"o2": ROLE_OWNER}, "o2")
+    assert sorted(dropped, key=lambda r: r.peer) == sorted(reqs, key=lambda r: r.peer)
+    assert s.in_flight() == []
+    assert s.next_requests(0) == [Request("o2", 0)]
+
+
+def test_answers_from_a_request_no_longer_in_flight_are_ignored() -> None:
+    s = sched({"a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=1, max_requests=1)
+    req = s.next_requests(0)[0]
+    s.on_busy("zz", req.piece, [], 0)
+    assert s.in_flight() == [req]
+
+
+def test_the_fill_is_done_when_every_piece_arrived_and_contributors_are_known() -> None:
+    s = sched({"a": ROLE_HOLDER, "b": ROLE_HOLDER}, per_peer=9, max_requests=10)
+    for req in s.next_requests(0):
+        s.on_piece(req.peer, req.piece, 1)
+    assert s.done and s.prefix == 10
+    assert s.contributors() == {"a", "b"}
+
+
+def test_same_seed_same_choices() -> None:
+    def run(seed: int) -> list[Request]:
+        s = sched({n: ROLE_HOLDER for n in "abcdef"}, seed=seed, per_peer=1, max_requests=6)
+        return s.next_requests(0)
+    assert run(7) == run(7)
+
+
+def test_an_empty_blob_is_done_at_once() -> None:
+    s = sched({"a": ROLE_HOLDER}, layout=Layout.for_size(0))
+    assert s.done and s.next_requests(0) == []

@@ -1,0 +1,106 @@
+"""The upload policy: per-piece cap with hints, global slots, last resort."""
+
+from __future__ import annotations
+
+import random
+
+from p2preg.swarm.pieces import BUSY_PIECE, BUSY_SLOTS
+from p2preg.swarm.uploads import UploadConfig, UploadPolicy
+
+D = "sha256:" + "ab" * 32
+
+
+def policy(**kw: int | float) -> UploadPolicy:
+    return UploadPolicy(UploadConfig(**kw), random.Random(1))  # type: ignore[arg-type]
+
+
+def test_a_piece_goes_to_at_most_piece_cap_peers_and_the_next_is_hinted_to_them() -> None:
+    up = policy(piece_cap=2)
+    assert up.admit(D, 0, "a", now=0).granted
+    assert up.admit(D, 0, "b", now=0).granted
+    third = up.admit(D, 0, "c", now=0)
+    assert not third.granted and third.busy == BUSY_PIECE
+    assert sorted(third.hints) == ["a", "b"]
+    assert up.refused_piece == 1
+
+
+def test_the_cap_is_per_piece() -> None:
+    up = policy(piece_cap=1)
+    assert up.admit(D, 0, "a", now=0).granted
+    assert up.admit(D, 1, "b", now=0).granted
+    assert up.admit("sha256:" + "cd" * 32, 0, "b", now=0).granted
+
+
+def test_a_completed_upload_keeps_its_place() -> None:
+    up = policy(piece_cap=1)
+    t = up.admit(D, 0, "a", now=0).ticket
+    assert t is not None
+    up.release(t, completed=True, now=1)
+    refused = up.admit(D, 0, "b", now=2)
+    assert not refused.granted and refused.hints == ("a",)
+
+
+def test_a_failed_upload_frees_its_place() -> None:
+    up = policy(piece_cap=1)
+    t = up.admit(D, 0, "a", now=0).ticket
+    assert t is not None
+    up.release(t, completed=False, now=1)
+    assert up.admit(D, 0, "b", now=2).granted
+    assert up.served_to(D, 0) == ("b",)
+
+
+def test_the_same_peer_may_resume_a_piece_it_holds_a_place_for() -> None:
+    up = policy(piece_cap=1)
+    assert up.admit(D, 0, "a", now=0).granted
+    assert up.admit(D, 0, "a", now=1).granted
+
+
+def test_a_place_expires_after_the_ttl_and_when_the_peer_leaves() -> None:
+    up = policy(piece_cap=1, served_ttl_s=10)
+    t = up.admit(D, 0, "a", now=0).ticket
+    assert t is not None
+    up.release(t, completed=True, now=0)
+    assert not up.admit(D, 0, "b", now=5).granted
+    assert up.admit(D, 0, "b", now=11).granted
+    up.forget_peer("b")
+    assert up.admit(D, 0, "c", now=12).granted
+
+
+def test_global_slots_refuse_with_recent_uploaders_as_hints() -> None:
+    up = policy(piece_cap=9, upload_slots=2)
+    t1 = up.admit(D, 0, "a", now=0).ticket
+    assert t1 is not None
+    up.release(t1, completed=True, now=0)
+    assert up.admit(D, 1, "b", now=0).granted
+    assert up.admit(D, 2, "c", now=0).granted
+    busy = up.admit(D, 3, "d", now=0)
+    assert busy.busy == BUSY_SLOTS and busy.hints == ("a",)
+    assert up.active == 2 and up.refused_slots == 1
+
+
+def test_last_resort_ignores_the_piece_cap_but_not_the_slots() -> None:
+    up = policy(piece_cap=1, upload_slots=1, last_resort_slots=1)
+    assert up.admit(D, 0, "a", now=0).granted
+    assert not up.admit(D, 0, "b", now=0).granted
+    assert up.admit(D, 0, "b", now=0, last_resort=True).granted
+    assert up.admit(D, 0, "c", now=0, last_resort=True).busy == BUSY_SLOTS
+    assert up.served_to(D, 0) == ("a",)  # a last-resort asker takes no place
+
+
+def test_release_frees_a_slot_and_is_idempotent() -> None:
+    up = policy(upload_slots=1)
+    t = up.admit(D, 0, "a", now=0).ticket
+    assert t is not None
+    up.release(t, completed=True, now=0)
+    up.release(t, completed=True, now=0)
+    assert up.active == 0
+    assert up.admit(D, 1, "b", now=0).granted
+
+
+def test_memory_is_bounded_by_max_digests() -> None:
+    up = policy(piece_cap=1, max_digests=2)
+    for i in range(3):
+        assert up.admit(f"sha256:{i:064x}", 0, "a", now=0).granted
+    # the oldest digest was forgotten: its piece has a free place again
+    assert up.admit(f"sha256:{0:064x}", 0, "b", now=0).granted
+    assert not up.admit(f"sha256:{2:064x}", 0, "b", now=0).granted
