@@ -11,17 +11,24 @@ and, through ``expire(now)``, which requests stalled. The rules, in order:
    are asked for (``prefix``: the pieces received contiguously from 0, handed to the writer;
    pieces above it wait in memory, so the window bounds the memory of a fill).
 2. **Piece choice**, among missing pieces of the window not in flight that some eligible peer
-   is known to have: those among the first ``in_order_pieces`` missing pieces of the window
-   lowest first (the prefix keeps streaming to the clients that follow the fill), then the
-   others rarest first (fewest peers known to have it), then random.
+   is known to have (it reported it, or a busy answer hinted it for that piece): those among
+   the first ``in_order_pieces`` missing pieces of the window lowest first (the prefix keeps
+   streaming to the clients that follow the fill), then the others rarest first (fewest
+   peers known to have it), then random.
 3. **Peer choice** for that piece: peers known to have it that are not backed off, fewest of
-   our requests in flight to them, fetchers before holders and the owner (spread load off the
-   seeds), random tie-break.
+   our requests in flight to them, then peers hinted for that piece, newest hint first (a
+   busy answer's hints are fresher than old availability, and following the newest descends
+   the piece's tree towards peers with free places), fetchers before holders and the owner
+   (spread load off the seeds), random tie-break.
 4. **Nobody known to have a piece** (lowest first): ask the **owner** (it long-polls on its
    growing upstream fill) unless it has ``per_peer`` of our requests already or said busy for
    that piece; else a peer **hinted** for that piece by a busy answer (it has the piece or is
-   receiving it) that is not backed off for it.
-5. **Backoff.** Busy -> that peer is not asked for that piece for ``busy_backoff_s``; missing
+   receiving it) that is not backed off for it; else, once the piece was refused busy (or
+   there is no owner but this node), a **probe**: a random peer not known to have it, not
+   backed off for it (it answers the piece, or busy with hints, or missing with its
+   availability: either way this node learns where pieces are).
+5. **Backoff.** Busy -> that peer is not asked for that piece for ``busy_backoff_s``, doubled
+   with each busy answer for that piece (at most 16x: its places stay taken); missing
    (it answered 404 with its availability) -> not for ``missing_backoff_s``; failed -> the
    peer is not asked at all for ``failure_backoff_s``. A piece refused busy for
    ``last_resort_after_s`` with no other source is asked with ``last_resort`` of a peer that
@@ -41,6 +48,7 @@ given; must not import asyncio, aiohttp or anything of the node.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Iterable, Mapping
@@ -90,6 +98,8 @@ class _Peer:
     failures: int = 0
     #: piece -> time before which this peer is not asked for it (busy or missing)
     piece_until: dict[int, float] = field(default_factory=dict)
+    #: piece -> how often this peer said busy for it (the backoff doubles each time)
+    busy_count: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -115,9 +125,16 @@ class Scheduler:
         self._prefix = 0
         self._buffered: set[int] = set()
         self._flights: dict[int, _Flight] = {}
-        self._hinted: dict[int, set[str]] = {}
+        #: piece -> {peer hinted for it: when (a counter; the newest hint is tried first)}
+        self._hinted: dict[int, dict[str, int]] = {}
+        self._hint_seq = 0
         self._refused_since: dict[int, float] = {}
         self._contributors: set[str] = set()
+        #: piece -> peers known to have it (pieces this node still misses; full peers apart)
+        self._avail: dict[int, set[str]] = {}
+        self._full: set[str] = set()
+        #: backoff expiries, a heap (stale entries only cost a spurious wake-up)
+        self._timers: list[float] = []
         self._now = -math.inf
 
     # -- what the caller tells it ------------------------------------------------------------
@@ -131,6 +148,9 @@ class Scheduler:
             if name not in peers:
                 dropped += [f.request for f in self._flights.values() if f.request.peer == name]
                 del self._peers[name]
+                self._full.discard(name)
+                for names in self._avail.values():
+                    names.discard(name)
         for req in dropped:
             self._flights.pop(req.piece, None)
         for name, role in peers.items():
@@ -141,9 +161,9 @@ class Scheduler:
                 state = self._peers[name] = _Peer(role)
             state.role = role
             if role == ROLE_HOLDER:
-                state.have = Have.full(self.layout)
-        for names in self._hinted.values():
-            names.intersection_update(self._peers)
+                self._learn(name, state, Have.full(self.layout))
+        for piece, hinted in self._hinted.items():
+            self._hinted[piece] = {n: t for n, t in hinted.items() if n in self._peers}
         return dropped
 
     def on_availability(self, peer: str, have: Have, now: float) -> None:
@@ -151,7 +171,7 @@ class Scheduler:
         self._now = max(self._now, now)
         state = self._peers.get(peer)
         if state is not None:
-            state.have = state.have.merge(have)
+            self._learn(peer, state, have)
 
     def on_progress(self, peer: str, piece: int, now: float) -> None:
         """Bytes of ``piece`` arrived from ``peer`` (resets its stall timer)."""
@@ -168,13 +188,14 @@ class Scheduler:
         state = self._peers.get(peer)
         if state is not None:
             state.failures = 0
-            state.have = state.have.merge(Have.of(0, [piece]))
+            self._learn(peer, state, Have.of(0, [piece]))
         if peer:
             self._contributors.add(peer)
         self._refused_since.pop(piece, None)
         self._hinted.pop(piece, None)
         if not self._complete[piece]:
             self._complete[piece] = 1
+            self._avail.pop(piece, None)
             self._buffered.add(piece)
             while self._prefix < self.layout.count and self._complete[self._prefix]:
                 self._buffered.discard(self._prefix)
@@ -186,11 +207,19 @@ class Scheduler:
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is not None:
-            state.piece_until[piece] = now + self.config.busy_backoff_s
-        self._refused_since.setdefault(piece, now)
-        known = {h for h in hints if h in self._peers and h != peer}
+            refusals = state.busy_count.get(piece, 0)
+            state.busy_count[piece] = refusals + 1
+            state.piece_until[piece] = self._timer(
+                now + self.config.busy_backoff_s * 2 ** min(refusals, 4))
+        if piece not in self._refused_since:
+            self._refused_since[piece] = now
+            self._timer(now + self.config.last_resort_after_s)
+        known = [h for h in hints if h in self._peers and h != peer]
         if known:
-            self._hinted.setdefault(piece, set()).update(known)
+            hinted = self._hinted.setdefault(piece, {})
+            for name in known:
+                self._hint_seq += 1
+                hinted[name] = self._hint_seq
 
     def on_missing(self, peer: str, piece: int, have: Have | None, now: float) -> None:
         """``peer`` does not have ``piece`` yet (404 with its availability ``have``)."""
@@ -200,8 +229,8 @@ class Scheduler:
         if state is None:
             return
         if have is not None:
-            state.have = state.have.merge(have)
-        state.piece_until[piece] = now + self.config.missing_backoff_s
+            self._learn(peer, state, have)
+        state.piece_until[piece] = self._timer(now + self.config.missing_backoff_s)
 
     def on_failed(self, peer: str, piece: int | None, now: float) -> None:
         """A request to ``peer`` failed (refused, broke off, wrong answer, stalled)."""
@@ -211,7 +240,7 @@ class Scheduler:
         state = self._peers.get(peer)
         if state is not None:
             state.failures += 1
-            state.failed_until = now + self.config.failure_backoff_s
+            state.failed_until = self._timer(now + self.config.failure_backoff_s)
 
     def expire(self, now: float) -> list[Request]:
         """Cancel the requests that stalled (rule 6); the caller aborts them."""
@@ -238,13 +267,12 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         """The earliest time after the last ``now`` seen at which ``expire`` or
         ``next_requests`` may have something new (None: only an answer can change things)."""
-        times = [f.deadline for f in self._flights.values()]
-        for state in self._peers.values():
-            times.append(state.failed_until)
-            times += state.piece_until.values()
-        times += [t + self.config.last_resort_after_s for t in self._refused_since.values()]
-        future = [t for t in times if t > self._now]
-        return min(future) if future else None
+        while self._timers and self._timers[0] <= self._now:
+            heapq.heappop(self._timers)
+        times = [f.deadline for f in self._flights.values() if f.deadline > self._now]
+        if self._timers:
+            times.append(self._timers[0])
+        return min(times) if times else None
 
     @property
     def done(self) -> bool:
@@ -287,7 +315,7 @@ class Scheduler:
         state = self._peers[req.peer]
         state.in_flight += 1
         wait = self.config.stall_s
-        if req.peer == self._owner and not state.have.has(req.piece):
+        if req.peer == self._owner and not self._has(req.peer, req.piece):
             wait = self.config.owner_wait_s
         self._flights[req.piece] = _Flight(req, now, now + wait)
 
@@ -334,12 +362,11 @@ class Scheduler:
             zone = set(self._missing_in_window()[:self.config.in_order_pieces])
             first = [t for t in sourced if t[0] in zone]
             rest = [t for t in sourced if t[0] not in zone]
-            rarity = {p: sum(1 for s in self._peers.values() if s.have.has(p))
-                      for p, _ in rest}
+            rarity = {p: len(self._avail.get(p, ())) for p, _ in rest}
             keyed = [(p, names, self._rng.random()) for p, names in rest]
             keyed.sort(key=lambda t: (rarity[t[0]], t[2]))
             piece, names = first[0] if first else (keyed[0][0], keyed[0][1])
-            return Request(self._best_peer(names), piece)
+            return Request(self._best_peer(names, piece), piece)
         # Rule 4: nobody known to have them; the owner, then hints.
         for piece in pieces:
             req = self._fallback(piece, now)
@@ -348,14 +375,44 @@ class Scheduler:
         return None
 
     def _sources(self, piece: int, now: float) -> list[str]:
-        return [n for n, s in self._peers.items()
-                if s.have.has(piece) and self._usable(n, now) is not None
+        names = self._avail.get(piece, set())
+        if self._full:
+            names = names | self._full
+        hinted = self._hinted.get(piece)
+        if hinted:
+            names = names | hinted.keys()
+        return [n for n in names if (s := self._usable(n, now)) is not None
                 and self._free_for(s, piece, now)]
 
-    def _best_peer(self, names: list[str]) -> str:
-        keyed = [(self._peers[n].in_flight, _ROLE_RANK.get(self._peers[n].role, 0),
-                  self._rng.random(), n) for n in names]
-        return min(keyed)[3]
+    def _has(self, peer: str, piece: int) -> bool:
+        return peer in self._full or peer in self._avail.get(piece, ())
+
+    def _learn(self, name: str, state: _Peer, have: Have) -> None:
+        old = state.have
+        new = state.have = old.merge(have)
+        if name in self._full:
+            return
+        if new.prefix >= self.layout.count:
+            self._full.add(name)
+            for names in self._avail.values():
+                names.discard(name)
+            return
+        gained = [i for i in range(old.prefix, new.prefix) if i not in old.extra]
+        gained += new.extra - old.extra
+        for i in gained:
+            if i >= self._prefix and not self._complete[i]:
+                self._avail.setdefault(i, set()).add(name)
+
+    def _timer(self, when: float) -> float:
+        heapq.heappush(self._timers, when)
+        return when
+
+    def _best_peer(self, names: list[str], piece: int) -> str:
+        hinted = self._hinted.get(piece, {})
+        keyed = [(self._peers[n].in_flight, -hinted.get(n, 0),
+                  _ROLE_RANK.get(self._peers[n].role, 0), self._rng.random(), n)
+                 for n in names]
+        return min(keyed)[-1]
 
     def _fallback(self, piece: int, now: float) -> Request | None:
         owner = self._owner
@@ -366,15 +423,22 @@ class Scheduler:
         hinted = [n for n in sorted(self._hinted.get(piece, ()))
                   if (s := self._usable(n, now)) is not None and self._free_for(s, piece, now)]
         if hinted:
-            return Request(self._best_peer(hinted), piece)
+            return Request(self._best_peer(hinted, piece), piece)
+        if owner is not None and piece not in self._refused_since:
+            return None
+        probes = [n for n, st in self._peers.items()
+                  if n != owner and not self._has(n, piece) and self._usable(n, now) is not None
+                  and self._free_for(st, piece, now)]
+        if probes:
+            return Request(probes[self._rng.randrange(len(probes))], piece)
         return None
 
     def _last_resort(self, piece: int, now: float) -> Request | None:
-        names = [n for n, s in self._peers.items() if s.have.has(piece)]
+        names = sorted(self._avail.get(piece, set()) | self._full)
         names += sorted(self._hinted.get(piece, ()))
         if self._owner is not None:
             names.append(self._owner)
         usable = [n for n in dict.fromkeys(names) if self._usable(n, now) is not None]
         if not usable:
             return None
-        return Request(self._best_peer(usable), piece, last_resort=True)
+        return Request(self._best_peer(usable, piece), piece, last_resort=True)

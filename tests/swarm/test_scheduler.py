@@ -102,8 +102,30 @@ def test_busy_backs_off_that_peer_for_that_piece_and_tries_the_hints() -> None:
     assert s.next_deadline() == 0.6
     s.on_missing("a", 0, None, 0.2)
     s.on_busy("o", 1, [], 0.2)
-    # a is receiving piece 0: asked again after the short missing backoff
-    assert s.next_requests(0.3) == [Request("a", 0), Request("o", 2)]
+    # a is receiving piece 0: asked again after the short missing backoff; piece 1 was
+    # refused with no hint, so b is probed for it
+    assert s.next_requests(0.3) == [Request("a", 0), Request("b", 1)]
+
+
+def test_a_piece_refused_without_hints_is_probed_at_a_peer_of_unknown_availability() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}, per_peer=1,
+              max_requests=1, seed=3)
+    assert s.next_requests(0) == [Request("o", 0)]
+    s.on_busy("o", 0, [], 0)
+    probe = s.next_requests(0)
+    assert [r.piece for r in probe] == [0] and probe[0].peer in {"a", "b"}
+    s.on_missing(probe[0].peer, 0, Have.of(0, [3]), 0.01)
+    assert s.next_requests(0.01) == [Request(probe[0].peer, 3)]
+
+
+def test_hinted_peers_count_as_sources_before_other_pieces_of_capped_peers() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "h": ROLE_HOLDER}, per_peer=1,
+              max_requests=1)
+    s.on_availability("o", Have(10), 0)
+    first = s.next_requests(0)[0]
+    assert first.piece == 0 and first.peer in {"o", "h"}
+    s.on_busy(first.peer, 0, ["a"], 0)
+    assert s.next_requests(0) == [Request("a", 0)]  # not piece 1 of h or the owner
 
 
 def test_a_missing_answer_teaches_availability_and_backs_off_briefly() -> None:
@@ -118,7 +140,9 @@ def test_a_missing_answer_teaches_availability_and_backs_off_briefly() -> None:
     s.on_missing("a", 0, Have.of(0, [4]), 0.01)
     assert s.next_requests(0.01) == [Request("a", 4)]  # learned: a has piece 4
     s.on_piece("a", 4, 0.02)
-    assert s.next_requests(0.03) == []  # still backed off for piece 0
+    # still backed off for piece 0; piece 1 was refused by the owner: a is probed for it
+    assert s.next_requests(0.03) == [Request("a", 1)]
+    s.on_missing("a", 1, None, 0.03)
     assert s.next_requests(0.07) == [Request("a", 0)]
 
 
@@ -134,7 +158,7 @@ def test_failure_backs_the_peer_off_entirely() -> None:
 
 
 def test_only_busy_answers_lead_to_a_last_resort_request_after_the_delay() -> None:
-    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, owner=None, per_peer=1,
+    s = sched({"a": ROLE_FETCHER}, owner=None, per_peer=1,
               max_requests=1, busy_backoff_s=10, last_resort_after_s=2)
     s.on_availability("a", Have(10), 0)
     assert s.next_requests(0) == [Request("a", 0)]
@@ -170,10 +194,12 @@ def test_only_the_owner_is_long_polled_never_a_fetcher_without_availability() ->
     assert {r.peer for r in s.next_requests(0)} == {"o"}
 
 
-def test_a_node_that_is_the_owner_asks_nobody_without_availability() -> None:
-    s = sched({"a": ROLE_FETCHER}, owner="me")
+def test_a_node_that_is_the_owner_long_polls_nobody_it_only_probes() -> None:
+    s = sched({"a": ROLE_FETCHER}, owner="me", per_peer=1)
     assert s.owner is None
-    assert s.next_requests(0) == []
+    assert s.next_requests(0) == [Request("a", 0)]
+    s.on_missing("a", 0, Have(0), 0)
+    assert s.next_requests(0) == [Request("a", 1)]
 
 
 def test_a_peer_that_leaves_loses_its_requests() -> None:
