@@ -220,6 +220,16 @@ class BlobFetcher:
         raise FillError(fill.digest, reason, cause=last,
                         not_found=bool(failures) and all_not_found)
 
+    async def _flush_when_idle(self, writer: BlobWriter, lock: asyncio.Lock,
+                               last_chunk: list[float]) -> None:
+        while True:
+            await self._clock.sleep(FLUSH_INTERVAL_S)
+            if writer.received > writer.size \
+                    and self._clock.now() - last_chunk[0] >= FLUSH_INTERVAL_S:
+                async with lock:
+                    if not writer.failed and not writer.done:
+                        await writer.flush()
+
     async def _stream(self, fill: Fill, source: BlobSource) -> None:
         writer = fill.writer
         offset = fill.received
@@ -241,25 +251,37 @@ class BlobFetcher:
             # Followers must not starve on a slow source, so when the file has not grown for
             # FLUSH_INTERVAL_S the buffered bytes are pushed out; the first chunk goes at once
             # (time to first byte).
+            # A source that pauses (an upstream holding back, a swarm waiting for a piece)
+            # must not leave bytes in the writer's memory: peers and clients follow the file.
+            # A watcher flushes them once no chunk came for FLUSH_INTERVAL_S; the lock keeps
+            # the writer's one-producer rule.
             visible, grew_at = writer.size, self._clock.now()
             first = True
+            lock = asyncio.Lock()
+            last_chunk = [grew_at]
+            watcher = asyncio.create_task(self._flush_when_idle(writer, lock, last_chunk))
             try:
                 async for chunk in stream.chunks():
                     if fill.size is not None and fill.received + len(chunk) > fill.size:
                         raise FillError(fill.digest, f"{source.name} sent more than the "
                                         f"{fill.size} bytes it announced", wrong_bytes=True)
                     self.count_received(source.kind, len(chunk))
-                    await writer.write(chunk)
-                    fill.received += len(chunk)
-                    now = self._clock.now()
-                    if writer.size != visible:
-                        visible, grew_at = writer.size, now
-                    elif first or now - grew_at >= FLUSH_INTERVAL_S:
-                        await writer.flush()
-                        visible, grew_at, first = writer.size, now, False
+                    async with lock:
+                        await writer.write(chunk)
+                        fill.received += len(chunk)
+                        now = last_chunk[0] = self._clock.now()
+                        if writer.size != visible:
+                            visible, grew_at = writer.size, now
+                        elif first or now - grew_at >= FLUSH_INTERVAL_S:
+                            await writer.flush()
+                            visible, grew_at, first = writer.size, now, False
             except (UpstreamError, OSError) as exc:
                 raise _SourceFailed(f"broke off at byte {fill.received}: {exc}") from exc
             except RegistryError as exc:  # the store could not write: no source can help
                 raise FillError(fill.digest, exc.message, cause=exc) from exc
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RegistryError):
+                    await watcher
         if fill.size is not None and fill.received < fill.size:
             raise _SourceFailed(f"ended at byte {fill.received} of {fill.size}")

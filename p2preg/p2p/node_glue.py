@@ -13,9 +13,12 @@ Owns: ``P2PConfig`` and ``P2P``, the one object ``node.py`` builds for the p2p p
 
 What it does:
 - ``peer_sources(digest, registry, repository)`` (the mirror calls it when it starts a fill):
-  asks membership for the live members, holders and fetchers, lets ``routing.plan_route``
-  choose (penalties applied) and returns one ``PeerBlobSource`` per choice, the owner told the
-  upstream registry and repository; the mirror appends the upstream. It also
+  asks membership for the live members, holders and fetchers. A node that is not the digest's
+  owner gets one ``swarm_source.SwarmSource`` (pieces from many peers at once; its view of
+  the peers is rebuilt from membership whenever it asks, without the peers it saw die). The
+  owner, and a node filling for a peer, get today's sequential sources: ``routing.plan_route``
+  chooses (penalties applied), one ``PeerBlobSource`` per choice. Either way the owner is
+  told the upstream registry and repository; the mirror appends the upstream. It also
   advertises ``fetching`` and watches the fill: ``have`` once committed, ``drop`` on failure,
   and a penalty for every peer that delivered bytes to a fill whose digest did not match.
 - The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
@@ -57,14 +60,18 @@ from p2preg.p2p.membership import Membership, as_peers
 from p2preg.p2p.penalties import DEFAULT_FAILURE_S, DEFAULT_WRONG_BYTES_S, PenaltyBox
 from p2preg.p2p.routing import (
     DEFAULT_MAX_PEERS,
+    ROLE_FETCHER,
     ROLE_HOLDER,
+    ROLE_OWNER,
     Candidate,
     Peer,
     RoutePlan,
+    owner_of,
     plan_route,
 )
 from p2preg.p2p.server import P2PServer
 from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
+from p2preg.p2p.swarm_source import SwarmRegistry, SwarmSource, SwarmStats, SwarmView
 from p2preg.p2p.tags import (
     DEFAULT_TAG_PEERS,
     DEFAULT_TAG_TIMEOUT_S,
@@ -78,6 +85,8 @@ from p2preg.registry.mirror import MirrorContentSource, current_namespace
 from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import TagConfirmation
+from p2preg.swarm.scheduler import ROLE_MEMBER, SchedulerConfig
+from p2preg.swarm.uploads import UploadConfig, UploadPolicy
 from p2preg.upstream.client import READ_BUFFER_BYTES
 from p2preg.upstream.errors import UpstreamError
 
@@ -108,6 +117,10 @@ class P2PConfig:
     """How many live peers a tag is asked of during an upstream outage."""
     tag_timeout_s: float = DEFAULT_TAG_TIMEOUT_S
     """The bound of one such question (the peers are asked at once)."""
+    swarm: bool = True
+    """Non-owners fill piece by piece from many peers (False: one peer after another)."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    uploads: UploadConfig = field(default_factory=UploadConfig)
 
 
 @dataclass
@@ -150,8 +163,14 @@ class P2P:
         self._signer = None if keyring is None else RequestSigner(keyring, clock=wall, rng=rng)
         verifier = None if keyring is None else RequestVerifier(
             keyring, clock=wall, max_skew_s=self.config.max_skew_s)
+        self._rng = rng or random.Random()
+        self.swarms = SwarmRegistry()
+        self.swarm_stats = SwarmStats()
+        self._swarm_fills: set[Digest] = set()
+        uploads = UploadPolicy(self.config.uploads, random.Random(self._rng.random()))
         self.server = P2PServer(blobs, fills=self._in_flight, owner_fill=self._owner_fill,
-                                verifier=verifier, tags=self._own_tag)
+                                verifier=verifier, tags=self._own_tag, uploads=uploads,
+                                swarms=self.swarms.get, long_polls=self._is_root)
         self.stats = GlueStats()
         self._mirror: MirrorContentSource | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -298,7 +317,17 @@ class P2P:
         origin = BlobOrigin(registry, repository)
         ledger = Ledger()
         sources: list[BlobSource] = []
-        for candidate in plan.candidates:
+        if self.config.swarm and not plan.self_is_owner and not _acting_for_peer.get() \
+                and plan.owner is not None:
+            self._swarm_fills.add(digest)
+            sources.append(SwarmSource(
+                self._client(), lambda gone: self._swarm_view(digest, gone),
+                node_name=self.membership.node_name, registry=self.swarms,
+                signer=self._signer, origin=origin, config=self.config.client,
+                scheduler=self.config.scheduler, rng=random.Random(self._rng.random()),
+                ledger=ledger, on_failure=lambda peer, reason: self.penalties.failed(peer),
+                stats=self.swarm_stats))
+        for candidate in () if sources else plan.candidates:
             sources.append(PeerBlobSource(
                 self._client(), candidate, node_name=self.membership.node_name,
                 signer=self._signer, origin=origin, config=self.config.client, ledger=ledger,
@@ -311,11 +340,44 @@ class P2P:
         asyncio.get_running_loop().call_soon(self._watch, digest, ledger)
         return sources
 
+    def _swarm_view(self, digest: Digest, gone: frozenset[str]) -> SwarmView:
+        """The peers of ``digest`` for a swarm fill: every live member with an address but
+        the ``gone`` ones and those with wrong bytes for it, by role; the owner among them."""
+        key = str(digest)
+        me = self.membership.node_name
+        skipped = self.penalties.skipped(key) | gone
+        try:
+            live = [p for p in as_peers(self.membership.members()) if p.name not in skipped]
+            holders = {p.name for p in as_peers(self.membership.holders(key))}
+            fetchers = {p.name for p in as_peers(self.membership.fetchers(key))}
+        except RuntimeError:
+            live, holders, fetchers = [], set(), set()
+        owner = owner_of(key, [p.name for p in live if p.http_addr] + [me])
+        roles: dict[str, str] = {}
+        addrs: dict[str, str] = {}
+        for p in live:
+            if p.name == me or not p.http_addr:
+                continue
+            addrs[p.name] = p.http_addr
+            roles[p.name] = (ROLE_HOLDER if p.name in holders else ROLE_OWNER
+                             if p.name == owner else ROLE_FETCHER if p.name in fetchers
+                             else ROLE_MEMBER)
+        return SwarmView(roles, addrs, owner)
+
+    def _is_root(self, digest: Digest) -> bool:
+        """Whether this node's fill of ``digest`` streams in order from the upstream or a
+        holder (it may make peers wait for bytes), rather than from a swarm."""
+        if digest not in self._swarm_fills:
+            return True
+        fill = self._in_flight(digest)
+        return fill is not None and fill.source_kind == "upstream"
+
     def _watch(self, digest: Digest, ledger: Ledger) -> None:
         # Runs one loop turn after ``peer_sources``: the mirror creates the fill synchronously
         # right after asking for its sources, so it is registered with the fetcher by now.
         fill = self._in_flight(digest)
         if fill is None:
+            self._swarm_fills.discard(digest)
             self._settled(digest, ok=self._blobs.has(digest))
             return
         task = asyncio.get_running_loop().create_task(self._await_fill(fill, ledger))
@@ -334,6 +396,8 @@ class P2P:
                         self.penalties.wrong_bytes(peer, str(fill.digest))
             self._settled(fill.digest, ok=False)
             return
+        finally:
+            self._swarm_fills.discard(fill.digest)
         self._settled(fill.digest, ok=True)
 
     def _settled(self, digest: Digest, *, ok: bool) -> None:
@@ -401,9 +465,11 @@ class _P2PCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         p2p = self._p2p
         served = CounterMetricFamily("p2preg_p2p_served", "Peer requests answered, by kind "
-                                     "(blobs: local, in_progress, owner, not_found; tags: "
-                                     "tag, tag_unknown).", labels=["kind"])
-        for kind in ("local", "in_progress", "owner", "not_found", "tag", "tag_unknown"):
+                                     "(blobs: local, in_progress, owner, not_found; pieces: "
+                                     "piece, piece_busy, piece_missing; tags: tag, "
+                                     "tag_unknown).", labels=["kind"])
+        for kind in ("local", "in_progress", "owner", "not_found", "piece", "piece_busy",
+                     "piece_missing", "tag", "tag_unknown"):
             served.add_metric([kind], p2p.server.stats.served[kind])
         yield served
         rejected = CounterMetricFamily("p2preg_p2p_rejected", "Peer blob requests refused, by "

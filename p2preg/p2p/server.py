@@ -22,6 +22,21 @@ What a request gets, in order:
 5. Anything else: ``404 BLOB_UNKNOWN`` at once. A peer request never makes this node fetch
    anything except as owner (the loop guard).
 
+A **piece request** (``P2preg-Swarm: 1``, a ``Range`` inside one piece of
+``swarm.pieces.Layout``) is answered by ``_handle_piece`` instead of 2.-4.:
+
+- Every answer carries ``P2preg-Have`` (whole pieces on disk as a prefix, plus the pieces a
+  swarm fill holds in memory) and ``P2preg-Blob-Size`` once the size is known.
+- A piece this node has: admitted by the ``swarm.uploads.UploadPolicy`` (per-piece cap, global
+  slots, ``P2preg-Last-Resort``) and sent (from the committed file, the growing file, or the
+  swarm fill's memory), else ``503`` with ``P2preg-Busy`` and ``P2preg-Hint``.
+- A piece this node does not have yet: the **root** of the digest (``long_polls``: its fill
+  streams in order from the upstream or a holder, or it is asked as owner and starts that
+  fill) admits the request and sends the bytes as they arrive, waiting at most
+  ``ROOT_WAIT_S`` for the size; every other node answers ``404`` with its availability at
+  once (only roots wait, so waits never form a cycle). A node asked as owner while its own
+  fill is a swarm fill tells that fill (``check_owner``): the real owner may be gone.
+
 A tag request is authenticated the same way, its registry host, repository name and tag are
 checked (``400 NAME_INVALID``/``TAG_INVALID``), and it is answered from ``TagLookup`` alone:
 ``200 {"digest": ..., "confirmed_at": ...}`` or ``404 MANIFEST_UNKNOWN``. It never makes this
@@ -42,6 +57,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from p2preg.clock import Clock, MonotonicClock
 from p2preg.fetch.reader import FollowedSpan
 from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.oci.digest import Digest, parse_digest
@@ -64,6 +80,19 @@ from p2preg.registry.ranges import ByteRange, RangeSpec, parse_range_header, res
 from p2preg.registry.requestkeys import PEER_KEY, SOURCE_KEY
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import TagConfirmation
+from p2preg.swarm.pieces import (
+    BUSY_HEADER,
+    BUSY_PIECE,
+    HAVE_HEADER,
+    HINT_HEADER,
+    LAST_RESORT_HEADER,
+    SIZE_HEADER,
+    SWARM_HEADER,
+    Have,
+    Layout,
+    encode_hints,
+)
+from p2preg.swarm.uploads import UploadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +102,20 @@ TAG_ROUTE = TAGS_PATH + "{registry}/{repository:.+}/{tag}"
 TAG_ROUTE_NAME = "p2p_tag"
 _MAX_HEADER_CHARS = 512
 _STARTED = web.RequestKey("p2preg_p2p_response_started", bool)
+
+
+class PieceHolder(Protocol):
+    """A swarm fill's pieces in memory (``p2p.swarm_source.SwarmStream``)."""
+
+    def piece(self, index: int) -> bytes | None: ...
+
+    def have_in_memory(self) -> frozenset[int]: ...
+
+    def check_owner(self) -> None: ...
+
+
+#: How long a root waits for its fill to learn the blob's size before answering a piece request.
+ROOT_WAIT_S = 10.0
 
 
 class OwnerFill(Protocol):
@@ -107,8 +150,16 @@ class P2PServer:
         owner_fill: OwnerFill | None = None,
         verifier: RequestVerifier | None = None,
         tags: TagLookup | None = None,
+        uploads: UploadPolicy | None = None,
+        swarms: Callable[[Digest], PieceHolder | None] = lambda digest: None,
+        long_polls: Callable[[Digest], bool] = lambda digest: True,
+        clock: Clock | None = None,
     ) -> None:
         self._blobs = blobs
+        self.uploads = uploads or UploadPolicy()
+        self._swarms = swarms
+        self._long_polls = long_polls
+        self._clock = clock or MonotonicClock()
         self._fills = fills
         self._owner_fill = owner_fill
         self._verifier = verifier
@@ -206,6 +257,8 @@ class P2PServer:
             self.stats.rejected["bad_range"] += 1
             raise
         want_body = request.method != "HEAD"
+        if request.headers.get(SWARM_HEADER) == "1" and want_body and spec is not None:
+            return await self._handle_piece(request, node, digest, role, spec)
 
         size = self._blobs.size(digest)
         if size is not None:
@@ -225,6 +278,96 @@ class P2PServer:
         self.stats.served["not_found"] += 1
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, "this node neither holds nor fetches the blob",
                             {"digest": str(digest)})
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    async def _handle_piece(self, request: web.Request, node: str, digest: Digest, role: str,
+                            spec: RangeSpec) -> web.StreamResponse:
+        size = self._blobs.size(digest)
+        fill = None if size is not None else self._fills(digest)
+        if size is None and fill is None and role == ROLE_OWNER and self._owner_fill is not None:
+            origin = _origin(request)
+            if origin is None:
+                raise self._reject("no_origin", ErrorCode.UNSUPPORTED,
+                                   f"an owner request needs {UPSTREAM_HEADER} and "
+                                   f"{REPOSITORY_HEADER}", status=400)
+            content = await self._owner_fill(digest, origin, None, True)
+            await _close(content.chunks)
+            size = self._blobs.size(digest)
+            fill = None if size is not None else self._fills(digest)
+        swarm = self._swarms(digest) if fill is not None else None
+        root = fill is not None and swarm is None and self._long_polls(digest)
+        if swarm is not None and role == ROLE_OWNER:
+            swarm.check_owner()
+        if fill is not None:
+            if root and fill.size is None:
+                with contextlib.suppress(FillError, TimeoutError):
+                    await asyncio.wait_for(fill.ready(), ROOT_WAIT_S)
+            size = fill.size
+        if size is None:
+            self.stats.served["piece_missing"] += 1
+            return _piece_answer(404, Have(), None)
+        layout = Layout.for_size(size)
+        on_disk = layout.count if fill is None else layout.whole_pieces(fill.writer.size)
+        have = Have.of(on_disk, swarm.have_in_memory() if swarm is not None else ())
+        byte_range = resolve_range(spec, size)
+        piece = layout.piece_at(byte_range.start)
+        if byte_range.end >= layout.span(piece)[1]:
+            raise self._reject("bad_piece", ErrorCode.UNSUPPORTED,
+                               "a piece request must stay inside one piece", status=400)
+        in_memory = swarm.piece(piece) if swarm is not None else None
+        if not have.has(piece) and in_memory is None and not root:
+            self.stats.served["piece_missing"] += 1
+            return _piece_answer(404, have, size)
+        last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
+        admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
+                                       last_resort=last_resort)
+        if admission.ticket is None:
+            self.stats.served["piece_busy"] += 1
+            response = _piece_answer(503, have, size)
+            response.headers[BUSY_HEADER] = admission.busy or BUSY_PIECE
+            if admission.hints:
+                response.headers[HINT_HEADER] = encode_hints(admission.hints)
+            return response
+        completed = False
+        try:
+            answer = await self._send_piece(request, digest, size, byte_range, fill, in_memory,
+                                            have)
+            completed = True
+            return answer
+        finally:
+            self.uploads.release(admission.ticket, completed=completed, now=self._clock.now())
+
+    async def _send_piece(self, request: web.Request, digest: Digest, size: int,
+                          byte_range: ByteRange, fill: Fill | None, in_memory: bytes | None,
+                          have: Have) -> web.StreamResponse:
+        self.stats.served["piece"] += 1
+        request[SOURCE_KEY] = "local" if fill is None else fill.source_kind or "upstream"
+        response = web.StreamResponse(status=206)
+        _set_headers(response, digest, byte_range)
+        _set_have(response, have, size)
+        offset, count = byte_range.start, byte_range.length
+        if in_memory is not None:
+            begin = (offset // Layout.for_size(size).piece_bytes) * \
+                Layout.for_size(size).piece_bytes
+            body = in_memory[offset - begin: offset - begin + count]
+            request[_STARTED] = True
+            response.content_length = count
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+            return response
+        if fill is None:
+            try:
+                fobj = await asyncio.to_thread(open, self._blobs.path(digest), "rb")
+            except FileNotFoundError:
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob unknown to this node",
+                                    {"digest": str(digest)}) from None
+            request[_STARTED] = True
+            return await send_file_slice(request, response, fobj, offset, count)
+        # The receiver hashes the whole blob before it commits: no byte needs holding back.
+        span = FollowedSpan(fill, offset, offset + count, hold_last_byte=False)
+        return await send_growing_file(request, response, span, count)
 
     # -- answers ---------------------------------------------------------------------------------
 
@@ -294,6 +437,18 @@ def _origin(request: web.Request) -> BlobOrigin | None:
         return None
     validate_name(repository)
     return BlobOrigin(registry, repository)
+
+
+def _piece_answer(status: int, have: Have, size: int | None) -> web.Response:
+    response = web.Response(status=status)
+    _set_have(response, have, size)
+    return response
+
+
+def _set_have(response: web.StreamResponse, have: Have, size: int | None) -> None:
+    response.headers[HAVE_HEADER] = have.encode()
+    if size is not None:
+        response.headers[SIZE_HEADER] = str(size)
 
 
 def _span(size: int, byte_range: ByteRange | None) -> tuple[int, int]:

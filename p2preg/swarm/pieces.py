@@ -34,6 +34,8 @@ FIRST_REQUEST_BYTES = MIN_PIECE_BYTES
 MAX_HAVE_EXTRA = 1024
 MAX_HINTS = 8
 
+#: Marks a peer request for one piece (a ``Range`` inside one piece's span).
+SWARM_HEADER = "P2preg-Swarm"
 HAVE_HEADER = "P2preg-Have"
 SIZE_HEADER = "P2preg-Blob-Size"
 BUSY_HEADER = "P2preg-Busy"

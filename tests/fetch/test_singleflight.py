@@ -13,8 +13,15 @@ from types import TracebackType
 
 import pytest
 
+from p2preg.clock import FakeClock
 from p2preg.fetch.reader import EARLY_RELEASE_MIN_BYTES, FollowAborted, FollowedSpan, follow
-from p2preg.fetch.singleflight import FILL_FLUSH_BYTES, BlobFetcher, Fill, FillError
+from p2preg.fetch.singleflight import (
+    FILL_FLUSH_BYTES,
+    FLUSH_INTERVAL_S,
+    BlobFetcher,
+    Fill,
+    FillError,
+)
 from p2preg.fetch.sources import BlobSource, SourceStream, UpstreamBlobSource
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
@@ -368,6 +375,21 @@ async def test_ranges_cover_the_span_in_order_one_per_wakeup(blobs: BlobStore) -
         assert os.pread(f.fileno(), 899_000, 1000) == data[1000:900_000]
 
 
+async def test_bytes_of_a_paused_source_reach_the_file_after_the_flush_interval(
+        blobs: BlobStore) -> None:
+    data, digest = payload(3 * MiB)
+    source = GatedSource(data, chunk=64 * 1024, pause_at=(2 * MiB,))
+    clock = FakeClock()
+    fill = BlobFetcher(blobs, clock=clock).fill(digest, [source])
+    await source.paused.wait()
+    assert fill.writer.size == 64 * 1024  # batched in memory while chunks arrive
+    clock.advance(FLUSH_INTERVAL_S)
+    await asyncio.wait_for(fill.writer.wait_for(64 * 1024), 5)
+    assert fill.writer.size == 2 * MiB  # the source paused: followers get what arrived
+    source.gate.set()
+    assert await fill.wait() == digest
+
+
 async def test_a_failed_fill_cannot_be_opened_for_sending(blobs: BlobStore) -> None:
     data, digest = payload(10_000)
     fill = BlobFetcher(blobs).fill(digest, [GatedSource(bytes(len(data)))])  # wrong bytes
@@ -381,7 +403,7 @@ async def test_a_failed_fill_cannot_be_opened_for_sending(blobs: BlobStore) -> N
 async def test_a_fill_writes_in_large_batches_after_its_first_chunk(blobs: BlobStore) -> None:
     data, digest = payload(3 * MiB)
     source = GatedSource(data, chunk=64 * 1024, pause_at=(2 * MiB,))
-    fill = BlobFetcher(blobs, clock=StepClock()).fill(digest, [source])  # time stands still
+    fill = BlobFetcher(blobs, clock=FakeClock()).fill(digest, [source])  # time stands still
     await source.paused.wait()
     # The first chunk went to the file at once (time to first byte); the rest waits for a
     # FILL_FLUSH_BYTES batch (fewer thread hand-offs), not the store's 1 MiB default.

@@ -15,7 +15,7 @@ import random
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,7 @@ async def start_node(
     clock: FakeClock,
     idle_timeout_s: float = 5.0,
     seed: int = 0,
+    p2p_config: P2PConfig | None = None,
 ) -> ClusterNode:
     """A mirror node with the p2p path; ``membership_for(http_host)`` runs once it is bound."""
     layout = StoreLayout(root / name)
@@ -189,9 +190,10 @@ async def start_node(
     sock.bind(("127.0.0.1", 0))
     host = f"127.0.0.1:{sock.getsockname()[1]}"
     membership = await membership_for(host)
-    p2p = P2P(membership, blobs, keyring=keyring,
-              config=P2PConfig(client=PeerClientConfig(idle_timeout_s=idle_timeout_s)),
-              clock=clock, rng=random.Random(seed))
+    config = replace(p2p_config or P2PConfig(),
+                     client=PeerClientConfig(idle_timeout_s=idle_timeout_s))
+    p2p = P2P(membership, blobs, keyring=keyring, config=config, clock=clock,
+              rng=random.Random(seed))
     mirror = create_mirror(Config(upstream=(f"docker.io={upstream_url}",)), blobs, meta,
                            clock=MonotonicClock(), wall_clock=wall, rng=random.Random(7),
                            peer_sources=p2p.peer_sources)
@@ -220,6 +222,8 @@ class Cluster:
     static: StaticCluster = field(default_factory=StaticCluster)
     nodes: list[ClusterNode] = field(default_factory=list)
     idle_timeout_s: float = 5.0
+    #: The p2p settings of every node added (``P2PConfig(swarm=False)``: the sequential path).
+    p2p_config: P2PConfig = field(default_factory=P2PConfig)
 
     async def add_node(self, name: str, *, keyring: Keyring | None = None) -> ClusterNode:
         async def membership_for(host: str) -> Membership:
@@ -227,7 +231,8 @@ class Cluster:
 
         node = await start_node(self.root, name, self.upstream_url, membership_for,
                                 keyring=keyring or self.keyring, clock=self.clock,
-                                idle_timeout_s=self.idle_timeout_s, seed=len(self.nodes))
+                                idle_timeout_s=self.idle_timeout_s, seed=len(self.nodes),
+                                p2p_config=self.p2p_config)
         self.nodes.append(node)
         return node
 

@@ -14,11 +14,14 @@ from p2preg.fetch.singleflight import FillError
 from p2preg.gossip.member import MemberStatus
 from p2preg.gossip.wire import Keyring
 from p2preg.oci.digest import Digest
+from p2preg.p2p.node_glue import P2PConfig
 from p2preg.p2p.routing import owner_of
 from tests.conftest import require_tool
 from tests.p2p.harness import KEY_A, Cluster, ClusterNode, CountingUpstream, FakePeer, payload
 
 REPO = "library/app"
+#: One peer after another (the owner's path, and ``swarm=False``): FakePeers speak only this.
+SEQUENTIAL = P2PConfig(swarm=False)
 
 
 @pytest.fixture
@@ -57,7 +60,13 @@ async def test_nodes_stream_a_blob_from_the_peer_that_holds_it(
     assert upstream.blob_gets[str(digest)] == 0
     metrics = CollectorRegistry()
     holder.p2p.register_metrics(metrics)
-    assert metrics.get_sample_value("p2preg_p2p_served_total", {"kind": "local"}) == 2
+    # The digest's owner streams it whole from the holder; any other node takes its 3 pieces
+    # of 256 KiB from the holder (or, for c, from b once b holds it too).
+    owner = owner_of(str(digest), ["a", "b", "c"])
+    swarmers = [n for n in others if n.name != owner]
+    assert sum(n.p2p.server.stats.served["piece"] for n in cluster.nodes) == 3 * len(swarmers)
+    local = metrics.get_sample_value("p2preg_p2p_served_total", {"kind": "local"})
+    assert local == (1 if owner in ("b", "c") else 0)
     assert holder.p2p.server.stats.rejected == {}
     assert set(cluster.static.nodes_in_state(str(digest), "have")) == {"a", "b", "c"}
 
@@ -78,6 +87,7 @@ async def test_a_node_with_another_cluster_key_is_refused_and_uses_the_upstream(
 
 async def test_a_peer_dying_mid_stream_is_resumed_with_range_from_the_next_source(
         cluster: Cluster, upstream: CountingUpstream) -> None:
+    cluster.p2p_config = SEQUENTIAL
     data, digest = payload(900_000)
     upstream.add(data)
     dying = await FakePeer(data, die_at=300_000).start()
@@ -103,6 +113,7 @@ async def test_a_peer_dying_mid_stream_is_resumed_with_range_from_the_next_sourc
 
 async def test_a_silent_peer_is_given_up_after_the_idle_timeout_and_resumed_elsewhere(
         cluster: Cluster, upstream: CountingUpstream) -> None:
+    cluster.p2p_config = SEQUENTIAL
     data, digest = payload(500_000)
     upstream.add(data)
     cluster.idle_timeout_s = 0.3  # aiohttp's read timeout runs on the loop's clock
@@ -124,6 +135,7 @@ async def test_a_silent_peer_is_given_up_after_the_idle_timeout_and_resumed_else
 
 async def test_an_unreachable_holder_is_skipped_and_demoted(
         cluster: Cluster, upstream: CountingUpstream) -> None:
+    cluster.p2p_config = SEQUENTIAL
     data, digest = payload(200_000)
     upstream.add(data)
     cluster.static.add("gone", "127.0.0.1:1")  # nothing listens on port 1
@@ -141,6 +153,7 @@ async def test_an_unreachable_holder_is_skipped_and_demoted(
 
 async def test_a_lying_peer_commits_nothing_is_penalised_and_the_next_pull_uses_another_source(
         cluster: Cluster, upstream: CountingUpstream) -> None:
+    cluster.p2p_config = SEQUENTIAL
     data, digest = payload(600_000)
     upstream.add(data)
     liar = await FakePeer(data, corrupt=True).start()
@@ -190,7 +203,7 @@ async def test_a_peer_serves_a_blob_that_is_still_arriving_from_a_slow_upstream(
         rest = await resp.read()
     assert early + rest == data
     assert await first_pull == (200, data)
-    assert owner.p2p.server.stats.served["in_progress"] == 1
+    assert owner.p2p.server.stats.served["piece"] == 6  # 1.5 MB: 6 pieces, all from the owner
     assert upstream.blob_gets[str(digest)] == 1
 
 

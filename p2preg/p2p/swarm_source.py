@@ -1,0 +1,560 @@
+"""``SwarmSource``: a non-owner's fill from many peers at once, piece by piece, as one
+``fetch.BlobSource`` whose stream yields the blob's bytes in order.
+
+Owns: ``SwarmSource``, ``SwarmStream``, ``SwarmView`` (who the peers are, as the glue sees them
+now), ``SwarmRegistry`` (the streams running on this node, for the server to answer from their
+in-memory pieces) and ``SWARM_HEADER``.
+
+How a stream runs (the choices are ``swarm.scheduler.Scheduler``'s; this module only moves bytes):
+- Without the blob's size, the first request asks a holder (else the owner, which long-polls)
+  for bytes ``[offset, offset + FIRST_REQUEST_BYTES)``; every answer tells the size, and from it
+  the layout (``swarm.pieces.Layout``) every node agrees on.
+- Then the scheduler's requests run in parallel, each an ordinary signed ``Range`` request for
+  one piece's span with ``P2preg-Swarm: 1``. A piece that arrives whole waits in memory until
+  every piece before it is there; the stream then yields it: the fill's sequential writer
+  (hash, readers, hash gate, commit) sees bytes in order, exactly as from one source.
+- Answers: ``206`` -> ``on_piece``; ``503`` with ``P2preg-Busy`` -> ``on_busy(hints)``; ``404``
+  -> ``on_missing(have)``; anything else, a broken body or a connection error -> ``on_failed``
+  (and the peer's penalty). ``P2preg-Have`` of every answer -> ``on_availability``.
+- A peer with ``DEAD_AFTER_FAILURES`` connection failures in a row is taken as gone for this
+  fill: the view is asked again without it. When this node is then the digest's owner (the
+  owner died and this node is next in its rendezvous order) the stream raises ``PeerError``
+  after yielding what is contiguous: the fill moves on to its next source (the upstream) and
+  resumes at the byte it reached. Same when the owner answers errors (not busy, not missing)
+  ``OWNER_ERRORS`` times: it could not deliver. This is the only way a non-owner reaches the
+  upstream.
+- The last ``KEEP_YIELDED_BYTES`` of yielded pieces stay in memory (the writer batches its
+  writes; the pieces stay servable until they are in the file). Memory per fill: at most
+  ``window_pieces`` + that many pieces.
+
+Must not import the registry package, storage or gossip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+
+from p2preg.clock import Clock, MonotonicClock
+from p2preg.oci.digest import Digest
+from p2preg.p2p.auth import (
+    NODE_HEADER,
+    REPOSITORY_HEADER,
+    ROUTE_HEADER,
+    UPSTREAM_HEADER,
+    RequestSigner,
+)
+from p2preg.p2p.routing import ROLE_HOLDER, ROLE_OWNER
+from p2preg.p2p.source import (
+    BLOBS_PATH,
+    BlobOrigin,
+    FailureCallback,
+    Ledger,
+    PeerClientConfig,
+    PeerError,
+)
+from p2preg.swarm.pieces import (
+    BUSY_HEADER,
+    FIRST_REQUEST_BYTES,
+    HAVE_HEADER,
+    HINT_HEADER,
+    LAST_RESORT_HEADER,
+    SIZE_HEADER,
+    SWARM_HEADER,
+    Have,
+    Layout,
+    decode_hints,
+)
+from p2preg.swarm.scheduler import Request, Scheduler, SchedulerConfig
+from p2preg.upstream.errors import UpstreamNotFound
+
+log = logging.getLogger(__name__)
+
+DEAD_AFTER_FAILURES = 2
+OWNER_ERRORS = 3
+KEEP_YIELDED_BYTES = 8 << 20
+#: How often a stream looks at the membership again (new holders, a new owner).
+REFRESH_S = 1.0
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_MAX_SIZE = 1 << 50
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmView:
+    """The live peers of one digest now: ``roles`` (name -> ``scheduler.ROLE_*``), their HTTP
+    addresses, and the digest's owner (None: no live member; may be this node)."""
+
+    roles: dict[str, str]
+    addrs: dict[str, str]
+    owner: str | None
+
+
+#: ``view(gone)``: the view of the digest without the peers in ``gone`` (seen dead by this fill).
+ViewFn = Callable[[frozenset[str]], SwarmView]
+
+
+@dataclass
+class _Answer:
+    kind: str  # piece, busy, missing, failed
+    size: int | None = None
+    have: Have | None = None
+    hints: tuple[str, ...] = ()
+    data: bytes = b""
+    reason: str = ""
+    connection: bool = False
+
+
+class SwarmRegistry:
+    """The swarm streams running on this node, by digest (the server reads their pieces)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[Digest, SwarmStream] = {}
+
+    def get(self, digest: Digest) -> SwarmStream | None:
+        return self._streams.get(digest)
+
+    def add(self, stream: SwarmStream) -> None:
+        self._streams[stream.digest] = stream
+
+    def remove(self, stream: SwarmStream) -> None:
+        if self._streams.get(stream.digest) is stream:
+            del self._streams[stream.digest]
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+
+@dataclass
+class SwarmStats:
+    pieces: int = 0
+    busy: int = 0
+    missing: int = 0
+    failed: int = 0
+    handed_over: int = 0
+
+
+class SwarmSource:
+    """Many peers as one source of one fill (module docstring)."""
+
+    kind = "peer"
+    name = "swarm"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        view: ViewFn,
+        *,
+        node_name: str,
+        registry: SwarmRegistry,
+        clock: Clock | None = None,
+        signer: RequestSigner | None = None,
+        origin: BlobOrigin | None = None,
+        config: PeerClientConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        rng: random.Random | None = None,
+        ledger: Ledger | None = None,
+        on_failure: FailureCallback | None = None,
+        stats: SwarmStats | None = None,
+    ) -> None:
+        self.session = session
+        self.view = view
+        self.node_name = node_name
+        self.registry = registry
+        # the scheduler's timers must agree with asyncio's timeouts: a real monotonic clock
+        self.clock: Clock = clock or MonotonicClock()
+        self.signer = signer
+        self.origin = origin
+        self.config = config or PeerClientConfig()
+        self.scheduler_config = scheduler or SchedulerConfig()
+        self.rng = rng or random.Random()
+        self.ledger = ledger or Ledger()
+        self.on_failure = on_failure or (lambda peer, reason: None)
+        self.stats = stats or SwarmStats()
+
+    async def open(self, digest: Digest, offset: int) -> SwarmStream:
+        stream = SwarmStream(self, digest, offset)
+        await stream.start()
+        return stream
+
+
+class SwarmStream:
+    """One running swarm download (``SwarmSource.open``)."""
+
+    def __init__(self, source: SwarmSource, digest: Digest, offset: int) -> None:
+        self.src = source
+        self.digest = digest
+        self.offset = offset
+        self.size: int | None = None
+        self.layout: Layout | None = None
+        self.sched: Scheduler | None = None
+        self._view = source.view(frozenset())
+        self._gone: set[str] = set()
+        self._conn_failures: dict[str, int] = {}
+        self._owner_errors = 0
+        #: pieces received, not yet yielded (the window): piece -> (first byte, bytes); the
+        #: first byte is the piece's start except for the piece a resume began in
+        self._pieces: dict[int, tuple[int, bytes]] = {}
+        #: pieces yielded lately, kept until the writer has them in its file
+        self._yielded: OrderedDict[int, bytes] = OrderedDict()
+        self._first: tuple[int, bytes] | None = None  # (start, bytes) of the first answer
+        self._started: dict[Request, int] = {}  # the first byte each request asked for
+        self._tasks: dict[asyncio.Task[_Answer], Request] = {}
+        self._wake = asyncio.Event()
+        self._owner_check: asyncio.Task[None] | None = None
+        self._refreshed_at = source.clock.now()
+        self._progress_at = source.clock.now()
+
+    # -- what the server reads ---------------------------------------------------------------
+
+    def piece(self, index: int) -> bytes | None:
+        """The bytes of piece ``index`` if this stream holds it in memory."""
+        got = self._pieces.get(index)
+        if got is not None and self.layout is not None \
+                and got[0] == self.layout.span(index)[0]:
+            return got[1]
+        return self._yielded.get(index)
+
+    def have_in_memory(self) -> frozenset[int]:
+        """The whole pieces this stream holds in memory."""
+        return frozenset(i for i in [*self._pieces, *self._yielded] if self.piece(i) is not None)
+
+    def check_owner(self) -> None:
+        """A peer asked this node as the owner: the owner may be gone. Try to connect to it;
+        refused or timed out: it is gone for this fill (``_refresh``)."""
+        if self._owner_check is None or self._owner_check.done():
+            self._owner_check = asyncio.get_running_loop().create_task(self._probe_owner())
+
+    async def _probe_owner(self) -> None:
+        owner = self._view.owner
+        addr = None if owner is None else self._view.addrs.get(owner)
+        if owner is None or addr is None or owner in self._gone:
+            return
+        host, _, port = addr.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)),
+                self.src.config.connect_timeout_s)
+        except (OSError, TimeoutError, ValueError):
+            log.info("swarm %s: owner %s does not answer; it is gone", self.digest, owner)
+            self._gone.add(owner)
+            self._wake.set()
+            return
+        writer.close()
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Learn the size (the first request); raise ``PeerError`` when nobody answers it."""
+        self.src.registry.add(self)
+        try:
+            await self._first_request()
+        except BaseException:
+            self.src.registry.remove(self)
+            raise
+
+    async def _first_request(self) -> None:
+        view = self._view
+        holders = [n for n, r in view.roles.items() if r == ROLE_HOLDER and n in view.addrs]
+        targets = [self.src.rng.choice(holders)] if holders else []
+        if view.owner is not None and view.owner != self.src.node_name \
+                and view.owner in view.addrs and view.owner not in targets:
+            targets.append(view.owner)
+        missing = 0
+        for peer in targets:
+            end = self.offset + FIRST_REQUEST_BYTES
+            answer = await self._get(peer, self.offset, end, last_resort=True, piece=None)
+            if answer.size is not None:
+                self._set_size(answer.size)
+                if answer.kind == "piece":
+                    self._first = (self.offset, answer.data)
+                    self._credit(peer, answer)
+                return
+            missing += answer.kind == "missing"
+        if targets and missing == len(targets):  # like a peer source's 404: not held against
+            raise UpstreamNotFound("swarm", "no holder or owner has the blob", status=404)
+        raise PeerError("swarm", "no holder or owner told the size of the blob")
+
+    def _set_size(self, size: int) -> None:
+        self.size = size
+        layout = self.layout = Layout.for_size(size)
+        cfg = self.src.scheduler_config
+        sched = self.sched = Scheduler(layout, self_name=self.src.node_name, config=cfg,
+                                       rng=random.Random(self.src.rng.random()))
+        sched.set_peers(self._view.roles, self._view.owner)
+        now = self.src.clock.now()
+        if self.offset >= size:
+            return
+        for i in range(layout.piece_at(self.offset) if self.offset else 0):
+            sched.on_piece("", i, now)  # below the offset: the fill has them already
+
+    def _credit(self, peer: str, answer: _Answer) -> None:
+        if answer.have is not None and self.sched is not None:
+            self.sched.on_availability(peer, answer.have, self.src.clock.now())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        layout, sched = self.layout, self.sched
+        assert layout is not None and sched is not None
+        pos = self.offset  # the next byte to yield
+        try:
+            if self._first is not None and pos < layout.size:
+                start, data = self._first
+                self._first = None
+                piece = layout.piece_at(start)
+                begin, end = layout.span(piece)
+                if start + len(data) >= end:
+                    sched.on_piece("", piece, self.src.clock.now())
+                    if start == begin:
+                        self._keep(piece, data)
+                pos += len(data)
+                yield data
+            while pos < layout.size:
+                piece = layout.piece_at(pos)
+                got = self._pieces.pop(piece, None)
+                if got is not None:  # hand out what is contiguous
+                    start, data = got
+                    if start == layout.span(piece)[0]:
+                        self._keep(piece, data)
+                    out = data[pos - start:] if pos > start else data
+                    pos = layout.span(piece)[1]
+                    yield out
+                    continue
+                await self._step(pos)
+        finally:
+            await self._cancel_all()
+            self.src.registry.remove(self)
+
+    async def _step(self, pos: int) -> None:
+        """Send what the scheduler wants, wait for one answer or deadline, apply it."""
+        sched, clock = self.sched, self.src.clock
+        assert sched is not None and self.layout is not None
+        now = clock.now()
+        for req in sched.expire(now):
+            self._cancel(req)
+        for req in sched.next_requests(now):
+            start, end = self.layout.span(req.piece)
+            start = max(start, pos) if req.piece == self.layout.piece_at(pos) else start
+            task = asyncio.get_running_loop().create_task(
+                self._get(req.peer, start, end, last_resort=req.last_resort, piece=req.piece))
+            self._tasks[task] = req
+            self._started[req] = start
+        if now - self._progress_at > self.src.config.idle_timeout_s:
+            raise PeerError("swarm", f"no piece arrived for "
+                            f"{self.src.config.idle_timeout_s:.0f} s")
+        deadline = sched.next_deadline()
+        # without requests or timers: look at the membership again now and then
+        timeout = REFRESH_S if deadline is None else min(REFRESH_S,
+                                                          max(0.0, deadline - clock.now()))
+        self._wake.clear()
+        waiter: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
+        pending: list[asyncio.Future[object]] = [*self._tasks, waiter]  # type: ignore[list-item]
+        try:
+            done, _ = await asyncio.wait(pending, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if waiter in done or clock.now() - self._refreshed_at >= REFRESH_S:
+            self._refresh()
+        for task, req in list(self._tasks.items()):
+            if task in done:
+                del self._tasks[task]
+                self._apply(req, task.result())
+
+    def _apply(self, req: Request, answer: _Answer) -> None:
+        sched, now, stats = self.sched, self.src.clock.now(), self.src.stats
+        assert sched is not None
+        if answer.have is not None:
+            sched.on_availability(req.peer, answer.have, now)
+        if answer.kind == "piece":
+            stats.pieces += 1
+            self._conn_failures.pop(req.peer, None)
+            if req.peer == self._view.owner:
+                self._owner_errors = 0
+            start = self._started.pop(req, self.layout.span(req.piece)[0])  # type: ignore[union-attr]
+            self._pieces[req.piece] = (start, answer.data)
+            self._progress_at = now
+            sched.on_piece(req.peer, req.piece, now)
+        elif answer.kind == "busy":
+            stats.busy += 1
+            sched.on_busy(req.peer, req.piece, answer.hints, now)
+        elif answer.kind == "missing":
+            stats.missing += 1
+            sched.on_missing(req.peer, req.piece, answer.have, now)
+        else:
+            stats.failed += 1
+            sched.on_failed(req.peer, req.piece, now)
+            self._peer_failed(req.peer, answer)
+
+    def _peer_failed(self, peer: str, answer: _Answer) -> None:
+        owner = self._view.owner
+        if answer.connection:
+            n = self._conn_failures[peer] = self._conn_failures.get(peer, 0) + 1
+            if n >= DEAD_AFTER_FAILURES:
+                log.info("swarm %s: peer %s is gone (%s)", self.digest, peer, answer.reason)
+                self._gone.add(peer)
+                self._refresh()
+        elif peer == owner:
+            self._owner_errors += 1
+            if self._owner_errors >= OWNER_ERRORS:
+                self.src.stats.handed_over += 1
+                raise PeerError(peer, f"the owner could not deliver: {answer.reason}")
+
+    def _refresh(self) -> None:
+        sched = self.sched
+        self._refreshed_at = self.src.clock.now()
+        view = self._view = self.src.view(frozenset(self._gone))
+        if view.owner == self.src.node_name:
+            self.src.stats.handed_over += 1
+            raise PeerError("swarm", "the owner is gone and this node is next: it fills "
+                            "from the upstream")
+        if sched is not None:
+            for req in sched.set_peers(view.roles, view.owner):
+                self._cancel(req)
+
+    def _keep(self, piece: int, data: bytes) -> None:
+        self._yielded[piece] = data
+        total = sum(len(d) for d in self._yielded.values())
+        while self._yielded and total > KEEP_YIELDED_BYTES:
+            _, dropped = self._yielded.popitem(last=False)
+            total -= len(dropped)
+
+    def _cancel(self, req: Request) -> None:
+        for task, r in list(self._tasks.items()):
+            if r == req:
+                task.cancel()
+                del self._tasks[task]
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        if self._owner_check is not None:
+            tasks.append(self._owner_check)  # type: ignore[arg-type]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> SwarmStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._cancel_all()
+        self.src.registry.remove(self)
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _get(self, peer: str, start: int, end: int, *, last_resort: bool,
+                   piece: int | None) -> _Answer:
+        """Ask ``peer`` for bytes ``[start, end)`` (``end`` clipped to the size by the peer)."""
+        src = self.src
+        addr = self._view.addrs.get(peer)
+        if addr is None:
+            return _Answer("failed", reason="no address")
+        path = f"{BLOBS_PATH}{self.digest}"
+        role = ROLE_OWNER if peer == self._view.owner else ROLE_HOLDER
+        if self.size is not None:
+            end = min(end, self.size)
+        headers = {NODE_HEADER: src.node_name, ROUTE_HEADER: role, SWARM_HEADER: "1",
+                   "Range": f"bytes={start}-{end - 1}"}
+        if role == ROLE_OWNER and src.origin is not None:
+            headers[UPSTREAM_HEADER] = src.origin.registry
+            headers[REPOSITORY_HEADER] = src.origin.repository
+        if last_resort:
+            headers[LAST_RESORT_HEADER] = "1"
+        if src.signer is not None:
+            headers.update(src.signer.sign("GET", path, headers))
+        cfg = src.config
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
+                                        sock_read=cfg.idle_timeout_s)
+        url = f"{cfg.scheme}://{addr}{path}"
+        try:
+            async with src.session.get(url, headers=headers, timeout=timeout,
+                                       allow_redirects=False) as response:
+                return await self._read(peer, response, start, end, piece)
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+            connection = isinstance(exc, (aiohttp.ClientConnectorError,
+                                          aiohttp.ServerDisconnectedError,
+                                          ConnectionError))
+            reason = f"{type(exc).__name__}: {exc}"
+            src.on_failure(peer, reason)
+            return _Answer("failed", reason=reason, connection=connection)
+        except aiohttp.ClientError as exc:
+            src.on_failure(peer, str(exc))
+            return _Answer("failed", reason=f"{type(exc).__name__}: {exc}")
+
+    async def _read(self, peer: str, response: aiohttp.ClientResponse, start: int, end: int,
+                    piece: int | None) -> _Answer:
+        headers = response.headers
+        have = size = None
+        with contextlib.suppress(ValueError):
+            raw = headers.get(SIZE_HEADER)
+            size = int(raw) if raw is not None and raw.isdigit() else None
+            if size is not None and not 0 <= size < _MAX_SIZE:
+                size = None
+        if self.size is not None:
+            size = self.size if size is None else size
+        with contextlib.suppress(ValueError):
+            raw = headers.get(HAVE_HEADER)
+            if raw is not None and size is not None:
+                have = Have.decode(raw, Layout.for_size(size).count)
+        status = response.status
+        if status == 503 and headers.get(BUSY_HEADER):
+            return _Answer("busy", size=size, have=have,
+                           hints=decode_hints(headers.get(HINT_HEADER, "")))
+        if status == 404:
+            return _Answer("missing", size=size, have=have)
+        if status != 206:
+            self.src.on_failure(peer, f"answered HTTP {status}")
+            return _Answer("failed", reason=f"HTTP {status}")
+        match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+        if match is None:
+            return self._bad(peer, "206 without a valid Content-Range")
+        first, last, total = (int(g) for g in match.groups())
+        if first != start or (self.size is not None and total != self.size) \
+                or last != min(end, total) - 1 or total >= _MAX_SIZE:
+            return self._bad(peer, f"answered bytes {first}-{last}/{total} to {start}-{end - 1}")
+        expected = last - first + 1
+        parts: list[bytes] = []
+        got = 0
+        sched, clock, ledger = self.sched, self.src.clock, self.src.ledger
+        try:
+            async for chunk, _ in response.content.iter_chunks():
+                if not chunk:
+                    continue
+                got += len(chunk)
+                if got > expected:
+                    return self._bad(peer, f"sent more than the {expected} bytes announced")
+                parts.append(chunk)
+                ledger.add(peer, len(chunk))
+                if sched is not None and piece is not None:
+                    sched.on_progress(peer, piece, clock.now())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"broke off after {got} bytes: {type(exc).__name__}"
+            self.src.on_failure(peer, reason)
+            return _Answer("failed", reason=reason, connection=True)
+        if got != expected:
+            return self._bad(peer, f"sent {got} of {expected} bytes")
+        if have is None:
+            with contextlib.suppress(ValueError):
+                raw = headers.get(HAVE_HEADER)
+                if raw is not None:
+                    have = Have.decode(raw, Layout.for_size(total).count)
+        return _Answer("piece", size=total, have=have, data=b"".join(parts))
+
+    def _bad(self, peer: str, reason: str) -> _Answer:
+        self.src.on_failure(peer, reason)
+        return _Answer("failed", reason=reason)
