@@ -65,6 +65,8 @@ class CountingUpstream:
 
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_gets: Counter[str] = field(default_factory=Counter)
+    #: digest -> the first byte of every blob GET (the bytes sent: size - start, each)
+    blob_starts: dict[str, list[int]] = field(default_factory=dict)
     #: reference (tag or digest) -> (media type, body)
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     manifest_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -119,6 +121,8 @@ class CountingUpstream:
         rng = request.headers.get("Range")
         if rng:
             start = int(rng.removeprefix("bytes=").split("-")[0])
+        if request.method == "GET":
+            self.blob_starts.setdefault(digest, []).append(start)
         response = web.StreamResponse(status=206 if rng else 200)
         response.content_length = len(data) - start
         response.headers["Docker-Content-Digest"] = digest

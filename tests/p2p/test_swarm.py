@@ -1,0 +1,247 @@
+"""The swarm on loopback: real nodes (``harness.Cluster``) filling piece by piece from each other,
+with peers that are busy, lie, die mid-piece, and an owner killed mid-transfer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from p2preg.fetch.singleflight import FillError
+from p2preg.oci.digest import Digest
+from p2preg.p2p.node_glue import P2PConfig
+from p2preg.p2p.routing import hrw_order, owner_of
+from p2preg.swarm.pieces import HAVE_HEADER, SIZE_HEADER, Have, Layout
+from p2preg.swarm.uploads import UploadConfig
+from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, payload, start_app
+from tests.support.cluster import until
+
+REPO = "library/app"
+PIECE = 256 * 1024
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[CountingUpstream]:
+    fake = await CountingUpstream().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path, f"http://{upstream.host}")
+    yield c
+    await c.stop()
+
+
+@dataclass
+class SwarmPeer:
+    """A peer that speaks the piece protocol for one blob: it says it has every piece and
+    answers any ``Range``; ``corrupt`` flips every byte; ``die_after`` cuts each answer after
+    that many bytes. Records the ranges asked."""
+
+    data: bytes
+    corrupt: bool = False
+    die_after: int | None = None
+    ranges: list[str] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    host: str = ""
+
+    async def start(self) -> SwarmPeer:
+        app = web.Application()
+        app.router.add_get("/p2p/v1/blobs/{digest}", self._serve)
+        self.runner, self.host = await start_app(app)
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        rng = request.headers.get("Range", "bytes=0-")
+        self.ranges.append(rng)
+        first, _, last = rng.removeprefix("bytes=").partition("-")
+        size = len(self.data)
+        start, end = int(first), min(int(last) if last else size - 1, size - 1)
+        body = self.data[start:end + 1]
+        if self.corrupt:
+            body = bytes(b ^ 0xFF for b in body)
+        response = web.StreamResponse(status=206)
+        response.content_length = len(body)
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response.headers[HAVE_HEADER] = Have.full(Layout.for_size(size)).encode()
+        response.headers[SIZE_HEADER] = str(size)
+        await response.prepare(request)
+        if self.die_after is not None:
+            await response.write(body[:self.die_after])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+
+def not_owner(digest: Digest, names: list[str]) -> str:
+    """A name of ``names`` that is not the digest's owner (it fills by the swarm)."""
+    owner = owner_of(str(digest), names)
+    return next(n for n in names if n != owner)
+
+
+async def kill(cluster: Cluster, node: ClusterNode) -> None:
+    """Cut ``node`` off like a SIGKILL: no new connections, open ones aborted, fills stopped."""
+    for site in list(node.runner.sites):
+        await site.stop()
+    server = node.runner.server
+    if server is not None:
+        for handler in list(server.connections):
+            handler.force_close()
+    await node.mirror.close()
+    await node.p2p.close()
+    cluster.nodes.remove(node)
+
+
+async def test_a_node_takes_pieces_from_several_holders_at_once(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    data, digest = payload(8 * PIECE + 1000)
+    upstream.add(data)
+    names = ["h1", "h2", "h3", "p1", "p2"]
+    puller_name = not_owner(digest, names)
+    nodes = {n: await cluster.add_node(n) for n in names}
+    holders = [nodes[n] for n in ("h1", "h2", "h3") if n != puller_name]
+    for node in holders:
+        await node.blobs.put_bytes(data, digest)
+        node.membership.advertise_have(str(digest))
+    puller = nodes[puller_name]
+
+    assert await puller.get_blob(REPO, str(digest)) == (200, data)
+    served = [h.p2p.server.stats.served["piece"] for h in holders]
+    assert sum(served) == 9  # 9 pieces, each asked once
+    assert sum(1 for n in served if n > 0) >= 2  # from several holders
+    assert upstream.blob_gets[str(digest)] == 0
+    assert puller.p2p.swarm_stats.pieces + 1 == 9  # the first answer is piece 0
+
+
+async def test_busy_answers_send_a_puller_to_the_peers_that_have_the_piece(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    cluster.p2p_config = P2PConfig(uploads=UploadConfig(piece_cap=1))
+    data, digest = payload(6 * PIECE)
+    upstream.add(data)
+    names = ["seed", "a", "b", "c", "d"]
+    nodes = {n: await cluster.add_node(n) for n in names}
+    seed = nodes["seed"]
+    await seed.blobs.put_bytes(data, digest)
+    seed.membership.advertise_have(str(digest))
+    pullers = [nodes[n] for n in names[1:]]
+
+    results = await asyncio.gather(*(p.get_blob(REPO, str(digest)) for p in pullers))
+    assert results == [(200, data)] * len(pullers)
+    stats = seed.p2p.server.stats.served
+    # each piece left the seed once (cap 1) plus last-resort requests; the rest was relayed
+    assert stats["piece_busy"] > 0
+    assert stats["piece"] < 6 * (len(pullers) - 1)
+    relayed = sum(p.p2p.server.stats.served["piece"] for p in pullers)
+    assert relayed > 0
+    assert sum(p.p2p.swarm_stats.busy for p in pullers) >= stats["piece_busy"]
+    assert upstream.blob_gets[str(digest)] == 0
+
+
+async def test_a_lying_peer_commits_nothing_the_client_never_gets_a_whole_wrong_body(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    data, digest = payload(8 * PIECE)
+    upstream.add(data)
+    liar = await SwarmPeer(data, corrupt=True).start()
+    try:
+        cluster.static.add("liar", liar.host)
+        cluster.static.set_state("liar", str(digest), "have")
+        names = ["good", "x", "y"]
+        nodes = {n: await cluster.add_node(n) for n in names}
+        everyone = [*names, "liar"]
+        puller = next(nodes[n] for n in ("x", "y") if n != owner_of(str(digest), everyone))
+        good = nodes["good"]
+        await good.blobs.put_bytes(data, digest)
+        good.membership.advertise_have(str(digest))
+
+        with pytest.raises(aiohttp.ClientPayloadError):  # aborted: never a complete wrong body
+            await puller.get_blob(REPO, str(digest))
+        fill = puller.mirror.fetcher.in_flight(digest)
+        if fill is not None:
+            with pytest.raises(FillError):
+                await fill.wait()
+        assert not puller.blobs.has(digest)
+        assert "liar" in puller.p2p.penalties.skipped(str(digest))
+        assert liar.ranges  # it did deliver pieces
+
+        asked = len(liar.ranges)
+        assert await puller.get_blob(REPO, str(digest)) == (200, data)
+        assert len(liar.ranges) == asked  # penalised: not asked again
+    finally:
+        await liar.stop()
+    assert upstream.blob_gets[str(digest)] == 0 or owner_of(str(digest), everyone) == "liar"
+
+
+async def test_a_peer_dying_mid_piece_is_replaced_and_the_piece_fetched_elsewhere(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    data, digest = payload(8 * PIECE)
+    upstream.add(data)
+    dying = await SwarmPeer(data, die_after=1000).start()
+    try:
+        cluster.static.add("dying", dying.host)
+        cluster.static.set_state("dying", str(digest), "have")
+        names = ["good", "p1", "p2"]
+        nodes = {n: await cluster.add_node(n) for n in names}
+        everyone = [*names, "dying"]
+        puller = next(nodes[n] for n in ("p1", "p2") if n != owner_of(str(digest), everyone))
+        good = nodes["good"]
+        await good.blobs.put_bytes(data, digest)
+        good.membership.advertise_have(str(digest))
+
+        assert await puller.get_blob(REPO, str(digest)) == (200, data)
+    finally:
+        await dying.stop()
+    assert dying.ranges  # it was asked, and broke off every time
+    assert puller.p2p.swarm_stats.failed >= 1
+    assert "dying" in puller.p2p.penalties.demoted()
+    assert puller.blobs.has(digest)
+    assert upstream.blob_gets[str(digest)] == 0
+
+
+async def test_the_owner_killed_mid_fill_the_next_resumes_from_the_upstream_with_range(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    size = 12 * PIECE
+    data, digest = payload(size)
+    upstream.add(data)
+    gate = asyncio.Event()
+    upstream.holds[str(digest)] = (4 * PIECE, gate)
+    names = [f"n{i}" for i in range(4)]
+    nodes = {n: await cluster.add_node(n) for n in names}
+    order = hrw_order(str(digest), names)
+    owner, successor = nodes[order[0]], order[1]
+    others = [nodes[n] for n in order[1:]]
+
+    pulls = [asyncio.create_task(n.get_blob(REPO, str(digest))) for n in others]
+    owner_pull = asyncio.create_task(owner.get_blob(REPO, str(digest)))
+    await asyncio.wait_for(upstream.held.wait(), 10)
+    # let the swarm take what the owner has (4 pieces), then kill the owner
+    def received(node: ClusterNode) -> int:
+        fill = node.mirror.fetcher.in_flight(digest)
+        return 0 if fill is None else fill.received
+
+    await until(lambda: all(received(n) >= 2 * PIECE for n in others))
+    await kill(cluster, owner)
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*pulls), 30)
+    assert results == [(200, data)] * len(others)
+    owner_pull.cancel()
+    starts = upstream.blob_starts[str(digest)]
+    assert starts[0] == 0 and len(starts) == 2  # the owner, then its successor once
+    assert starts[1] >= 2 * PIECE  # resumed where the successor was
+    assert sum(size - s for s in starts) <= 2 * size
+    assert nodes[successor].p2p.swarm_stats.handed_over == 1
+    for node in others:
+        assert node.blobs.has(digest)
