@@ -105,7 +105,7 @@ class Node:
         content: ContentSource | None = None
         mirror_listing: Listing | None = None
         if config.mode == "mirror":
-            from p2preg.registry.mirror import create_mirror
+            from p2preg.pull.mirror import create_mirror
             from p2preg.upstream.config import UpstreamConfigError
 
             if self.gossip is not None:
@@ -156,7 +156,7 @@ class Node:
 
         middlewares: list[Middleware] = [self.observability.middleware]
         if config.mode == "mirror":
-            from p2preg.registry.mirror import namespace_middleware
+            from p2preg.registry.namespace import namespace_middleware
 
             middlewares.append(namespace_middleware)
         if config.htpasswd:

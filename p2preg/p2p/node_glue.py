@@ -71,7 +71,6 @@ from p2preg.p2p.routing import (
 )
 from p2preg.p2p.server import P2PServer
 from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
-from p2preg.p2p.swarm_source import SwarmRegistry, SwarmSource, SwarmStats, SwarmView
 from p2preg.p2p.tags import (
     DEFAULT_TAG_PEERS,
     DEFAULT_TAG_TIMEOUT_S,
@@ -80,8 +79,9 @@ from p2preg.p2p.tags import (
     ask_peers,
     tag_path,
 )
+from p2preg.pull.mirror import MirrorContentSource, current_namespace
+from p2preg.pull.swarm_source import SwarmRegistry, SwarmSource, SwarmStats, SwarmView
 from p2preg.registry.content import BlobContent
-from p2preg.registry.mirror import MirrorContentSource, current_namespace
 from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import TagConfirmation

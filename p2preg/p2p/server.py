@@ -105,7 +105,7 @@ _STARTED = web.RequestKey("p2preg_p2p_response_started", bool)
 
 
 class PieceHolder(Protocol):
-    """A swarm fill's pieces in memory (``p2p.swarm_source.SwarmStream``)."""
+    """A swarm fill's pieces in memory (``pull.swarm_source.SwarmStream``)."""
 
     def piece(self, index: int) -> bytes | None: ...
 

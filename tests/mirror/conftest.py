@@ -16,10 +16,11 @@ from multidict import CIMultiDictProxy
 from p2preg.clock import Clock
 from p2preg.config import Config
 from p2preg.fetch.singleflight import BlobFetcher
+from p2preg.pull.mirror import MirrorContentSource, create_mirror
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.metrics import RegistryMetrics
-from p2preg.registry.mirror import MirrorContentSource, create_mirror, namespace_middleware
+from p2preg.registry.namespace import namespace_middleware
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.storage.metadata import MetadataStore

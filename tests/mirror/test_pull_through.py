@@ -19,8 +19,8 @@ from p2preg.clock import MonotonicClock
 from p2preg.fetch.reader import EARLY_RELEASE_MIN_BYTES
 from p2preg.oci import mediatypes
 from p2preg.oci.digest import parse_digest
+from p2preg.pull.mirror import cache_repository
 from p2preg.registry import fileslice
-from p2preg.registry.mirror import cache_repository
 from p2preg.upstream.config import UpstreamConfig
 from tests.mirror.conftest import MirrorFactory, MirrorNode
 from tests.storage.heldfsync import HeldFsync

@@ -22,10 +22,11 @@ from aiohttp import web
 from p2preg.config import Config
 from p2preg.node import Node
 from p2preg.oci.digest import parse_digest
+from p2preg.pull.mirror import MirrorContentSource, create_mirror
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.context import RegistryContext
 from p2preg.registry.metrics import RegistryMetrics
-from p2preg.registry.mirror import MirrorContentSource, create_mirror, namespace_middleware
+from p2preg.registry.namespace import namespace_middleware
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.storage.metadata import MetadataStore, TagConfirmation

@@ -29,9 +29,10 @@ from p2preg.oci.digest import Digest
 from p2preg.p2p.membership import Membership, StaticCluster, StaticMembership
 from p2preg.p2p.node_glue import P2P, P2PConfig
 from p2preg.p2p.source import PeerClientConfig
+from p2preg.pull.mirror import MirrorContentSource, create_mirror
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.context import RegistryContext
-from p2preg.registry.mirror import MirrorContentSource, create_mirror, namespace_middleware
+from p2preg.registry.namespace import namespace_middleware
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
 from p2preg.storage.metadata import MetadataStore

@@ -2,8 +2,9 @@
 
 Owns: ``MirrorContentSource`` (manifests and blobs served from the local store when cached, else
 fetched from the upstream the request names and cached on the way), ``UpstreamPool`` (one
-``UpstreamClient`` per configured registry), ``namespace_middleware`` + ``current_namespace``
-(containerd's ``?ns=<registry>``; absent means docker.io, as Docker's ``registry-mirrors`` sends)
+``UpstreamClient`` per configured registry), ``current_namespace`` (containerd's
+``?ns=<registry>``, set by ``registry.namespace.namespace_middleware``; absent means docker.io,
+as Docker's ``registry-mirrors`` sends)
 and ``cache_repository`` (where a mirrored repository lives in the local store:
 ``<registry>/<repo>``, with ``:`` in a registry's port written ``__``).
 
@@ -37,7 +38,8 @@ Rules:
   ``create_mirror``) passes ``tags/list`` through to the same upstream with a last known
   fallback and lists the cache under the names clients use.
 
-Must not import the handlers or gossip (peers arrive as ``BlobSource`` callbacks).
+Must not import the handlers, the p2p package or gossip (peers arrive as ``BlobSource``
+callbacks from ``p2p.node_glue``).
 """
 
 from __future__ import annotations
@@ -96,23 +98,10 @@ current_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 """The registry a request is for (``?ns=``), set by ``namespace_middleware``; None = docker.io."""
 
-_current_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar(
+current_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar(
     "p2preg_mirror_request", default=None
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def namespace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record containerd's ``?ns=<registry>`` for the mirror ``ContentSource`` of this request."""
-    token = current_namespace.set(request.query.get("ns") or None)
-    request_token = _current_request.set(request)
-    try:
-        return await handler(request)
-    finally:
-        _current_request.reset(request_token)
-        current_namespace.reset(token)
+"""The /v2 request being served (the access log is told which upstream served it)."""
 
 
 def cache_repository(registry: str, repository: str) -> str:
@@ -298,7 +287,7 @@ class MirrorContentSource:
             routed = self._pool.resolve(first), rest
         else:
             routed = self._pool.resolve(None), repo
-        request = _current_request.get()
+        request = current_request.get()
         if request is not None:
             request[UPSTREAM_KEY] = routed[0].registry  # the access log names the upstream
         return routed
