@@ -39,8 +39,8 @@ from pathlib import Path
 from p2preg.clock import Clock, WallClock
 from p2preg.oci.errors import ErrorCode
 from p2preg.oci.names import is_tag
+from p2preg.pull.mirror import MirrorContentSource, cache_repository, current_namespace
 from p2preg.registry.listing import Page, page_of
-from p2preg.registry.mirror import MirrorContentSource, cache_repository, current_namespace
 from p2preg.storage.metadata import MetadataStore
 from p2preg.upstream.config import DOCKER_HUB, normalize_registry
 from p2preg.upstream.errors import (
