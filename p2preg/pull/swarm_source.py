@@ -271,7 +271,7 @@ class SwarmStream:
         missing = 0
         for peer in targets:
             end = self.offset + FIRST_REQUEST_BYTES
-            answer = await self._get(peer, self.offset, end, last_resort=True, piece=None)
+            answer = await self._get(peer, self.offset, end, last_resort=False, piece=None)
             if answer.size is not None:
                 self._set_size(answer.size)
                 if answer.kind == "piece":

@@ -1,0 +1,101 @@
+"""The swarm on the multi-host lab: real ``p2preg serve`` processes, one per network namespace,
+each behind a capped link; a host killed mid-transfer and a host serving wrong bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.lab import Lab, PullResult
+from tests.lab.conftest import lab_or_skip
+from tests.support.netns import wait_until
+
+pytestmark = pytest.mark.netns
+
+SENT = "p2preg_p2p_sent_bytes_total"
+RECEIVED = "p2preg_fill_received_bytes_total"
+MIB = 1 << 20
+
+
+def _data_dir(lab: Lab, host: int) -> Path:
+    proc = lab._nodes[host]
+    assert proc is not None
+    argv = list(proc.argv)
+    return Path(argv[argv.index("--data-dir") + 1])
+
+
+def _owner_now(lab: Lab) -> int | None:
+    fetching = [i for i in range(lab.n_hosts)
+                if lab.node_alive(i) and lab.metric(i, RECEIVED, source="upstream") > 0]
+    return fetching[0] if fetching else None
+
+
+def test_five_hosts_share_the_uploads_of_a_new_blob() -> None:
+    size = 6 * MIB + 4321
+    with lab_or_skip(5, host_mbit=64, origin_mbit=32) as lab:
+        digest = lab.push_blob(size, seed=21)
+        lab.start_nodes("p2preg")
+
+        results = lab.pull_many(range(5), digest)
+
+        assert [(r.status, r.nbytes, r.digest_ok) for r in results] == [(200, size, True)] * 5
+        assert lab.origin_blob_gets(digest) == (1, size)
+        wait_until(lambda: sum(lab.metric(i, SENT) for i in range(5))
+                   >= sum(lab.metric(i, RECEIVED, source="peer") for i in range(5)), 10,
+                   what="peer responses recorded")
+        sent = [lab.metric(i, SENT) for i in range(5)]
+        # a star would make the owner send 4 copies; the swarm spreads the pieces
+        assert max(sent) <= 2.5 * size, sent
+        assert sum(1 for s in sent if s > 0.25 * size) >= 3, sent
+
+
+def test_the_owner_killed_mid_transfer_stops_nobody_and_the_origin_sends_under_two_copies(
+) -> None:
+    size = 6 * MIB
+    with lab_or_skip(5, host_mbit=64, origin_mbit=16) as lab:  # one origin transfer: ~3 s
+        digest = lab.push_blob(size, seed=22)
+        lab.start_nodes("p2preg")
+        box: dict[str, list[PullResult]] = {}
+        puller = threading.Thread(
+            target=lambda: box.setdefault("r", lab.pull_many(range(5), digest, timeout_s=120)))
+        puller.start()
+        wait_until(lambda: _owner_now(lab) is not None, 10, what="the owner fetching")
+        time.sleep(1.0)
+        owner = _owner_now(lab)
+        assert owner is not None
+        lab.kill(owner)
+        puller.join(150)
+
+        survivors = [r for r in box["r"] if r.host != owner]
+        assert [(r.status, r.nbytes, r.digest_ok) for r in survivors] == [(200, size, True)] * 4
+        gets, sent_bytes = lab.origin_blob_gets(digest)
+        assert 1 <= gets <= 2 and sent_bytes <= 2 * size  # the successor resumed with Range
+
+
+def test_a_host_serving_wrong_bytes_commits_nothing_anywhere_and_is_penalised() -> None:
+    size = 4 * MIB
+    with lab_or_skip(4, host_mbit=64, origin_mbit=64) as lab:
+        digest = lab.push_blob(size, seed=23)
+        lab.start_nodes("p2preg")
+        [first] = lab.pull_many([0], digest)
+        assert first.digest_ok
+        # host 0's copy rots on disk: it now serves wrong bytes for every piece
+        algorithm, hexdigest = digest.split(":")
+        path = _data_dir(lab, 0) / "blobs" / algorithm / hexdigest[:2] / hexdigest
+        path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
+
+        results = lab.pull_many([1, 2, 3], digest)
+        # every answer is either the right blob or an aborted one: never a complete wrong body
+        assert all(r.digest_ok or r.nbytes < size or r.status != 200 for r in results), results
+        retried = [lab.pull(r.host, digest) for r in results if not r.digest_ok]
+        assert all(r.digest_ok for r in retried), retried
+        wrong = sum(lab.metric(i, "p2preg_p2p_penalties_total", cause="wrong_bytes")
+                    for i in (1, 2, 3))
+        assert wrong >= sum(1 for r in results if not r.digest_ok)
+        for host in (1, 2, 3):  # what the others committed is the blob itself
+            stored = _data_dir(lab, host) / "blobs" / algorithm / hexdigest[:2] / hexdigest
+            assert hashlib.sha256(stored.read_bytes()).hexdigest() == hexdigest
