@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,20 +21,6 @@ from tests.p2p.harness import KEY_A, Cluster, ClusterNode, CountingUpstream, Fak
 REPO = "library/app"
 #: One peer after another (the owner's path, and ``swarm=False``): FakePeers speak only this.
 SEQUENTIAL = P2PConfig(swarm=False)
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[CountingUpstream]:
-    fake = await CountingUpstream().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, f"http://{upstream.host}")
-    yield c
-    await c.stop()
 
 
 def tmp_files(cluster: Cluster) -> list[Path]:

@@ -4,9 +4,7 @@ with peers that are busy, lie, die mid-piece, and an owner killed mid-transfer."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,20 +21,6 @@ from tests.support.cluster import until
 
 REPO = "library/app"
 PIECE = 256 * 1024
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[CountingUpstream]:
-    fake = await CountingUpstream().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, f"http://{upstream.host}")
-    yield c
-    await c.stop()
 
 
 @dataclass
@@ -106,6 +90,22 @@ async def kill(cluster: Cluster, node: ClusterNode) -> None:
     cluster.nodes.remove(node)
 
 
+async def scripted_peer_and_holder(cluster: Cluster, peer: SwarmPeer, name: str, data: bytes,
+                                   digest: Digest) -> tuple[ClusterNode, ClusterNode, list[str]]:
+    """``peer`` (advertised as holding ``digest`` under ``name``), a real holder ``good`` and
+    two pullers; returns (a puller that is not the owner, the holder, every name)."""
+    cluster.static.add(name, peer.host)
+    cluster.static.set_state(name, str(digest), "have")
+    names = ["good", "p1", "p2"]
+    nodes = {n: await cluster.add_node(n) for n in names}
+    everyone = [*names, name]
+    puller = next(nodes[n] for n in ("p1", "p2") if n != owner_of(str(digest), everyone))
+    good = nodes["good"]
+    await good.blobs.put_bytes(data, digest)
+    good.membership.advertise_have(str(digest))
+    return puller, good, everyone
+
+
 async def test_a_node_takes_pieces_from_several_holders_at_once(
         cluster: Cluster, upstream: CountingUpstream) -> None:
     data, digest = payload(8 * PIECE + 1000)
@@ -156,16 +156,9 @@ async def test_a_lying_peer_commits_nothing_the_client_never_gets_a_whole_wrong_
     data, digest = payload(8 * PIECE)
     upstream.add(data)
     liar = await SwarmPeer(data, corrupt=True).start()
+    everyone: list[str] = []
     try:
-        cluster.static.add("liar", liar.host)
-        cluster.static.set_state("liar", str(digest), "have")
-        names = ["good", "x", "y"]
-        nodes = {n: await cluster.add_node(n) for n in names}
-        everyone = [*names, "liar"]
-        puller = next(nodes[n] for n in ("x", "y") if n != owner_of(str(digest), everyone))
-        good = nodes["good"]
-        await good.blobs.put_bytes(data, digest)
-        good.membership.advertise_have(str(digest))
+        puller, _, everyone = await scripted_peer_and_holder(cluster, liar, "liar", data, digest)
 
         with pytest.raises(aiohttp.ClientPayloadError):  # aborted: never a complete wrong body
             await puller.get_blob(REPO, str(digest))
@@ -191,15 +184,7 @@ async def test_a_peer_dying_mid_piece_is_replaced_and_the_piece_fetched_elsewher
     upstream.add(data)
     dying = await SwarmPeer(data, die_after=1000).start()
     try:
-        cluster.static.add("dying", dying.host)
-        cluster.static.set_state("dying", str(digest), "have")
-        names = ["good", "p1", "p2"]
-        nodes = {n: await cluster.add_node(n) for n in names}
-        everyone = [*names, "dying"]
-        puller = next(nodes[n] for n in ("p1", "p2") if n != owner_of(str(digest), everyone))
-        good = nodes["good"]
-        await good.blobs.put_bytes(data, digest)
-        good.membership.advertise_have(str(digest))
+        puller, _, _ = await scripted_peer_and_holder(cluster, dying, "dying", data, digest)
 
         assert await puller.get_blob(REPO, str(digest)) == (200, data)
     finally:
