@@ -21,8 +21,8 @@ How a stream runs (the choices are ``swarm.scheduler.Scheduler``'s; this module 
   owner died and this node is next in its rendezvous order) the stream raises ``PeerError``
   after yielding what is contiguous: the fill moves on to its next source (the upstream) and
   resumes at the byte it reached. Same when the owner answers errors (not busy, not missing)
-  ``OWNER_ERRORS`` times: it could not deliver. This is the only way a non-owner reaches the
-  upstream.
+  ``OWNER_ERRORS`` times (a ``404`` without ``P2preg-Have``, its own fill failing, counts): it
+  could not deliver. This is the only way a non-owner reaches the upstream.
 - The last ``KEEP_YIELDED_BYTES`` of yielded pieces stay in memory (the writer batches its
   writes; the pieces stay servable until they are in the file). Memory per fill: at most
   ``window_pieces`` + that many pieces.
@@ -388,6 +388,9 @@ class SwarmStream:
         elif answer.kind == "missing":
             stats.missing += 1
             sched.on_missing(req.peer, req.piece, answer.have, now)
+            if answer.have is None and req.peer == self._view.owner:
+                # not a piece answer: the owner's own fill failed (its upstream refused)
+                self._peer_failed(req.peer, _Answer("failed", reason="the owner has no fill"))
         else:
             stats.failed += 1
             sched.on_failed(req.peer, req.piece, now)
