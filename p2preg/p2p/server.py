@@ -321,7 +321,7 @@ class P2PServer:
             return _piece_answer(404, have, size)
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
         admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
-                                       last_resort=last_resort)
+                                       last_resort=last_resort, seed=fill is None)
         if admission.ticket is None:
             self.stats.served["piece_busy"] += 1
             response = _piece_answer(503, have, size)

@@ -104,3 +104,12 @@ def test_memory_is_bounded_by_max_digests() -> None:
     # the oldest digest was forgotten: its piece has a free place again
     assert up.admit(f"sha256:{0:064x}", 0, "b", now=0).granted
     assert not up.admit(f"sha256:{2:064x}", 0, "b", now=0).granted
+
+
+def test_a_seed_gives_each_piece_seed_piece_cap_places() -> None:
+    up = policy(piece_cap=2, seed_piece_cap=1)
+    assert up.admit(D, 0, "a", now=0, seed=True).granted
+    refused = up.admit(D, 0, "b", now=0, seed=True)
+    assert refused.busy == BUSY_PIECE and refused.hints == ("a",)
+    assert up.admit(D, 1, "b", now=0).granted  # a fill in progress: piece_cap
+    assert up.admit(D, 1, "c", now=0).granted
