@@ -44,7 +44,8 @@ from p2preg.p2p.routing import ROLE_OWNER, Candidate
 from p2preg.upstream.errors import UpstreamNotFound
 
 BLOBS_PATH = "/p2p/v1/blobs/"
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+#: A ``Content-Range`` of a 206 answer: first byte, last byte, total.
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 class PeerError(ConnectionError):
@@ -165,7 +166,7 @@ class PeerBlobSource:
                 raise self._fail("sent no Content-Length")
             return length
         if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            match = CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None:
                 raise self._fail("206 without a valid Content-Range")
             start, end, total = (int(g) for g in match.groups())

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from p2preg.p2p.auth import (
 from p2preg.p2p.routing import ROLE_HOLDER, ROLE_OWNER
 from p2preg.p2p.source import (
     BLOBS_PATH,
+    CONTENT_RANGE,
     BlobOrigin,
     FailureCallback,
     Ledger,
@@ -84,7 +84,6 @@ OWNER_ERRORS = 3
 KEEP_YIELDED_BYTES = 8 << 20
 #: How often a stream looks at the membership again (new holders, a new owner).
 REFRESH_S = 1.0
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _MAX_SIZE = 1 << 50
 
 
@@ -523,7 +522,7 @@ class SwarmStream:
         if status != 206:
             self.src.on_failure(peer, f"answered HTTP {status}")
             return _Answer("failed", reason=f"HTTP {status}")
-        match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
+        match = CONTENT_RANGE.match(headers.get("Content-Range", ""))
         if match is None:
             return self._bad(peer, "206 without a valid Content-Range")
         first, last, total = (int(g) for g in match.groups())
