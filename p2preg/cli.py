@@ -1,4 +1,5 @@
-"""The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``, ``gc``.
+"""The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``, ``gc``,
+``cluster-key``.
 
 Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes).
 Everything else is delegated: ``node.Node`` runs a node; subcommands import their module lazily so
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "from stdin when it is not a terminal, else prompted for.")
     hp.add_argument("user")
 
+    sub.add_parser("cluster-key", help="print a new random cluster key (one line)",
+                   description="Print a new cluster key: 32 random bytes as 64 hex digits, one "
+                   "line, for a --cluster-key-file (one key per line, the first signs).")
+
     gc = sub.add_parser(
         "gc",
         help="delete unreferenced blobs from a stopped node's data directory",
@@ -107,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _htpasswd(args)
         if args.command == "gc":
             return _gc(args)
+        if args.command == "cluster-key":
+            return _cluster_key()
     except ConfigError as exc:
         print(f"p2preg: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -190,6 +197,15 @@ def _htpasswd(args: argparse.Namespace) -> int:
     except HtpasswdError as exc:
         print(f"p2preg htpasswd: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cluster_key() -> int:
+    import secrets
+
+    from p2preg.gossip.wire import GENERATED_KEY_BYTES
+
+    print(secrets.token_hex(GENERATED_KEY_BYTES))
     return 0
 
 

@@ -13,16 +13,20 @@ verifies, so keys rotate without downtime (add everywhere, switch primary, remov
 stream frame is a 4-byte big-endian length followed by one packet.
 
 Decoding never raises: a bad packet yields ``None`` and bumps ``DropCounters`` by reason.
-Owns: ``PROTOCOL_VERSION``, ``MessageType``, ``DropReason``, ``Keyring``, ``DropCounters``,
-``assemble_packet``, ``decode_packet``, ``encode_stream_frame``, ``StreamDecoder``.
+Owns: ``PROTOCOL_VERSION``, ``MessageType``, ``DropReason``, ``Keyring`` (and ``parse_key``: the
+key-file formats, hex or base64), ``DropCounters``, ``assemble_packet``, ``decode_packet``,
+``encode_stream_frame``, ``StreamDecoder``.
 Must not import asyncio, sockets, or other p2preg modules.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +40,10 @@ MIN_PROTOCOL_VERSION = 1
 MAC_BYTES = 32
 MIN_KEY_BYTES = 16
 MAX_KEY_BYTES = 64
+GENERATED_KEY_BYTES = 32
+"""What ``p2preg cluster-key`` makes."""
+_HEX_KEY = re.compile(r"[0-9a-fA-F]+")
+_BASE64_KEY = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 STREAM_HEADER = struct.Struct(">I")
 
 
@@ -104,6 +112,33 @@ class KeyringError(ValueError):
     """A key of the wrong size, or an empty keyring (local misconfiguration)."""
 
 
+def parse_key(text: str) -> bytes:
+    """One cluster key: hex (``p2preg cluster-key`` prints 32 random bytes as 64 hex digits) or
+    standard/URL-safe base64 (what ``head -c 32 /dev/urandom | base64`` prints). Hex is tried
+    first: an even-length run of hex digits is hex. The key must be MIN..MAX_KEY_BYTES long.
+    Raises ``KeyringError`` without echoing the key (it is a secret)."""
+    value = text.strip()
+    key: bytes | None = None
+    if len(value) % 2 == 0 and _HEX_KEY.fullmatch(value):
+        key = bytes.fromhex(value)
+    elif _BASE64_KEY.fullmatch(value):
+        padded = value + "=" * (-len(value) % 4)
+        try:
+            key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            key = None
+    if key is None:
+        raise KeyringError(
+            f"cluster key is neither hex nor base64 ({len(value)} characters); make one with "
+            "`p2preg cluster-key`"
+        )
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise KeyringError(
+            f"cluster keys must be {MIN_KEY_BYTES}..{MAX_KEY_BYTES} bytes, got {len(key)}"
+        )
+    return key
+
+
 class Keyring:
     """Cluster keys: the primary (first) key signs, every key verifies."""
 
@@ -121,16 +156,17 @@ class Keyring:
 
     @classmethod
     def from_text(cls, text: str) -> Keyring:
-        """Parse a key file: one hex key per line, the first is primary; ``#`` starts a comment."""
+        """Parse a key file: one key per line (``parse_key``), the first is primary; ``#`` starts
+        a comment. Errors name the line, never the key."""
         keys: list[bytes] = []
-        for raw in text.splitlines():
+        for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
             try:
-                keys.append(bytes.fromhex(line))
-            except ValueError as exc:
-                raise KeyringError(f"cluster key is not hex: {exc}") from exc
+                keys.append(parse_key(line))
+            except KeyringError as exc:
+                raise KeyringError(f"line {number}: {exc}") from None
         return cls(keys)
 
     @property

@@ -275,7 +275,7 @@ async def test_bad_flags_fail_start_with_a_message_naming_the_flag(
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
-    [("", "at least one key"), ("zz\n", "not hex"), ("00\n", "16..64 bytes")],
+    [("", "at least one key"), ("zz!\n", "neither hex nor base64"), ("00\n", "16..64 bytes")],
 )
 def test_a_bad_key_file_is_a_config_error(tmp_path: Path, text: str, complaint: str) -> None:
     path = tmp_path / "keys"
