@@ -82,6 +82,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("tag_max_stale_s", float, 86400.0, "when an upstream is down, serve the last known "
            "digest of a tag for at most this long", "SECONDS"),
     Option("upstream_timeout_s", float, 30.0, "connect/idle timeout towards upstreams", "SECONDS"),
+    Option("tag_revalidate_s", float, 2.0, "mirror: a tag with a last known digest is answered "
+           "with it when the upstream has not answered within this long (the check goes on in "
+           "the background)", "SECONDS"),
     # Cache eviction and storage maintenance
     Option("cache_max_bytes", int, 0, "mirror: quota on cached blob bytes; above it the least "
            "recently used blobs are evicted (0 = unlimited)", "BYTES"),
@@ -144,6 +147,7 @@ class Config:
     docker_config: str | None = None
     tag_max_stale_s: float = 86400.0
     upstream_timeout_s: float = 30.0
+    tag_revalidate_s: float = 2.0
     cache_max_bytes: int = 0
     cache_low_water_ratio: float = 0.9
     cache_min_age_s: float = 600.0
@@ -299,6 +303,8 @@ def validate(config: Config) -> None:
         registry, sep, url = value.partition("=")
         if not sep or not registry or not url.startswith(("http://", "https://")):
             raise ConfigError(f"--upstream: expected REGISTRY=http(s)://HOST[:PORT], got {value!r}")
+    if not 0 < config.tag_revalidate_s < math.inf:
+        raise ConfigError("--tag-revalidate-s must be a positive number of seconds")
     if config.cache_max_bytes < 0:
         raise ConfigError("--cache-max-bytes must be >= 0 (0 = unlimited)")
     if not 0.0 < config.cache_low_water_ratio <= 1.0:

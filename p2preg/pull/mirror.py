@@ -12,8 +12,12 @@ Rules:
 - A tag is resolved against the upstream on every request (HEAD first: a moved tag is seen at
   once and an unchanged one costs no download). When the upstream is down or failing, the last
   known digest is served if it was confirmed within ``tag_max_stale_s``; a 404 from the upstream
-  is never papered over. Confirmations are kept in the metadata store (``confirm_tag``), at
-  most ``confirm_persist_interval_s`` behind the one in memory, so they survive a restart.
+  is never papered over. When it is slow or silent, a usable last known digest is served once
+  the revalidation has taken ``tag_revalidate_s`` (from its start: a client joining a late
+  revalidation is answered at once); the revalidation is a task of its own that goes on and
+  records what the upstream says (one per tag per node at a time). Confirmations are kept in
+  the metadata store (``confirm_tag``), at most ``confirm_persist_interval_s`` behind the one
+  in memory, so they survive a restart.
 - With no usable last known digest during an outage, the tag is asked of peers (``peer_tag``,
   set by the p2p layer: a few live peers' own confirmations, never their upstream): the freshest
   answer within ``tag_max_stale_s`` whose manifest a peer delivers verified by digest is served
@@ -207,6 +211,9 @@ DEFAULT_PEER_TAG_BUDGET_S = 2.0
 #: peer lookup gets what the upstream's retries left of it (at least ``MIN_PEER_TAG_BUDGET_S``).
 OUTAGE_ANSWER_S = 5.0
 MIN_PEER_TAG_BUDGET_S = 0.5
+#: With a last known digest at hand, a tag's revalidation gets this long before that digest is
+#: served (the revalidation goes on in the background and records what the upstream says).
+DEFAULT_TAG_REVALIDATE_S = 2.0
 MAX_CONFIRM_PERSIST_INTERVAL_S = 60.0
 
 
@@ -227,6 +234,8 @@ class MirrorContentSource:
         peer_tag_budget_s: float = DEFAULT_PEER_TAG_BUDGET_S,
         confirm_persist_interval_s: float | None = None,
         on_stale_served: StaleObserver | None = None,
+        tag_revalidate_s: float = DEFAULT_TAG_REVALIDATE_S,
+        clock: Clock | None = None,
     ) -> None:
         self._blobs = blobs
         self._meta = meta
@@ -251,6 +260,10 @@ class MirrorContentSource:
         self._confirmed: dict[tuple[str, str], TagConfirmation] = {}
         self._persisted_at: dict[tuple[str, str], float] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._refreshes: dict[tuple[str, str], asyncio.Future[ManifestContent]] = {}
+        self._refresh_started: dict[tuple[str, str], float] = {}
+        self._tag_revalidate_s = tag_revalidate_s
+        self._clock = clock or MonotonicClock()
         self._background: set[asyncio.Task[None]] = set()
         #: Tag lists and the catalog through this mirror (``create_mirror`` sets it).
         self.listing: Listing | None = None
@@ -261,9 +274,15 @@ class MirrorContentSource:
     def fetcher(self) -> BlobFetcher:
         return self._fetcher
 
+    @property
+    def tag_refreshes(self) -> list[asyncio.Future[ManifestContent]]:
+        """The tag revalidations still running in the background."""
+        return list(self._refreshes.values())
+
     async def close(self) -> None:
         """Stop background work, the fills in progress and the upstream clients."""
-        pending: list[asyncio.Future[Any]] = [*self._background, *self._inflight.values()]
+        pending: list[asyncio.Future[Any]] = [*self._background, *self._inflight.values(),
+                                              *self._refreshes.values()]
         for task in pending:
             task.cancel()
         for task in pending:
@@ -324,24 +343,24 @@ class MirrorContentSource:
         self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
     ) -> ManifestContent:
         started = asyncio.get_running_loop().time()
+        stale = await self._stale_tag(cache_repo, tag)
+        refresh = self._refresh(client, repo, cache_repo, tag)
         try:
-            head = await client.head_manifest(repo, tag)
-            if head.digest is not None:
-                cached = await self._cached_manifest(cache_repo, head.digest)
-                if cached is not None:
-                    if self._meta.resolve_tag(cache_repo, tag) != str(head.digest):
-                        self._meta.put_manifest(cache_repo, str(head.digest), cached.media_type,
-                                                len(cached.body), tag=tag)
-                    self._confirm(cache_repo, tag, head.digest, self._wall.now())
-                    self._metrics.cache(True)
-                    return cached
-            self._metrics.cache(False)
-            if head.digest is not None:
-                from_peer = await self._from_peers(cache_repo, head.digest, tag)
-                if from_peer is not None:
-                    self._confirm(cache_repo, tag, head.digest, self._wall.now())
-                    return from_peer
-            return await self._fetch_manifest(client, repo, cache_repo, tag, tag)
+            if stale is None:
+                return await asyncio.shield(refresh)
+            # A last known digest is ready: the upstream gets until the revalidation deadline
+            # (counted from when this refresh started, so a client arriving during a refresh that
+            # is already late gets its answer at once); the refresh goes on in the background.
+            late_by = self._tag_revalidate_s - (self._clock.now() - self._refresh_started[
+                (cache_repo, tag)])
+            done, _ = await asyncio.wait({refresh}, timeout=max(0.0, late_by))
+            if refresh not in done:
+                log.warning("serving %s:%s as last known %s: upstream %s did not answer within "
+                            "%.1fs (still asking in the background)", cache_repo, tag,
+                            stale.digest, client.config.registry, self._tag_revalidate_s)
+                self._stale_served("local")
+                return stale
+            return refresh.result()
         except UpstreamNotFound as exc:
             raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
@@ -363,6 +382,53 @@ class MirrorContentSource:
             return from_peer
         except UpstreamError as exc:
             raise exc.to_registry_error() from exc
+
+    def _refresh(
+        self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
+    ) -> asyncio.Future[ManifestContent]:
+        """The revalidation of ``tag`` against the upstream in progress, or a new one: a task of
+        its own, so it finishes (and records what the upstream said) after the client that
+        started it got the last known digest."""
+        key = (cache_repo, tag)
+        task = self._refreshes.get(key)
+        if task is not None:
+            return task
+        task = asyncio.ensure_future(self._revalidate_tag(client, repo, cache_repo, tag))
+        self._refreshes[key] = task
+        self._refresh_started[key] = self._clock.now()
+
+        def forget(fut: asyncio.Future[ManifestContent]) -> None:
+            if self._refreshes.get(key) is fut:
+                del self._refreshes[key]
+                self._refresh_started.pop(key, None)
+            if not fut.cancelled() and fut.exception() is not None:
+                log.debug("refresh of %s:%s: %s", cache_repo, tag, fut.exception())
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _revalidate_tag(
+        self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
+    ) -> ManifestContent:
+        """Ask the upstream what ``tag`` is now (HEAD first) and make sure its manifest is here.
+        Upstream errors are raised as they are (the caller chooses the fallback)."""
+        head = await client.head_manifest(repo, tag)
+        if head.digest is not None:
+            cached = await self._cached_manifest(cache_repo, head.digest)
+            if cached is not None:
+                if self._meta.resolve_tag(cache_repo, tag) != str(head.digest):
+                    self._meta.put_manifest(cache_repo, str(head.digest), cached.media_type,
+                                            len(cached.body), tag=tag)
+                self._confirm(cache_repo, tag, head.digest, self._wall.now())
+                self._metrics.cache(True)
+                return cached
+        self._metrics.cache(False)
+        if head.digest is not None:
+            from_peer = await self._from_peers(cache_repo, head.digest, tag)
+            if from_peer is not None:
+                self._confirm(cache_repo, tag, head.digest, self._wall.now())
+                return from_peer
+        return await self._fetch_manifest(client, repo, cache_repo, tag, tag)
 
     async def _manifest_by_digest(
         self, client: UpstreamClient, repo: str, cache_repo: str, digest: Digest
@@ -704,6 +770,8 @@ def create_mirror(
         metrics=metrics,
         peer_sources=peer_sources,
         on_stale_served=on_stale_served,
+        tag_revalidate_s=config.tag_revalidate_s,
+        clock=clock,
     )
     # Imported here: mirrorlists builds on this module (route, cache names, the namespace).
     from p2preg.registry.mirrorlists import TAGLISTS_DIR, MirrorListing, TagListStore

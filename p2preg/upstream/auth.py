@@ -181,8 +181,10 @@ class Authenticator:
         credentials: Credentials | None = None,
         *,
         on_token_request: TokenObserver | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self._registry = registry
+        self._deadline_s = deadline_s  # a token exchange (headers and body) ends within this
         self._session = session_factory
         self._clock = clock
         self._credentials = credentials
@@ -281,7 +283,7 @@ class Authenticator:
     async def _ask(self, realm: str, method: str, **kwargs: Any) -> tuple[int, bytes]:
         self.token_requests += 1
         try:
-            async with self._session().request(
+            async with asyncio.timeout(self._deadline_s), self._session().request(
                 method, realm, allow_redirects=False, **kwargs
             ) as resp:
                 self._observe(resp.status)

@@ -1,15 +1,19 @@
 """HTTP client for one upstream registry: manifests and blobs, GET and HEAD.
 
-Owns: ``UpstreamClient`` (one aiohttp session per upstream with its TLS trust and connect/idle
-timeouts; the challenge flow through ``Authenticator``; redirects followed by hand so that
-``Authorization`` never leaves the upstream's origin; retries with backoff on connection errors,
-5xx and 429 honouring ``Retry-After``), ``FetchedManifest``, ``ManifestHead``, ``BlobStream`` and
-``TagPage`` (one page of ``list_tags``, its ``Link`` read as where the next page starts).
-Every failure is an ``UpstreamError``. Must not import storage, registry, gossip or fetch.
+Owns: ``UpstreamClient`` (one aiohttp session per upstream with its TLS trust and three
+deadlines: connect, first byte (the response headers, counted from the start of the exchange)
+and idle (between body chunks); the challenge flow through ``Authenticator``; redirects followed
+by hand so that ``Authorization`` never leaves the upstream's origin; retries with backoff on
+connection errors, 5xx and 429 honouring ``Retry-After``; a ``CircuitBreaker`` that refuses at
+once while the upstream was just silent or failing), ``FetchedManifest``, ``ManifestHead``,
+``BlobStream`` and ``TagPage`` (one page of ``list_tags``, its ``Link`` read as where the next
+page starts). Every failure is an ``UpstreamError``. Must not import storage, registry, gossip
+or fetch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -17,7 +21,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from urllib.parse import urlencode
 
 import aiohttp
@@ -29,6 +33,7 @@ from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import RegistryError
 from p2preg.oci.names import is_tag
 from p2preg.upstream.auth import Authenticator, pull_scope
+from p2preg.upstream.breaker import CircuitBreaker
 from p2preg.upstream.config import UpstreamConfig
 from p2preg.upstream.errors import (
     UpstreamDenied,
@@ -48,10 +53,6 @@ MAX_RETRY_AFTER_S = 30.0
 BLOB_CHUNK_BYTES = 256 * 1024
 #: How much of a response body may wait in memory before the socket is paused (aiohttp: 64 KiB).
 READ_BUFFER_BYTES = 4 * 1024 * 1024
-#: After a request gave up on an unreachable or failing upstream, later requests try only once
-#: for this long (so clients waiting on a fallback, e.g. the last known tag, are not held up by
-#: the whole retry schedule each time). Any answer ends it at once.
-DOWN_COOLDOWN_S = 10.0
 #: Every manifest kind, so the cache holds what the upstream really has (an index stays an index).
 ALL_MANIFEST_TYPES: tuple[str, ...] = (
     mediatypes.OCI_INDEX,
@@ -158,7 +159,10 @@ class UpstreamClient:
         self._rng = rng or random.Random()
         self._observe = observer or (lambda kind, status: None)
         self._session: aiohttp.ClientSession | None = None
-        self._down_until = float("-inf")
+        self.breaker = CircuitBreaker(open_s=config.breaker_open_s,
+                                      max_open_s=max(config.breaker_open_s,
+                                                     config.breaker_max_open_s))
+        self._last_failure = "failed just now"
         self._origin = URL(config.url).origin()
         self.auth = Authenticator(
             config.registry,
@@ -166,6 +170,7 @@ class UpstreamClient:
             self._clock,
             config.credentials,
             on_token_request=lambda status: self._observe("token", status),
+            deadline_s=config.connect_timeout_s + config.first_byte_timeout_s,
         )
 
     # -- session -------------------------------------------------------------------------------
@@ -175,7 +180,10 @@ class UpstreamClient:
             ssl_ctx: ssl.SSLContext | bool = True
             if self.config.ca_file:
                 ssl_ctx = ssl.create_default_context(cafile=self.config.ca_file)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_request_sent)
             self._session = aiohttp.ClientSession(
+                trace_configs=[trace],
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=64),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
@@ -355,10 +363,41 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """Send with auth, redirects and retries. The caller releases the response."""
         url = URL(f"{self.config.url}/v2/{repository}/{path}", encoded=False)
+        admission = self.breaker.admit(self._clock.now())
+        if not admission.allowed:
+            raise UpstreamUnavailable(
+                self.config.registry,
+                f"{self._last_failure}; not asked again for {admission.retry_in_s:.1f} s "
+                f"(circuit breaker open)")
+        outcome = "abandoned"
+        try:
+            resp = await self._attempts(method, kind, repository, url, headers,
+                                        1 if admission.probe else self.config.max_attempts)
+            outcome = "success"
+            return resp
+        except UpstreamUnavailable as exc:
+            outcome = "failure"
+            self._last_failure = exc.reason
+            raise
+        except UpstreamError:
+            outcome = "success"  # it answered (401, a bad redirect…): not silent
+            raise
+        finally:
+            now = self._clock.now()
+            if outcome == "success":
+                self.breaker.success(now)
+            elif outcome == "failure":
+                self.breaker.failure(now)
+            elif admission.probe:
+                self.breaker.abandoned()
+
+    async def _attempts(
+        self, method: str, kind: str, repository: str, url: URL, headers: dict[str, str],
+        max_attempts: int,
+    ) -> aiohttp.ClientResponse:
         scope = pull_scope(repository)
         attempt = 0
         started = self._clock.now()
-        max_attempts = 1 if self.is_marked_down else self.config.max_attempts
         reauthenticated = False
         authorization = await self.auth.header_for(scope)
         while True:
@@ -388,18 +427,15 @@ class UpstreamClient:
                                          f"refused {who} to {repository} (401 after "
                                          f"authenticating)", status=401)
                 if resp.status not in RETRYABLE_STATUSES:
-                    self._down_until = float("-inf")
                     return resp
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._wall.now())
                 why = f"{method} {url} answered {resp.status}"
                 resp.release()
                 if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
-                    self._mark_down()
                     raise UpstreamUnavailable(self.config.registry,
                                               f"{why} and asks to retry after {retry_after:.0f} s",
                                               status=resp.status)
             if attempt >= max_attempts:
-                self._mark_down()
                 raise UpstreamUnavailable(self.config.registry,
                                           f"{why} (after {attempt} attempts)")
             delay = backoff_delay_s(
@@ -408,18 +444,14 @@ class UpstreamClient:
             )
             elapsed = self._clock.now() - started
             if elapsed + delay >= self.config.retry_budget_s:
-                self._mark_down()
                 raise UpstreamUnavailable(self.config.registry,
                                           f"{why} (after {attempt} attempts in {elapsed:.1f} s)")
             await self._clock.sleep(delay)
 
     @property
     def is_marked_down(self) -> bool:
-        """True for ``DOWN_COOLDOWN_S`` after a request gave up (see ``DOWN_COOLDOWN_S``)."""
-        return self._clock.now() < self._down_until
-
-    def _mark_down(self) -> None:
-        self._down_until = self._clock.now() + DOWN_COOLDOWN_S
+        """True while the breaker refuses requests (open, or half-open with its probe out)."""
+        return self.breaker.is_open
 
     async def _send(
         self, method: str, url: URL, headers: dict[str, str], kind: str
@@ -430,7 +462,17 @@ class UpstreamClient:
             if url.origin() != self._origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             try:
-                resp = await session.request(method, url, headers=headers, allow_redirects=False)
+                # Until the request is sent: connect (and a pooled connection) within the connect
+                # timeout; from then the response headers within the first-byte deadline (the
+                # trace hook moves the deadline). The body is bounded per chunk by the session's
+                # idle timeout.
+                async with asyncio.timeout(None) as deadline:
+                    loop = asyncio.get_running_loop()
+                    deadline.reschedule(loop.time() + self.config.connect_timeout_s
+                                        + self.config.first_byte_timeout_s)
+                    resp = await session.request(
+                        method, url, headers=headers, allow_redirects=False,
+                        trace_request_ctx=_FirstByte(deadline, self.config.first_byte_timeout_s))
             except BaseException:
                 self._observe(kind, "error")
                 raise
@@ -475,6 +517,24 @@ def _next_last(link: str | None, tags: Sequence[str]) -> str | None:
             return value
         return tags[-1] if tags else None
     return None
+
+
+@dataclass(slots=True)
+class _FirstByte:
+    """The deadline of one exchange, moved to ``first_byte_s`` after the request was sent."""
+
+    deadline: asyncio.Timeout
+    first_byte_s: float
+
+
+async def _request_sent(
+    session: aiohttp.ClientSession, context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    first_byte = getattr(context, "trace_request_ctx", None)
+    if isinstance(first_byte, _FirstByte):
+        first_byte.deadline.reschedule(asyncio.get_running_loop().time()
+                                       + first_byte.first_byte_s)
 
 
 async def _skip(stream: BlobStream, count: int) -> None:

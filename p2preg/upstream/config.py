@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from p2preg.config import Config
 
 DOCKER_HUB = "docker.io"
+DEFAULT_FIRST_BYTE_TIMEOUT_S = 5.0
 DEFAULT_UPSTREAM_SPEC = "docker.io=https://registry-1.docker.io"
 # Names Docker tooling uses for Docker Hub; all of them mean ``docker.io``.
 _DOCKER_HUB_ALIASES = frozenset(
@@ -56,11 +57,15 @@ class UpstreamConfig:
     """One registry host (``docker.io``, ``ghcr.io``…) and where to fetch its content.
 
     ``url`` is the scheme + authority (+ optional path prefix) of the registry API, without
-    ``/v2``. ``connect_timeout_s`` bounds opening a TCP connection; ``idle_timeout_s`` bounds the
-    wait for any byte once connected (a stalled body fails, a slow but moving one does not).
-    Failed attempts are retried up to ``max_attempts`` times, but no retry starts once
-    ``retry_budget_s`` would be exceeded: a client waiting on an unreachable upstream gets its
-    error (or the last known tag) within a few seconds.
+    ``/v2``. Three deadlines: ``connect_timeout_s`` bounds opening a TCP connection;
+    ``first_byte_timeout_s`` bounds the wait for the response headers after that (an upstream
+    that accepts connections and never answers fails in connect + first byte, not in the idle
+    timeout); ``idle_timeout_s`` bounds the wait for each body chunk (a stalled body fails, a
+    slow but moving one does not). Failed attempts are retried up to ``max_attempts`` times, but
+    no retry starts once ``retry_budget_s`` would be exceeded: a client waiting on an unreachable
+    upstream gets its error (or the last known tag) within a few seconds. After a request gave
+    up, the upstream's circuit breaker refuses requests at once for ``breaker_open_s`` (doubling
+    up to ``breaker_max_open_s`` while probes keep failing; see ``upstream.breaker``).
     """
 
     registry: str
@@ -68,11 +73,14 @@ class UpstreamConfig:
     credentials: Credentials | None = None
     ca_file: str | None = None
     connect_timeout_s: float = 2.0
+    first_byte_timeout_s: float = DEFAULT_FIRST_BYTE_TIMEOUT_S
     idle_timeout_s: float = 30.0
     max_attempts: int = 4
     backoff_base_s: float = 0.25
     backoff_max_s: float = 8.0
     retry_budget_s: float = 4.0
+    breaker_open_s: float = 5.0
+    breaker_max_open_s: float = 60.0
 
     @property
     def is_https(self) -> bool:
@@ -237,7 +245,9 @@ def build_upstreams(
         if timeout_s is not None:
             if timeout_s <= 0:
                 raise UpstreamConfigError("upstream timeout must be positive")
-            extra = {"connect_timeout_s": min(timeout_s, 2.0), "idle_timeout_s": timeout_s}
+            extra = {"connect_timeout_s": min(timeout_s, 2.0),
+                     "first_byte_timeout_s": min(timeout_s, DEFAULT_FIRST_BYTE_TIMEOUT_S),
+                     "idle_timeout_s": timeout_s}
         result[registry] = UpstreamConfig(registry, url, creds, ca_file, **extra)
     return Upstreams(result)
 
@@ -256,14 +266,15 @@ def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = Non
 
     Each entry: ``registry``, ``url``, and optionally ``username`` + ``password`` (or
     ``password_file``), ``docker_config`` (a config.json path), ``ca_file``,
-    ``connect_timeout_s``, ``idle_timeout_s``, ``retry_budget_s``, ``max_attempts``. Relative
+    ``connect_timeout_s``, ``first_byte_timeout_s``, ``idle_timeout_s``, ``retry_budget_s``,
+    ``breaker_open_s``, ``breaker_max_open_s``, ``max_attempts``. Relative
     paths are resolved against ``base_dir`` (the TOML file's directory).
     """
     entries = table.get("upstream", [])
     if not isinstance(entries, list):
         raise UpstreamConfigError("[[upstream]] must be an array of tables")
     known = {"registry", "url", "username", "password", "password_file", "docker_config",
-             "ca_file", "connect_timeout_s", "idle_timeout_s", "retry_budget_s", "max_attempts"}
+             "ca_file", *_TOML_SECONDS, "max_attempts"}
     result: dict[str, UpstreamConfig] = {}
     for i, entry in enumerate(entries):
         where = f"upstream[{i}]"
@@ -279,7 +290,7 @@ def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = Non
         creds = _toml_credentials(entry, registry, where, base_dir)
         ca = _str(entry, "ca_file", where)
         numbers: dict[str, Any] = {}
-        for key in ("connect_timeout_s", "idle_timeout_s", "retry_budget_s"):
+        for key in _TOML_SECONDS:
             if key in entry:
                 value = entry[key]
                 if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
@@ -294,6 +305,10 @@ def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = Non
             registry, url, creds, str(_resolve(ca, base_dir)) if ca else None, **numbers
         )
     return Upstreams(result)
+
+
+_TOML_SECONDS = ("connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "retry_budget_s",
+                 "breaker_open_s", "breaker_max_open_s")
 
 
 def _toml_credentials(

@@ -62,6 +62,8 @@ class FakeUpstream:
     blobs: dict[str, bytes] = field(default_factory=dict)
     # Scripted answers: path suffix -> list of (status, headers) consumed one per request.
     script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    # While set to an unset event, manifest requests wait for it (a slow upstream).
+    hold_manifests: asyncio.Event | None = None
     # Hook to corrupt or slow a blob body: (digest, data) -> data.
     blob_body: Callable[[str, bytes], bytes] | None = None
     requests: list[Recorded] = field(default_factory=list)
@@ -208,6 +210,8 @@ class FakeUpstream:
             return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401,
                                      headers=self._challenge(repo))
         if kind == "manifests":
+            if self.hold_manifests is not None:
+                await self.hold_manifests.wait()
             found = self.manifests.get((repo, ref))
             if found is None:
                 return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)

@@ -16,13 +16,19 @@ from aiohttp import web
 from p2preg.oci import mediatypes
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.upstream.client import UpstreamClient
-from p2preg.upstream.config import Credentials, UpstreamConfig
+from p2preg.upstream.config import (
+    Credentials,
+    UpstreamConfig,
+    build_upstreams,
+    upstreams_from_toml,
+)
 from p2preg.upstream.errors import (
     UpstreamDenied,
     UpstreamNotFound,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
+from tests.support.silent import SilentServer
 from tests.upstream.fakes import FakeUpstream, StepClock
 
 MANIFEST = {"schemaVersion": 2, "mediaType": mediatypes.OCI_MANIFEST,
@@ -413,20 +419,27 @@ async def test_a_stalled_body_fails_after_the_idle_timeout() -> None:
     assert time.monotonic() - started < 5
 
 
-async def test_after_giving_up_later_requests_try_once_until_the_upstream_answers(
+async def test_after_giving_up_requests_are_refused_at_once_then_one_probe_goes_out(
     upstream: FakeUpstream, client: UpstreamClient
 ) -> None:
     upstream.add_manifest("a", "t", MANIFEST)
     upstream.script["manifests/t"] = [(503, {})] * 5
     with pytest.raises(UpstreamUnavailable):
         await client.get_manifest("a", "t")
-    assert client.is_marked_down
+    assert client.is_marked_down and len(upstream.requests) == 4
+    with pytest.raises(UpstreamUnavailable, match="circuit breaker open"):
+        await client.get_manifest("a", "t")  # the breaker is open: nothing is sent
+    assert len(upstream.requests) == 4
+    upstream.clock.t += client.config.breaker_open_s
     with pytest.raises(UpstreamUnavailable, match=r"\(after 1 attempts\)"):
-        await client.get_manifest("a", "t")  # one try, no backoff schedule
+        await client.get_manifest("a", "t")  # the probe: one try, no backoff schedule
     assert len(upstream.requests) == 5
-    assert (await client.get_manifest("a", "t")).body  # it answers again: back to normal
+    upstream.clock.t += client.config.breaker_open_s  # the period doubled: still open
+    with pytest.raises(UpstreamUnavailable, match="circuit breaker open"):
+        await client.get_manifest("a", "t")
+    upstream.clock.t += client.config.breaker_open_s
+    assert (await client.get_manifest("a", "t")).body  # the probe gets an answer: closed
     assert not client.is_marked_down
-    upstream.clock.t += 11
     upstream.script["manifests/t"] = [(503, {})]
     assert (await client.get_manifest("a", "t")).body  # retried as usual
 
@@ -466,3 +479,65 @@ async def test_a_silent_upstream_fails_within_the_connect_timeout_and_budget() -
         for s in [*fillers, listener]:
             s.close()
     assert time.monotonic() - started < 1.5
+
+
+# -- deadlines against a silent upstream (accepts TCP, never answers) ------------------------------
+
+
+async def test_a_silent_upstream_fails_after_the_first_byte_deadline_not_the_idle_timeout(
+) -> None:
+    async with SilentServer() as silent:
+        config = UpstreamConfig("docker.io", silent.url, first_byte_timeout_s=0.4,
+                                idle_timeout_s=30.0, retry_budget_s=0.1)
+        client = UpstreamClient(config, rng=random.Random(0))  # the real clock: real timeouts
+        started = time.monotonic()
+        try:
+            with pytest.raises(UpstreamUnavailable, match="timed out"):
+                await client.head_manifest("a", "t")
+            took = time.monotonic() - started
+            # the breaker is open: the next request is refused without connecting
+            again = time.monotonic()
+            with pytest.raises(UpstreamUnavailable, match=r"timed out.*circuit breaker open"):
+                await client.get_manifest("a", "t")
+            assert time.monotonic() - again < 0.1
+        finally:
+            await client.close()
+        assert silent.connections == 1
+    assert 0.4 <= took < 2.0
+
+
+async def test_a_slow_first_byte_within_the_deadline_is_waited_for() -> None:
+    app_delay = 0.2
+
+    async def late(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(app_delay)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/v2/a/manifests/t", late)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    client = UpstreamClient(UpstreamConfig("x", f"http://127.0.0.1:{port}",
+                                           first_byte_timeout_s=2.0), rng=random.Random(0))
+    try:
+        with pytest.raises(UpstreamNotFound):
+            await client.head_manifest("a", "t")
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert not client.is_marked_down  # an answer, however slow, is not an outage
+
+
+def test_upstream_toml_takes_the_three_deadlines_and_breaker_periods() -> None:
+    (entry,) = upstreams_from_toml({"upstream": [{
+        "registry": "docker.io", "url": "https://registry-1.docker.io",
+        "connect_timeout_s": 1, "first_byte_timeout_s": 3, "idle_timeout_s": 20,
+        "breaker_open_s": 2, "breaker_max_open_s": 30,
+    }]})
+    assert (entry.connect_timeout_s, entry.first_byte_timeout_s, entry.idle_timeout_s,
+            entry.breaker_open_s, entry.breaker_max_open_s) == (1, 3, 20, 2, 30)
+    (default,) = build_upstreams(["docker.io=https://registry-1.docker.io"], timeout_s=30.0)
+    assert (default.connect_timeout_s, default.first_byte_timeout_s,
+            default.idle_timeout_s) == (2.0, 5.0, 30.0)
