@@ -116,8 +116,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("zone", str, None, "topology label; peers in the same zone are preferred", "ZONE"),
     Option("tombstone_grace_s", float, 3600.0, "keep gossip catalog tombstones (dropped "
            "digests) this long before collecting them; longer than a rolling upgrade", "SECONDS"),
-    Option("advertise", str, None, "HTTP address peers use to reach this node (default: "
-           "--listen)", "HOST:PORT"),
+    Option("advertise", str, None, "HTTP address peers fetch from: the --peer-listen address "
+           "as peers reach it (default: the bound --peer-listen, else --listen)", "HOST:PORT"),
+    Option("peer_listen", str, None, "HTTP address of the peer API (/p2p: blobs, tags, "
+           "members), apart from --listen's /v2; unset: served on --listen", "HOST:PORT"),
+    Option("allow_open_mirror", bool, False, "let a mirror with upstream credentials serve /v2 "
+           "on a non-loopback --listen without --htpasswd (anyone reaching it pulls with them)"),
     Option("peer_ca", str, None, "with --tls-cert: CA bundle that signed the peers' "
            "certificates (peers are fetched from over HTTPS; default: the system store)",
            "FILE"),
@@ -165,6 +169,8 @@ class Config:
     zone: str | None = None
     tombstone_grace_s: float = 3600.0
     advertise: str | None = None
+    peer_listen: str | None = None
+    allow_open_mirror: bool = False
     peer_ca: str | None = None
 
     @property
@@ -322,9 +328,14 @@ def validate(config: Config) -> None:
                           "linked yet")
     if config.gossip_listen:
         split_host_port(config.gossip_listen, "--gossip-listen")
-        if config.listen_host in ("0.0.0.0", "::", "") and not config.advertise:
-            raise ConfigError("with --gossip-listen and a wildcard --listen, set --advertise "
+        peers_flag, peers_on = ("--peer-listen", config.peer_listen) if config.peer_listen \
+            else ("--listen", config.listen)
+        if split_host_port(peers_on, peers_flag)[0] in ("0.0.0.0", "::", "") \
+                and not config.advertise:
+            raise ConfigError(f"with --gossip-listen and a wildcard {peers_flag}, set --advertise "
                               "HOST:PORT: the address peers use to fetch blobs from this node")
+    elif config.peer_listen:
+        raise ConfigError("--peer-listen needs --gossip-listen: without gossip no peer asks")
     for peer in config.join:
         split_host_port(peer, "--join")
     if config.advertise:

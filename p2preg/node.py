@@ -1,7 +1,9 @@
 """One node, wired together: storage, the /v2 app, auth, observability, mirror and gossip.
 
 Owns: ``Node`` (``start``/``stop`` and the order things happen in) and nothing else; every part it
-wires is built and tested in its own package. ``cli`` runs it under a signal handler.
+wires is built and tested in its own package. ``cli`` runs it under a signal handler. Which API
+goes on which listener (``--listen`` for local clients, ``--peer-listen`` for peers) is the rule
+of ``p2preg.listeners``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
-from p2preg.config import Config, ConfigError
+from p2preg.config import Config, ConfigError, split_host_port
+from p2preg.listeners import is_loopback_host, open_mirror_problem, peer_auth_middleware
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
@@ -49,6 +52,8 @@ class Node:
         self.layout = StoreLayout(Path(config.data_dir))
         self.observability = Observability()
         self._runner: web.AppRunner | None = None
+        self._peer_runner: web.AppRunner | None = None
+        self.peer_url = ""  # the peer listener's URL when --peer-listen is set
         self._lock: DataDirLock | None = None
         self._meta: MetadataStore | None = None
         self._closers: list[Any] = []
@@ -64,6 +69,8 @@ class Node:
     async def start(self) -> None:
         config = self.config
         self.observability.health.set_unready("starting")
+        if config.mode == "mirror":
+            self._check_open_mirror()
         self.layout.ensure()
         blobs = BlobStore(self.layout)
         self._lock = DataDirLock(self.layout)
@@ -91,10 +98,23 @@ class Node:
         )
         self.metrics.set_maintenance_source(self.maintenance)
 
-        # Bind the HTTP socket first: the gossip layer advertises its real address (port 0 too).
+        # Bind the HTTP sockets first: gossip advertises the real peer address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)
         host, port = listen_sock.getsockname()[:2]
-        http_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        http_addr = _format_addr(host, port)
+        peer_sock: socket.socket | None = None
+        if config.peer_listen:
+            peer_sock = self._bind_listener(*split_host_port(config.peer_listen, "--peer-listen"))
+            http_addr = _format_addr(*peer_sock.getsockname()[:2])
+        elif config.gossip_listen and not is_loopback_host(config.listen_host):
+            log.warning("serving /v2 and the peer API on one non-loopback listener (%s): set "
+                        "--listen 127.0.0.1:PORT and --peer-listen HOST:PORT to keep /v2 local",
+                        config.listen)
+        keyring = None
+        if config.gossip_listen:
+            from p2preg.gossip.service import load_keyring
+
+            keyring = load_keyring(config.cluster_key_file)
         if config.gossip_listen:
             from p2preg.gossip.service import GossipService, GossipServiceConfig
 
@@ -109,7 +129,6 @@ class Node:
             from p2preg.upstream.config import UpstreamConfigError
 
             if self.gossip is not None:
-                from p2preg.gossip.service import load_keyring
                 from p2preg.p2p.node_glue import P2P
 
                 peer_tls = None
@@ -117,7 +136,7 @@ class Node:
                     from p2preg.tlsconfig import client_context
 
                     peer_tls = client_context(config.peer_ca)
-                self.p2p = P2P(self.gossip, blobs, keyring=load_keyring(config.cluster_key_file),
+                self.p2p = P2P(self.gossip, blobs, keyring=keyring,
                                clock=self.clock, wall_clock=self.wall_clock, peer_tls=peer_tls)
                 self.p2p.register_metrics(self.metrics.registry)
             try:
@@ -164,12 +183,15 @@ class Node:
             middlewares.append(auth_middleware(policy))
         app = create_registry_app(ctx, middlewares=middlewares)
         self.observability.setup(app)
+        peer_app = app if peer_sock is None else self._peer_app(keyring)
         if self.gossip is not None:
             from p2preg.gossip.http import members_routes
 
-            app.add_routes(members_routes(self.gossip))
+            peer_app.add_routes(members_routes(self.gossip))
+            if peer_app is not app and is_loopback_host(config.listen_host):
+                app.add_routes(members_routes(self.gossip))  # `p2preg members` on the host
         if self.p2p is not None:
-            app.add_routes(self.p2p.routes())
+            peer_app.add_routes(self.p2p.routes())
 
         ssl_context: ssl.SSLContext | None = None
         if config.tls_cert and config.tls_key:
@@ -184,6 +206,13 @@ class Node:
         await self._runner.setup()
         site = web.SockSite(self._runner, listen_sock, ssl_context=ssl_context)
         await site.start()
+        scheme = "https" if ssl_context else "http"
+        if peer_sock is not None:
+            self._peer_runner = web.AppRunner(peer_app, access_log_class=AccessLogger,
+                                              handle_signals=False)
+            await self._peer_runner.setup()
+            await web.SockSite(self._peer_runner, peer_sock, ssl_context=ssl_context).start()
+            self.peer_url = f"{scheme}://{_format_addr(*peer_sock.getsockname()[:2])}"
         self.maintenance.start()
         if self.gossip is not None:
             await self.gossip.start()
@@ -192,11 +221,44 @@ class Node:
                   gossip=str(self.gossip.bound_address), advertise=config.advertise or http_addr)
         if self.p2p is not None:
             await self.p2p.start()
-        scheme = "https" if ssl_context else "http"
-        shown_host = f"[{host}]" if ":" in host else host
-        self.url = f"{scheme}://{shown_host}:{port}"
+        self.url = f"{scheme}://{http_addr if peer_sock is None else _format_addr(host, port)}"
         self.observability.health.set_ready()
-        event(log, "listening", url=self.url, mode=config.mode)
+        if self.peer_url:
+            event(log, "listening", url=self.url, mode=config.mode, peer_url=self.peer_url)
+        else:
+            event(log, "listening", url=self.url, mode=config.mode)
+
+    def _check_open_mirror(self) -> None:
+        """Refuse to serve /v2 with upstream credentials to the network without logins."""
+        from p2preg.upstream.config import UpstreamConfigError, upstreams_from_config
+
+        try:
+            upstreams = upstreams_from_config(self.config)
+        except UpstreamConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+        problem = open_mirror_problem(
+            listen_host=self.config.listen_host,
+            has_upstream_credentials=any(u.credentials is not None for u in upstreams),
+            htpasswd=bool(self.config.htpasswd), allowed=self.config.allow_open_mirror)
+        if problem is not None:
+            raise ConfigError(problem)
+
+    def _peer_app(self, keyring: Any) -> web.Application:
+        """The app of the peer listener: ``/p2p`` only; with a key, every request signed."""
+        from p2preg.gossip.http import MEMBERS_PATH
+        from p2preg.p2p.auth import RequestVerifier
+        from p2preg.p2p.server import BLOB_ROUTE, TAG_ROUTE
+
+        middlewares: list[Middleware] = [self.observability.middleware]
+        if keyring is not None:
+            # blobs and tags are verified by their handlers; everything else here
+            self_verified = [r.split("{", 1)[0] for r in (BLOB_ROUTE, TAG_ROUTE)]
+            assert not MEMBERS_PATH.startswith(tuple(self_verified))
+            middlewares.append(peer_auth_middleware(
+                RequestVerifier(keyring, clock=self.wall_clock), self_verified=self_verified))
+        app = web.Application(middlewares=middlewares)
+        app.on_response_prepare.append(self.observability.on_response_prepare)
+        return app
 
     def _on_evict(self, digest: str) -> None:
         if self.gossip is not None:
@@ -213,9 +275,10 @@ class Node:
             self.metrics.set_gossip_reading(None)
             await self.gossip.stop()
             self.gossip = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._peer_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._peer_runner = None
         for closer in reversed(self._closers):
             result = closer.close()
             if hasattr(result, "__await__"):
@@ -232,3 +295,7 @@ class Node:
             self._lock.release()
             self._lock = None
         event(log, "stopped")
+
+
+def _format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

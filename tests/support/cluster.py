@@ -31,10 +31,12 @@ async def until(condition: Callable[[], bool], deadline_s: float = DEADLINE_S) -
 
 @contextlib.asynccontextmanager
 async def mirror_cluster(
-    tmp_path: Path, upstream_host: str, names: Sequence[str] = ("n0", "n1", "n2")
+    tmp_path: Path, upstream_host: str, names: Sequence[str] = ("n0", "n1", "n2"),
+    *, peer_listen: str | None = None,
 ) -> AsyncIterator[list[Node]]:
     """Mirror nodes named ``names`` (docker.io = ``http://upstream_host``), gossip and one
-    cluster key, each with its data dir under ``tmp_path``; all alive to each other."""
+    cluster key, each with its data dir under ``tmp_path``; all alive to each other. With
+    ``peer_listen`` (e.g. ``"127.0.0.2:0"``) each serves the peer API on its own listener."""
     key_file = tmp_path / "cluster.keys"
     key_file.write_text(CLUSTER_KEY + "\n")
     nodes: list[Node] = []
@@ -48,6 +50,7 @@ async def mirror_cluster(
                 mode="mirror", listen="127.0.0.1:0", data_dir=str(tmp_path / name),
                 upstream=(f"docker.io=http://{upstream_host}",), gossip_listen="127.0.0.1:0",
                 join=join, node_name=name, cluster_key_file=str(key_file),
+                peer_listen=peer_listen,
             ))  # fmt: skip
             await node.start()
             nodes.append(node)

@@ -1,0 +1,204 @@
+"""Listeners by audience (issue 10): ``/v2`` for local clients on ``--listen`` (loopback by
+default), the peer API on ``--peer-listen`` (signed when a cluster key is set, the members list
+included), and no open mirror with upstream credentials. Real ``Node``s on loopback: the peer
+listeners use 127.0.0.2, so each listener has an address of its own."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from p2preg.cli import main
+from p2preg.config import Config, ConfigError
+from p2preg.gossip.http import fetch_members
+from p2preg.gossip.wire import Keyring
+from p2preg.listeners import is_loopback_host, open_mirror_problem
+from p2preg.node import Node
+from p2preg.p2p.auth import NODE_HEADER, RequestSigner
+from tests.p2p.harness import CountingUpstream, payload
+from tests.support.cluster import CLUSTER_KEY, mirror_cluster, until
+
+REPO = "library/app"
+PEER_HOST = "127.0.0.2"
+NONCES = random.Random(5)  # one seeded source: every signed request gets a fresh nonce
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[CountingUpstream]:
+    server = await CountingUpstream().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[list[Node]]:
+    async with mirror_cluster(tmp_path, upstream.host, ("n0", "n1"),
+                              peer_listen=f"{PEER_HOST}:0") as nodes:
+        yield nodes
+
+
+def signed(path: str, key_hex: str = CLUSTER_KEY) -> dict[str, str]:
+    headers = {NODE_HEADER: "tester"}
+    signer = RequestSigner(Keyring([bytes.fromhex(key_hex)]), rng=NONCES)
+    return {**headers, **signer.sign("GET", path, headers)}
+
+
+async def status_of(http: aiohttp.ClientSession, url: str,
+                    headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with http.get(url, headers=headers or {}) as response:
+        return response.status, await response.read()
+
+
+def test_the_default_listen_address_is_loopback() -> None:
+    config = Config()
+    assert config.listen == "127.0.0.1:5000" and is_loopback_host(config.listen_host)
+    assert config.peer_listen is None and not config.allow_open_mirror
+
+
+async def test_v2_is_served_on_the_loopback_listener_and_not_on_the_peer_listener(
+    cluster: list[Node],
+) -> None:
+    node = cluster[0]
+    assert node.url.startswith("http://127.0.0.1:")
+    assert node.peer_url.startswith(f"http://{PEER_HOST}:")
+    async with aiohttp.ClientSession() as http:
+        assert (await status_of(http, node.url + "/v2/"))[0] == 200
+        for path in ("/v2/", f"/v2/{REPO}/tags/list", "/v2/_catalog", "/metrics", "/healthz"):
+            status, body = await status_of(http, node.peer_url + path)
+            assert status == 401, path  # unsigned: refused before anything else
+            assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+            status, _ = await status_of(http, node.peer_url + path, signed(path))
+            assert status == 404, path  # signed: still nothing but /p2p here
+
+
+async def test_the_peer_listener_refuses_unsigned_requests_members_list_included(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    node = cluster[0]
+    digest = upstream.add(payload(1024, seed=3)[0])
+    members = "/p2p/v1/members"
+    blob = f"/p2p/v1/blobs/{digest}"
+    tag = "/p2p/v1/tags/docker.io/library/app/latest"
+    async with aiohttp.ClientSession() as http:
+        for path in (members, blob, tag):
+            status, body = await status_of(http, node.peer_url + path, {NODE_HEADER: "x"})
+            assert status == 401, path
+            assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+            wrong = signed(path, key_hex="1e" * 32)
+            assert (await status_of(http, node.peer_url + path, wrong))[0] == 401, path
+        status, body = await status_of(http, node.peer_url + members, signed(members))
+        assert status == 200
+        assert sorted(m["name"] for m in json.loads(body)["members"]) == ["n0", "n1"]
+        replay = signed(members)
+        assert (await status_of(http, node.peer_url + members, replay))[0] == 200
+        assert (await status_of(http, node.peer_url + members, replay))[0] == 401  # replayed
+    # the host's own operator still lists the cluster over the loopback /v2 listener
+    doc = await fetch_members(node.url)
+    assert doc["self"] == "n0"
+
+
+async def test_peers_fetch_blobs_from_each_other_over_the_peer_listener(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    first, second = cluster
+    assert second.gossip is not None
+    advertised = {m.name: m.http_addr for m in second.gossip.members()}
+    assert advertised["n0"] == first.peer_url.removeprefix("http://")  # gossip carries it
+    data, _ = payload(2 * 1024 * 1024, seed=21)
+    digest = upstream.add(data)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{first.url}/v2/{REPO}/blobs/{digest}") as response:
+            assert response.status == 200 and await response.read() == data
+        await until(lambda: any(m.name == "n0" for m in second.gossip.holders(digest)))
+        async with http.get(f"{second.url}/v2/{REPO}/blobs/{digest}") as response:
+            assert response.status == 200 and await response.read() == data
+    assert upstream.blob_gets[digest] == 1
+    assert first.p2p is not None and sum(first.p2p.server.stats.served.values()) >= 1
+
+
+# -- no open mirror --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen_host", "credentials", "htpasswd", "allowed", "refused"),
+    [
+        ("127.0.0.1", True, False, False, False),
+        ("::1", True, False, False, False),
+        ("localhost", True, False, False, False),
+        ("0.0.0.0", True, False, False, True),
+        ("::", True, False, False, True),
+        ("10.0.0.12", True, False, False, True),
+        ("node1.example", True, False, False, True),
+        ("0.0.0.0", False, False, False, False),  # anonymous upstream access only
+        ("0.0.0.0", True, True, False, False),    # logins required
+        ("0.0.0.0", True, False, True, False),    # the operator said so
+    ],
+)
+def test_open_mirror_rule(listen_host: str, credentials: bool, htpasswd: bool, allowed: bool,
+                          refused: bool) -> None:
+    problem = open_mirror_problem(listen_host=listen_host, has_upstream_credentials=credentials,
+                                  htpasswd=htpasswd, allowed=allowed)
+    assert (problem is not None) == refused
+    if problem is not None:
+        assert "\n" not in problem and "--allow-open-mirror" in problem
+        assert "--htpasswd" in problem and "--peer-listen" in problem
+
+
+def docker_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"docker.io": {"auth": "dXNlcjpzZWNyZXQ="}}}))
+    return path
+
+
+async def test_a_mirror_with_credentials_on_a_wildcard_address_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    node = Node(Config(mode="mirror", listen="0.0.0.0:0", data_dir=str(tmp_path / "d"),
+                       docker_config=str(docker_config(tmp_path))))
+    with pytest.raises(ConfigError, match="--allow-open-mirror"):
+        await node.start()
+    await node.stop()
+    assert node.url == ""  # nothing was bound
+
+
+def test_p2preg_serve_says_why_in_one_line(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "d"),
+                 "--docker-config", str(docker_config(tmp_path))])
+    assert code == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if not x.startswith("{")]  # JSON lines are logs
+    assert line.startswith("p2preg: configuration error: --listen 0.0.0.0 is not a loopback")
+    assert line.endswith("to serve it to the network anyway") and "secret" not in err
+
+
+def test_peer_listen_needs_gossip_and_a_wildcard_peer_listener_needs_advertise() -> None:
+    with pytest.raises(ConfigError, match="--peer-listen needs --gossip-listen"):
+        from p2preg.config import validate
+
+        validate(Config(peer_listen="127.0.0.2:0"))
+    with pytest.raises(ConfigError, match="wildcard --peer-listen, set --advertise"):
+        validate(Config(peer_listen="0.0.0.0:5001", gossip_listen="127.0.0.1:0"))
+    validate(Config(peer_listen="0.0.0.0:5001", gossip_listen="127.0.0.1:0",
+                    advertise="10.0.0.12:5001"))
+
+
+async def test_without_peer_listen_one_listener_serves_both_as_before(
+    tmp_path: Path, upstream: CountingUpstream
+) -> None:
+    async with mirror_cluster(tmp_path, upstream.host, ("a", "b")) as (a, b):
+        assert a.peer_url == ""
+        data, _ = payload(256 * 1024, seed=22)
+        digest = upstream.add(data)
+        async with aiohttp.ClientSession() as http:
+            for node in (a, b):
+                async with http.get(f"{node.url}/v2/{REPO}/blobs/{digest}") as response:
+                    assert await response.read() == data
+                if node is a:
+                    await until(lambda: any(m.name == "a" for m in b.gossip.holders(digest)))
+        assert upstream.blob_gets[digest] == 1
