@@ -112,7 +112,8 @@ OPTIONS: tuple[Option, ...] = (
            "required with --mdns, never all)", "ADDR"),
     Option("cluster_key_file", str, None, "file of cluster keys (one per line, first signs) for "
            "the HMAC on gossip packets and peer blob requests", "FILE"),
-    Option("node_name", str, None, "unique node name in the cluster (default: hostname)", "NAME"),
+    Option("node_name", str, None, "unique node name in the cluster (default: the host name "
+           "plus a random id kept in DATA_DIR/node-id)", "NAME"),
     Option("zone", str, None, "topology label; peers in the same zone are preferred", "ZONE"),
     Option("tombstone_grace_s", float, 3600.0, "keep gossip catalog tombstones (dropped "
            "digests) this long before collecting them; longer than a rolling upgrade", "SECONDS"),

@@ -118,9 +118,18 @@ class Node:
         if config.gossip_listen:
             from p2preg.gossip.service import GossipService, GossipServiceConfig
 
-            self.gossip = GossipService(
-                GossipServiceConfig.from_node_config(config, http_addr=http_addr)
-            )
+            gossip_config = GossipServiceConfig.from_node_config(config, http_addr=http_addr)
+            if not config.node_name:
+                from dataclasses import replace
+
+                from p2preg.gossip.nodeid import NodeIdError, default_node_name
+
+                try:
+                    name = default_node_name(self.layout.root)
+                except NodeIdError as exc:
+                    raise ConfigError(str(exc)) from exc
+                gossip_config = replace(gossip_config, node_name=name)
+            self.gossip = GossipService(gossip_config)
 
         content: ContentSource | None = None
         mirror_listing: Listing | None = None

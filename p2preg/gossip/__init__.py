@@ -17,6 +17,7 @@ from p2preg.gossip.events import (
     MemberLeft,
     MemberSuspect,
     MemberUpdated,
+    NameConflict,
 )
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.vivaldi import Coordinate, VivaldiConfig
@@ -44,6 +45,7 @@ __all__ = [
     "MemberStatus",
     "MemberSuspect",
     "MemberUpdated",
+    "NameConflict",
     "PushPullStart",
     "VivaldiConfig",
 ]

@@ -57,6 +57,10 @@ class GossipConfig:
     tombstone_collect_batch: int = 4096
     """At most this many tombstones examined per pass; a backlog continues one probe interval
     later, so collection never stalls the core."""
+    name_conflict_refute_interval_s: float = 60.0
+    """A claim of this node's name from another address is refuted at most once per this
+    period (see ``swim.MemberTable.on_alive``): two nodes with one name do not fight an
+    incarnation war, and an old instance's address left in the cluster is still replaced."""
     awareness_max_multiplier: int = 8
     lifeguard: bool = True
     """Lifeguard refinements: local health awareness (nacks, stretched timeouts), dynamic

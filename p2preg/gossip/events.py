@@ -75,6 +75,18 @@ class LocalRefuted:
     incarnation: int
 
 
+@dataclass(frozen=True, slots=True)
+class NameConflict:
+    """Another live node uses this node's name: it answered our refutation from ``theirs``
+    (gossip ``host:port``; ours is ``ours``) with an alive claim of ``incarnation``. Two nodes with
+    one name never form a cluster; the fix is a unique ``--node-name``."""
+
+    name: str
+    ours: str
+    theirs: str
+    incarnation: int
+
+
 Event = (
     MemberJoined
     | MemberUpdated
@@ -84,4 +96,5 @@ Event = (
     | MemberLeft
     | CatalogChanged
     | LocalRefuted
+    | NameConflict
 )

@@ -66,6 +66,7 @@ from p2preg.gossip.events import (
     MemberJoined,
     MemberLeft,
     MemberSuspect,
+    NameConflict,
 )
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.wire import Keyring, KeyringError
@@ -232,6 +233,12 @@ def _log_event(event: Event) -> None:
         log.info("member %s refuted suspicion (incarnation %d)", event.name, event.incarnation)
     elif isinstance(event, LocalRefuted):
         log.warning("this node was suspected; refuted with incarnation %d", event.incarnation)
+    elif isinstance(event, NameConflict):
+        log.error(
+            "node name %r is used by two live nodes: this one (gossip %s) and the one at %s "
+            "(incarnation %d); they cannot both be members. Give each a unique --node-name, or "
+            "leave --node-name unset (the default, host name plus an id kept in the data dir, "
+            "is unique)", event.name, event.ours, event.theirs, event.incarnation)
 
 
 class GossipService:
@@ -459,7 +466,8 @@ class GossipService:
         count, the fixed ``DropReason`` set), ``driver`` (stream and send counters),
         ``seeds_joined``; membership transitions seen here: ``joins``, ``suspicions``,
         ``suspicions_refuted`` (a suspect proved alive), ``deaths`` (declared dead, not left),
-        ``leaves``, ``refutations`` (this node refuted a suspicion about itself). Current values:
+        ``leaves``, ``refutations`` (this node refuted a suspicion about itself), ``name_conflicts``
+(another live node answered with this node's name). Current values:
         ``members`` (status -> count, this node included), ``live_members``,
         ``awareness_score`` (Lifeguard, 0 = healthy), ``catalog_entries`` (digests some node
         holds or is fetching) and ``catalog_records`` (entries held for all nodes, tombstones
@@ -490,6 +498,7 @@ class GossipService:
             "deaths": events.get(MemberDead, 0),
             "leaves": events.get(MemberLeft, 0),
             "refutations": events.get(LocalRefuted, 0),
+            "name_conflicts": events.get(NameConflict, 0),
             "awareness_score": core.awareness_score,
             "catalog_entries": core.catalog.digest_count(),
             "catalog_records": core.catalog.entry_count(),

@@ -14,6 +14,16 @@ dead     ``i >= j``, not dead/left: dead   ``i >= ours`` and not leaving: refute
          (``left`` if sent by ``m``)       ``i < ours``: re-announce our alive
 =======  ===============================  ===============================================
 
+**Name conflicts**: an alive claim of our name from another gossip address is either an old
+instance of this node (restarted on a new address: its state lingers) or a second live node with
+the same name. Both are refuted, but at most once per ``name_conflict_refute_interval_s``, so two
+live nodes do not flap in an endless refutation war: the name moves between them at most about
+once per interval (push-pulls bring the other's claim back), and both keep reporting it. A
+conflicting claim whose incarnation is above the one we refuted it with can only come from a
+live node that refuted us back: that is a confirmed conflict, reported as a ``NameConflict``
+event (the service logs an ERROR naming both addresses and counts it). Claims from our own
+address with a higher incarnation (our previous run) are refuted at once, as before.
+
 A suspicion becomes ``dead`` when its (Lifeguard, shrinking) timeout passes without a refutation.
 **Verification** (Lifeguard on): a suspicion still running at ``VERIFY_AT`` fractions of the
 minimum timeout makes this node ask the member directly (the core sends SUSPECT + PING, nothing
@@ -47,6 +57,7 @@ from p2preg.gossip.events import (
     MemberLeft,
     MemberSuspect,
     MemberUpdated,
+    NameConflict,
 )
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.suspicion import Suspicion, expected_confirmations, suspicion_bounds
@@ -56,6 +67,13 @@ _LIVE = (MemberStatus.ALIVE, MemberStatus.SUSPECT)
 VERIFY_AT = (0.25, 0.5, 0.75)
 """When (fractions of the minimum suspicion timeout) a running suspicion is verified directly."""
 _STATUS_CODE = {MemberStatus(s): i for i, s in enumerate(msgs.STATUS_CODES)}
+_MAX_CONFLICT_ADDRS = 64
+"""Conflicting addresses remembered per node (a bound on what a flood of claims can cost)."""
+
+
+def _format_addr(addr: Addr) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class MemberState:
@@ -125,6 +143,11 @@ class MemberTable:
         self.revived: list[str] = []
         """Dead/left members seen alive again since the core last looked (a healed partition)."""
         self._verifies: list[tuple[float, int, str, Suspicion]] = []
+        # name conflicts: when we may refute a conflicting claim next, the incarnation we last
+        # refuted one with, and the newest incarnation seen from each conflicting address
+        self._conflict_refute_at = float("-inf")
+        self._conflict_refuted_with: int | None = None
+        self._conflict_claims: dict[Addr, int] = {}
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -289,10 +312,9 @@ class MemberTable:
         news to the cluster: re-gossiping it all would make a join storm cost O(N^2))."""
         cfg = self.config
         if m.name == cfg.name:
-            conflict = (m.host, m.port) != cfg.gossip_addr
-            if not self.leaving and (
-                m.incarnation > self.incarnation or (m.incarnation == self.incarnation and conflict)
-            ):
+            if (m.host, m.port) != cfg.gossip_addr:
+                self._on_name_conflict(m, now)
+            elif not self.leaving and m.incarnation > self.incarnation:
                 self._refute(m.incarnation)
             return
         st = self._members.get(m.name)
@@ -324,6 +346,27 @@ class MemberTable:
             self._events.append(MemberUpdated(st.snapshot()))
         if rebroadcast or old != MemberStatus.ALIVE:
             self._queue.queue(("m", m.name), MessageType.ALIVE, m.encode())
+
+    def _on_name_conflict(self, m: msgs.Alive, now: float) -> None:
+        """An alive claim of our name from another address (see the module docstring)."""
+        theirs = (m.host, m.port)
+        seen = self._conflict_claims.get(theirs)
+        if seen is None or m.incarnation > seen:  # a new claim, not a copy of one seen
+            if seen is None and len(self._conflict_claims) >= _MAX_CONFLICT_ADDRS:
+                self._conflict_claims.pop(next(iter(self._conflict_claims)))
+            self._conflict_claims[theirs] = m.incarnation
+            refuted_with = self._conflict_refuted_with
+            if refuted_with is not None and m.incarnation > refuted_with:
+                self._events.append(NameConflict(
+                    self.config.name, _format_addr(self.config.gossip_addr),
+                    _format_addr(theirs), m.incarnation))
+        # Refuted even when seen before (a push-pull brings the other node's claim back), but
+        # at most once per interval: a bounded-rate exchange, never a war.
+        if self.leaving or m.incarnation < self.incarnation or now < self._conflict_refute_at:
+            return
+        self._conflict_refute_at = now + self.config.name_conflict_refute_interval_s
+        self._refute(m.incarnation)
+        self._conflict_refuted_with = self.incarnation
 
     def _stale_accusation(self, accused_incarnation: int) -> bool:
         """Handle an accusation about ourselves; True if it was older than our incarnation.
