@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.p2p.harness import CountingUpstream
 
 
 def require_tool(*names: str) -> None:
@@ -30,3 +35,13 @@ def require_root() -> None:
     if os.environ.get("CI"):
         pytest.fail("this test needs root")
     pytest.skip("this test needs root")
+
+
+@pytest.fixture
+async def counting_upstream() -> AsyncIterator[CountingUpstream]:
+    """A fake origin on loopback that counts the blob GETs it answers (``tests.p2p.harness``)."""
+    from tests.p2p.harness import CountingUpstream
+
+    server = await CountingUpstream().start()
+    yield server
+    await server.stop()

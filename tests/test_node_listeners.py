@@ -29,10 +29,8 @@ NONCES = random.Random(5)  # one seeded source: every signed request gets a fres
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[CountingUpstream]:
-    server = await CountingUpstream().start()
-    yield server
-    await server.stop()
+def upstream(counting_upstream: CountingUpstream) -> CountingUpstream:
+    return counting_upstream
 
 
 @pytest.fixture
