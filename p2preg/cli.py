@@ -16,7 +16,15 @@ import sys
 from collections.abc import Sequence
 
 from p2preg import __version__
-from p2preg.config import ConfigError, add_arguments, load_config
+from p2preg.config import (
+    MIRROR_CONFIG_OPTIONS,
+    ConfigError,
+    Sources,
+    add_arguments,
+    load_config,
+    load_config_with_sources,
+    scrub,
+)
 
 log = logging.getLogger("p2preg")
 
@@ -53,16 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     mc = sub.add_parser(
         "mirror-config",
         help="print or write the client configuration that points at this node",
-        description="Print (or write, keeping a backup) the docker daemon.json registry-mirrors, "
-        "the containerd certs.d hosts.toml files, or the podman registries.conf for this node.",
+        description="Print (or write) the docker daemon.json registry-mirrors (merged, backup "
+        "kept), the containerd certs.d/<registry>/hosts.toml files, or a podman/CRI-O drop-in "
+        "registries.conf.d/50-p2preg.conf for this node. The node's address and upstreams come "
+        "from the same --config/P2PREG_*/flags as `p2preg serve`.",
     )
     mc.add_argument("client", choices=("docker", "containerd", "podman"))
-    mc.add_argument("--write", action="store_true", help="write the file(s) in place (backup kept)")
+    mc.add_argument("--write", action="store_true", help="write the file(s) in place (docker: "
+                    "merged, backup kept; an unchanged file is left alone)")
     mc.add_argument("--mirror", default=None, metavar="HOST:PORT",
                     help="address of the node (default: --listen)")
     mc.add_argument("--target", default=None, metavar="PATH",
-                    help="file or directory to write instead of the client's default location")
-    add_arguments(mc)
+                    help="file or directory to write instead of the client's default location "
+                    "(docker: /etc/docker/daemon.json, containerd: /etc/containerd/certs.d, "
+                    "podman: /etc/containers/registries.conf.d)")
+    add_arguments(mc, only=MIRROR_CONFIG_OPTIONS)
 
     hp = sub.add_parser("htpasswd", help="print a bcrypt htpasswd line for --htpasswd",
                         description="Print USER:BCRYPT for an htpasswd file. The password is read "
@@ -96,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    sources = Sources()
     try:
         if args.command == "serve":
-            return _serve(args)
+            return _serve(args, sources)
         if args.command == "members":
             return _members(args)
         if args.command == "mirror-config":
@@ -107,19 +121,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _htpasswd(args)
         if args.command == "gc":
             return _gc(args)
-    except ConfigError as exc:
-        print(f"p2preg: configuration error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        error = as_config_error(exc)
+        if error is None:
+            raise
+        print(f"p2preg: configuration error: {error.line(sources)}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def as_config_error(exc: BaseException) -> ConfigError | None:
+    """The operator's mistakes found at start-up, as one ``ConfigError`` each (option, what,
+    fix); ``None`` for anything else (a bug: its traceback is wanted)."""
+    from p2preg.gossip.wire import KeyringError
+    from p2preg.registry.htpasswd import HtpasswdError
+    from p2preg.storage.lock import DataDirLocked
+    from p2preg.tlsconfig import TLSConfigError
+    from p2preg.upstream.config import UpstreamConfigError
+
+    if isinstance(exc, ConfigError):
+        if exc.fix is None and exc.option in _FIXES:
+            exc.fix = _FIXES[exc.option]
+        return exc
+    text = str(exc)
+    if isinstance(exc, HtpasswdError):
+        return ConfigError(text, option="--htpasswd", fix="recreate the entry with "
+                           "`p2preg htpasswd USER` (bcrypt)")
+    if isinstance(exc, TLSConfigError):
+        option = ("--peer-ca" if "CA bundle" in text else "--tls-key"
+                  if text.startswith("TLS key") else "--tls-cert")
+        return ConfigError(text, option=option, fix="give a readable PEM certificate and its "
+                           "unencrypted key (docs/auth.md, TLS)")
+    if isinstance(exc, DataDirLocked):
+        return ConfigError(text, option="--data-dir", fix="stop the other node or give this one "
+                           "its own --data-dir")
+    if isinstance(exc, KeyringError):
+        return ConfigError(text, option="--cluster-key-file", fix=_FIXES["--cluster-key-file"])
+    if isinstance(exc, UpstreamConfigError):
+        option, sep, what = text.partition(": ")
+        if not sep:
+            option, what = "--upstream", text
+        return ConfigError(what, option=option, source="", fix="see docs/mirror.md, Upstreams")
+    return None
+
+
+_FIXES = {
+    "--cluster-key-file": "one hex key (64 hex digits: `p2preg cluster-key` or `openssl rand "
+                          "-hex 32`) per line, readable by the node's user",
+    "--join": "write it as HOST:PORT, IPv6 as [ADDR]:PORT",
+    "--join-dns": "give NAME or NAME:PORT",
+    "--mdns-interface": "give this host's IP address on that interface",
+    "--gossip-listen": "give HOST:PORT, e.g. THIS_HOST_IP:7946",
+    "--advertise": "give THIS_HOST_IP:PORT",
+}
+
+
+def _serve(args: argparse.Namespace, sources: Sources) -> int:
     from p2preg.logs import setup_logging
     from p2preg.node import Node
 
-    config = load_config(args)
+    config, found = load_config_with_sources(args)
+    sources.update(found)
     setup_logging(config.log_level)
+    _scrub_log_handlers()
     try:
         import uvloop
 
@@ -135,19 +200,37 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await node.start()
-        except ConfigError:
+        except OSError as exc:
+            await node.stop()
+            if as_config_error(exc) is not None:
+                raise
+            print(f"p2preg: cannot start: {scrub(str(exc))}", file=sys.stderr)
+            return 1
+        except BaseException:
             await node.stop()
             raise
-        except OSError as exc:
-            log.error("cannot start: %s", exc)
-            await node.stop()
-            return 1
         await stop.wait()
         await node.stop()
         return 0
 
     with runner:
         return runner.run(run())
+
+
+class _ScrubFilter(logging.Filter):
+    """Removes registered secrets from every log line (``p2preg.config.scrub``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _scrub_log_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ScrubFilter())
 
 
 def _members(args: argparse.Namespace) -> int:

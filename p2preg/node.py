@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
-from p2preg.config import Config, ConfigError
+from p2preg.config import Config, ConfigError, resolve_cache_max_bytes
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
@@ -83,7 +83,8 @@ class Node:
         # Wall clock: access times are stored on disk and compared with file mtimes.
         self.maintenance = Maintenance(
             blobs, meta, uploads, self.wall_clock,
-            max_bytes=config.cache_max_bytes, min_age_s=config.cache_min_age_s,
+            max_bytes=resolve_cache_max_bytes(config, blobs.total_bytes()),
+            min_age_s=config.cache_min_age_s,
             upload_max_age_s=config.upload_max_age_s, interval_s=config.maintenance_interval_s,
             mode=config.mode, low_water_ratio=config.cache_low_water_ratio,
             on_evict=self._on_evict, gc_interval_s=config.gc_interval_s,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from p2preg.config import Config
+from p2preg.config import Config, register_secret
 
 DOCKER_HUB = "docker.io"
 DEFAULT_UPSTREAM_SPEC = "docker.io=https://registry-1.docker.io"
@@ -98,20 +98,32 @@ def _check_registry_name(name: str, where: str) -> str:
 
 def _check_url(url: str, where: str) -> str:
     parts = urlsplit(url)
+    shown = _shown_url(url)
+    if parts.username is not None or parts.password is not None:
+        raise UpstreamConfigError(f"{where}: credentials in the URL {shown}; use username and "
+                                  "password_file (an [[upstream]] table) or --docker-config")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise UpstreamConfigError(f"{where}: expected http(s)://HOST[:PORT], got {url!r}")
+        raise UpstreamConfigError(f"{where}: expected http(s)://HOST[:PORT], got {shown}")
     try:
         _ = parts.port
-    except ValueError as exc:
-        raise UpstreamConfigError(f"{where}: bad port in {url!r}") from exc
+    except ValueError:
+        raise UpstreamConfigError(f"{where}: bad port in {shown}") from None
     return url.rstrip("/")
+
+
+def _shown_url(url: str) -> str:
+    """``url`` for a message: any ``user:password@`` part is masked."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = "<redacted>@" + rest.split("@", 1)[1]
+    return repr(f"{scheme}{sep}{rest}")
 
 
 def parse_upstream_spec(spec: str) -> tuple[str, str]:
     """``"REGISTRY=URL"`` (the ``--upstream`` flag) -> (normalized registry, URL without ``/``)."""
     registry, sep, url = spec.partition("=")
     if not sep:
-        raise UpstreamConfigError(f"--upstream: expected REGISTRY=URL, got {spec!r}")
+        raise UpstreamConfigError(f"--upstream: expected REGISTRY=URL, got {_shown_url(spec)}")
     return _check_registry_name(registry, "--upstream"), _check_url(url.strip(), "--upstream")
 
 
@@ -142,6 +154,9 @@ def docker_config_credentials(config: Mapping[str, Any], registry: str) -> Crede
 def _credentials_from_entry(entry: Mapping[str, Any]) -> Credentials | None:
     user, password = _user_password(entry)
     token = entry.get("identitytoken")
+    for secret in (password, token):
+        if isinstance(secret, str):
+            register_secret(secret)
     if isinstance(token, str) and token:
         # As docker does: an identity token wins over a user name and password stored beside it
         # (``docker login`` to such registries stores a placeholder user with no password).
@@ -214,12 +229,19 @@ def build_upstreams(
     error.
     """
     result: dict[str, UpstreamConfig] = {}
-    for i, spec in enumerate(specs or (DEFAULT_UPSTREAM_SPEC,)):
+    origin: dict[str, str] = {}
+    tables = 0
+    for spec in specs or (DEFAULT_UPSTREAM_SPEC,):
         if isinstance(spec, Mapping):
-            table = upstreams_from_toml({"upstream": [spec]})
+            source = spec.get("_source")
+            where = f"[[upstream]] #{tables + 1}" + (f" ({source})" if source else "")
+            tables += 1
+            table = upstreams_from_toml({"upstream": [spec]}, where=where)
             (entry,) = table
             if entry.registry in result:
-                raise UpstreamConfigError(f"upstream[{i}]: {entry.registry} is configured twice")
+                raise UpstreamConfigError(f"{where}: {entry.registry} is configured twice "
+                                          f"(also by {origin[entry.registry]})")
+            origin[entry.registry] = where
             if entry.credentials is None and docker_config is not None:
                 creds = docker_config_credentials(docker_config, entry.registry)
                 entry = replace(entry, credentials=creds)
@@ -229,7 +251,9 @@ def build_upstreams(
             continue
         registry, url = parse_upstream_spec(spec)
         if registry in result:
-            raise UpstreamConfigError(f"--upstream: {registry} is configured twice")
+            raise UpstreamConfigError(f"--upstream: {registry} is configured twice (also by "
+                                      f"{origin[registry]}); list files and flags add up")
+        origin[registry] = f"--upstream {spec}"
         creds = (credentials or {}).get(registry)
         if creds is None and docker_config is not None:
             creds = docker_config_credentials(docker_config, registry)
@@ -251,7 +275,8 @@ def upstreams_from_config(config: Config) -> Upstreams:
                            timeout_s=config.upstream_timeout_s)
 
 
-def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = None) -> Upstreams:
+def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = None,
+                        where: str | None = None) -> Upstreams:
     """Upstreams from the ``[[upstream]]`` array of a node's TOML file (see docs/mirror.md).
 
     Each entry: ``registry``, ``url``, and optionally ``username`` + ``password`` (or
@@ -259,14 +284,16 @@ def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = Non
     ``connect_timeout_s``, ``idle_timeout_s``, ``retry_budget_s``, ``max_attempts``. Relative
     paths are resolved against ``base_dir`` (the TOML file's directory).
     """
+    given_where = where
     entries = table.get("upstream", [])
     if not isinstance(entries, list):
         raise UpstreamConfigError("[[upstream]] must be an array of tables")
     known = {"registry", "url", "username", "password", "password_file", "docker_config",
-             "ca_file", "connect_timeout_s", "idle_timeout_s", "retry_budget_s", "max_attempts"}
+             "ca_file", "connect_timeout_s", "idle_timeout_s", "retry_budget_s", "max_attempts",
+             "_source"}
     result: dict[str, UpstreamConfig] = {}
     for i, entry in enumerate(entries):
-        where = f"upstream[{i}]"
+        where = given_where or f"[[upstream]] #{i + 1}"
         if not isinstance(entry, Mapping):
             raise UpstreamConfigError(f"{where}: must be a table")
         unknown = sorted(set(entry) - known)
@@ -307,8 +334,12 @@ def _toml_credentials(
             raise UpstreamConfigError(f"{where}: password and password_file are exclusive")
         try:
             password = _resolve(password_file, base_dir).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise UpstreamConfigError(f"{where}.password_file: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+            raise UpstreamConfigError(f"{where}.password_file {password_file}: cannot read it "
+                                      f"({reason})") from None
+    if password is not None:
+        register_secret(password)
     if user is not None or password is not None:
         if not user or password is None:
             raise UpstreamConfigError(f"{where}: username and password go together")
@@ -328,7 +359,8 @@ def _str(entry: Mapping[str, Any], key: str, where: str, *, required: bool = Fal
             raise UpstreamConfigError(f"{where}: {key} is required")
         return None
     if not isinstance(value, str):
-        raise UpstreamConfigError(f"{where}.{key}: must be a string")
+        shown = "<redacted>" if "password" in key else type(value).__name__
+        raise UpstreamConfigError(f"{where}.{key}: must be a string, got {shown}")
     return value
 
 
