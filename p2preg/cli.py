@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--node", default="http://127.0.0.1:5000",
                          help="URL of the node to ask (default: http://127.0.0.1:5000)")
     members.add_argument("--json", action="store_true", help="print the raw JSON")
+    members.add_argument("--ca", metavar="FILE", default=None,
+                         help="CA bundle (PEM) to verify an https:// node with (default: the "
+                         "system store)")
 
     mc = sub.add_parser(
         "mirror-config",
@@ -140,14 +143,18 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
     from p2preg.tlsconfig import TLSConfigError
     from p2preg.upstream.config import UpstreamConfigError
 
+    if isinstance(exc, ConfigError) and isinstance(exc.__cause__, UpstreamConfigError):
+        exc = exc.__cause__  # node.start wraps it; the original knows its source
     if isinstance(exc, ConfigError):
         if exc.fix is None and exc.option in _FIXES:
             exc.fix = _FIXES[exc.option]
         return exc
     text = str(exc)
     if isinstance(exc, HtpasswdError):
-        return ConfigError(text, option="--htpasswd", fix="recreate the entry with "
-                           "`p2preg htpasswd USER` (bcrypt)")
+        what, _, fix = text.partition(" Recreate the entry")
+        return ConfigError(what.rstrip("."), option="--htpasswd", fix=(
+            "recreate the entry" + fix.rstrip(".") if fix else
+            "give a readable file of USER:BCRYPT lines (`p2preg htpasswd USER >> FILE`)"))
     if isinstance(exc, TLSConfigError):
         option = ("--peer-ca" if "CA bundle" in text else "--tls-key"
                   if text.startswith("TLS key") else "--tls-cert")
@@ -162,7 +169,11 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
         option, sep, what = text.partition(": ")
         if not sep:
             option, what = "--upstream", text
-        return ConfigError(what, option=option, source="", fix="see docs/mirror.md, Upstreams")
+        if option.startswith("--") and " " in option:  # "--docker-config PATH: what"
+            option, _, path = option.partition(" ")
+            what = f"{path}: {what}"
+        return ConfigError(what, option=option, source=exc.source,
+                           fix="see docs/mirror.md, Upstreams")
     return None
 
 
@@ -185,6 +196,7 @@ def _serve(args: argparse.Namespace, sources: Sources) -> int:
     sources.update(found)
     setup_logging(config.log_level)
     _scrub_log_handlers()
+    held = _HeldLogs()  # start-up lines are shown once the node starts, or dropped for the error
     try:
         import uvloop
 
@@ -200,15 +212,17 @@ def _serve(args: argparse.Namespace, sources: Sources) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await node.start()
-        except OSError as exc:
+        except BaseException as exc:
             await node.stop()
-            if as_config_error(exc) is not None:
+            if isinstance(exc, Exception) and as_config_error(exc) is not None:
+                held.discard()
                 raise
-            print(f"p2preg: cannot start: {scrub(str(exc))}", file=sys.stderr)
-            return 1
-        except BaseException:
-            await node.stop()
+            held.release()
+            if isinstance(exc, OSError):
+                print(f"p2preg: cannot start: {scrub(str(exc))}", file=sys.stderr)
+                return 1
             raise
+        held.release()
         await stop.wait()
         await node.stop()
         return 0
@@ -217,20 +231,47 @@ def _serve(args: argparse.Namespace, sources: Sources) -> int:
         return runner.run(run())
 
 
-class _ScrubFilter(logging.Filter):
-    """Removes registered secrets from every log line (``p2preg.config.scrub``)."""
+class _ScrubbingFormatter(logging.Formatter):
+    """Wraps a formatter: registered secrets never reach a log line (``p2preg.config.scrub``)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = scrub(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(self.inner.format(record))
 
 
 def _scrub_log_handlers() -> None:
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_ScrubFilter())
+        handler.setFormatter(_ScrubbingFormatter(handler.formatter))
+
+
+class _HeldLogs:
+    """Holds the root logger's lines while the node starts: a configuration error is then the
+    only line printed (``release`` writes them, ``discard`` drops them)."""
+
+    def __init__(self) -> None:
+        import logging.handlers
+
+        self.root = logging.getLogger()
+        self.handlers = list(self.root.handlers)
+        self.memory = logging.handlers.MemoryHandler(capacity=1 << 20,
+                                                     flushLevel=logging.CRITICAL + 1)
+        self.root.handlers[:] = [self.memory]
+
+    def release(self) -> None:
+        if self.root.handlers == [self.memory]:
+            self.root.handlers[:] = self.handlers
+            for record in self.memory.buffer:
+                for handler in self.handlers:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        self.memory.buffer.clear()
+
+    def discard(self) -> None:
+        self.memory.buffer.clear()
+        self.root.handlers[:] = self.handlers
 
 
 def _members(args: argparse.Namespace) -> int:
@@ -238,10 +279,25 @@ def _members(args: argparse.Namespace) -> int:
 
     from p2preg.gossip.http import MembersFetchError, fetch_members, format_members_table
 
+    async def fetch() -> dict[str, object]:
+        import aiohttp
+
+        from p2preg.tlsconfig import client_context
+
+        ssl_context = client_context(args.ca) if args.node.startswith("https://") else None
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10.0),
+            connector=aiohttp.TCPConnector(ssl=ssl_context if ssl_context else True),
+        ) as session:
+            return await fetch_members(args.node, session=session)
+
     try:
-        data = asyncio.run(fetch_members(args.node))
+        data = asyncio.run(fetch())
     except MembersFetchError as exc:
-        print(f"p2preg: {exc}", file=sys.stderr)
+        hint = ""
+        if "HTTP 404" in str(exc):
+            hint = " (this node runs without gossip: --gossip-listen is not set)"
+        print(f"p2preg members: {exc}{hint}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else format_members_table(data), end="")
     return 0

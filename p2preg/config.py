@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -363,7 +363,27 @@ def _upstream_table(table: Mapping[str, Any], source: str,
             path = Path(value).expanduser()
             entry[key] = str(path if path.is_absolute() else base_dir / path)
     entry["_source"] = source
-    return MappingProxyType(entry)
+    return UpstreamTable(entry)
+
+
+class UpstreamTable(Mapping[str, Any]):
+    """A read-only ``[[upstream]]`` table whose ``repr`` masks secret fields (a ``Config`` is
+    printed in debug logs and test failures)."""
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self._entry = MappingProxyType(dict(entry))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._entry[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entry)
+
+    def __len__(self) -> int:
+        return len(self._entry)
+
+    def __repr__(self) -> str:
+        return redact(self._entry)
 
 
 class Sources:

@@ -34,7 +34,10 @@ _DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "dock
 
 
 class UpstreamConfigError(ValueError):
-    """An upstream setting is wrong; the message names the setting and the value."""
+    """An upstream setting is wrong; the message names the setting and the value (never a
+    secret). ``source`` names the file or flag it came from, when known."""
+
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +190,9 @@ def load_docker_config(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError) as exc:
-        raise UpstreamConfigError(f"docker config {path}: {exc}") from exc
+        raise UpstreamConfigError(f"--docker-config {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise UpstreamConfigError(f"docker config {path}: not a JSON object")
+        raise UpstreamConfigError(f"--docker-config {path}: not a JSON object")
     return data
 
 
@@ -234,10 +237,13 @@ def build_upstreams(
     for spec in specs or (DEFAULT_UPSTREAM_SPEC,):
         if isinstance(spec, Mapping):
             source = spec.get("_source")
-            where = f"[[upstream]] #{tables + 1}" + (f" ({source})" if source else "")
+            where = f"[[upstream]] #{tables + 1}"
             tables += 1
-            table = upstreams_from_toml({"upstream": [spec]}, where=where)
-            (entry,) = table
+            try:
+                (entry,) = upstreams_from_toml({"upstream": [spec]}, where=where)
+            except UpstreamConfigError as exc:
+                exc.source = source
+                raise
             if entry.registry in result:
                 raise UpstreamConfigError(f"{where}: {entry.registry} is configured twice "
                                           f"(also by {origin[entry.registry]})")
@@ -336,7 +342,7 @@ def _toml_credentials(
             password = _resolve(password_file, base_dir).read_text().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
-            raise UpstreamConfigError(f"{where}.password_file {password_file}: cannot read it "
+            raise UpstreamConfigError(f"{where}.password_file: cannot read {password_file} "
                                       f"({reason})") from None
     if password is not None:
         register_secret(password)
