@@ -80,11 +80,15 @@ class Node:
         self.metrics.set_store_readings(
             bytes_reading=blobs.total_bytes, blobs_reading=blobs.count
         )
+        quota = resolve_cache_max_bytes(config, blobs.total_bytes())
+        if config.mode == "mirror":
+            event(log, "cache_quota", max_bytes=quota,
+                  source="--cache-max-bytes" if config.cache_max_bytes is not None
+                  else f"--cache-max-disk-ratio {config.cache_max_disk_ratio:g}")
         # Wall clock: access times are stored on disk and compared with file mtimes.
         self.maintenance = Maintenance(
             blobs, meta, uploads, self.wall_clock,
-            max_bytes=resolve_cache_max_bytes(config, blobs.total_bytes()),
-            min_age_s=config.cache_min_age_s,
+            max_bytes=quota, min_age_s=config.cache_min_age_s,
             upload_max_age_s=config.upload_max_age_s, interval_s=config.maintenance_interval_s,
             mode=config.mode, low_water_ratio=config.cache_low_water_ratio,
             on_evict=self._on_evict, gc_interval_s=config.gc_interval_s,
