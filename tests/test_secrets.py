@@ -141,7 +141,8 @@ def test_no_planted_secret_reaches_any_output_of_a_running_node(
             response = node.request("GET", path)
             assert response.status >= 400  # the fake upstream fails every authorised request
             answers.append(response.body)
-        for path in ("/metrics", "/healthz", "/p2p/v1/members", "/p2p/v1/blobs/sha256:" + "ab" * 32):
+        for path in ("/metrics", "/healthz", "/p2p/v1/members",
+                     "/p2p/v1/blobs/sha256:" + "ab" * 32):
             answers.append(node.request("GET", path).body)
     finally:
         node.stop()
