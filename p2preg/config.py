@@ -80,6 +80,7 @@ class ConfigError(ValueError):
 
     def __init__(self, what: str, *, option: str | None = None, source: str | None = None,
                  fix: str | None = None) -> None:
+        message = what
         if option is None:
             match = re.match(r"(--[a-z0-9-]+)[ :]\s*(.*)", what, re.S)
             if match:
@@ -88,7 +89,8 @@ class ConfigError(ValueError):
         self.source = source
         self.what = what
         self.fix = fix
-        super().__init__(self.line())
+        # A bare message keeps its text as str(); the structured form is ``line()``.
+        super().__init__(scrub(message) if message is not what else self.line())
 
     def line(self, sources: Sources | None = None) -> str:
         """The one-line form, secrets scrubbed; ``sources`` names where the option came from."""
