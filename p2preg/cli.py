@@ -297,7 +297,7 @@ def _members(args: argparse.Namespace) -> int:
         hint = ""
         if "HTTP 404" in str(exc):
             hint = " (this node runs without gossip: --gossip-listen is not set)"
-        print(f"p2preg: members: {exc}{hint}", file=sys.stderr)
+        print(scrub(f"p2preg: members: {exc}{hint}"), file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else format_members_table(data), end="")
     return 0
