@@ -1,8 +1,11 @@
 """The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``, ``gc``.
 
-Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes).
-Everything else is delegated: ``node.Node`` runs a node; subcommands import their module lazily so
-``p2preg --help`` stays fast.
+Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes)
+and the start-up error style: every operator mistake (``as_config_error``: bad values, TOML,
+htpasswd, TLS, key files, a data dir in use) is one line ``p2preg: configuration error: OPTION
+(SOURCE): WHAT — FIX`` with exit status 2, secrets scrubbed, start-up log lines held back so the
+error is the only line. Everything else is delegated: ``node.Node`` runs a node; subcommands
+import their module lazily so ``p2preg --help`` stays fast.
 """
 
 from __future__ import annotations
