@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.node import P2pregNode, http_request
-from tests.test_startup_errors import run_serve
+from tests.support.serve import run_serve
 
 INLINE_PASSWORD = "PLANTED-inline-pw-4c1d"
 FILE_PASSWORD = "PLANTED-file-pw-9e2b"

@@ -7,10 +7,8 @@ would, and plants a secret where the case can reach one: it must not be printed.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.auth.certs import make_self_signed
+from tests.support.serve import run_serve
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PLANTED = "PLANTED-S3CRET-7f3a9c"
 LINE = re.compile(
     r"^p2preg: configuration error: (?P<option>.+?) \((?P<source>[^()]+)\): (?P<what>.+?)"
@@ -125,17 +123,6 @@ CASES = [
          _flags("--mode", "registry", "--gc-interval-s", "10")),
     Case("data-dir-in-use", "--data-dir", "flag", _flags()),  # locked by the test, below
 ]
-
-
-def run_serve(tmp: Path, argv: list[str], env: dict[str, str],
-              data_dir: Path) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
-    full_env.pop("P2PREG_CONFIG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "p2preg", "serve", "--listen", "127.0.0.1:0",
-         "--data-dir", str(data_dir), *argv],
-        capture_output=True, text=True, timeout=60, env=full_env, cwd=tmp,
-    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

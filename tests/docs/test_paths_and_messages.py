@@ -21,7 +21,7 @@ import pytest
 
 import p2preg
 from tests.docs.markdown import DOC_FILES, ROOT, all_blocks, backtick_spans, prose
-from tests.test_startup_errors import run_serve
+from tests.support.serve import run_serve
 
 _REPO_PATH = re.compile(r"^(?:p2preg|tests|deploy|docs|benchmarks|\.ci)/[\w./-]*[\w/]$")
 _LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
