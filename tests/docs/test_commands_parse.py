@@ -19,7 +19,8 @@ def inline_commands() -> list[tuple[str, str]]:
     for block in all_blocks():
         if is_shell(block):
             text = block.text.replace("\\\n", " ")
-            found += [(block.where, line.strip()) for line in text.splitlines()
+            found += [(block.where, line.split(" #", 1)[0].strip())
+                      for line in text.splitlines()
                       if line.strip().startswith(("p2preg ", "sudo p2preg "))]
     # A template (metasyntax) or a bare "p2preg members" (a command's name) is not an invocation.
     return [(where, c) for where, c in found
