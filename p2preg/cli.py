@@ -220,6 +220,10 @@ def _serve(args: argparse.Namespace, sources: Sources) -> int:
             if isinstance(exc, Exception) and as_config_error(exc) is not None:
                 held.discard()
                 raise
+            data_dir_error = _data_dir_error(exc, config.data_dir)
+            if data_dir_error is not None:
+                held.discard()
+                raise data_dir_error from None
             held.release()
             if isinstance(exc, OSError):
                 print(f"p2preg: cannot start: {scrub(str(exc))}", file=sys.stderr)
@@ -232,6 +236,23 @@ def _serve(args: argparse.Namespace, sources: Sources) -> int:
 
     with runner:
         return runner.run(run())
+
+
+def _data_dir_error(exc: BaseException, data_dir: str) -> ConfigError | None:
+    """A file system error on a path inside ``--data-dir`` (not writable, not a directory, a
+    full or read-only disk at start) is the operator's to fix: a configuration error."""
+    import os
+
+    filename = getattr(exc, "filename", None)
+    if not isinstance(exc, OSError) or not filename:
+        return None
+    root = os.path.abspath(data_dir)
+    path = os.path.abspath(os.fsdecode(filename))
+    if path != root and not path.startswith(root + os.sep) and not root.startswith(path + os.sep):
+        return None
+    return ConfigError(f"{path}: {exc.strerror}", option="--data-dir",
+                       fix="give a directory the node's user can write (systemd: "
+                       "StateDirectory=p2preg)")
 
 
 class _ScrubbingFormatter(logging.Formatter):

@@ -122,6 +122,7 @@ CASES = [
     Case("gc-interval-below-maintenance", "--gc-interval-s", "flag",
          _flags("--mode", "registry", "--gc-interval-s", "10")),
     Case("data-dir-in-use", "--data-dir", "flag", _flags()),  # locked by the test, below
+    Case("data-dir-not-a-directory", "--data-dir", "flag", _flags()),  # a file, below
 ]
 
 
@@ -141,6 +142,9 @@ def test_a_startup_mistake_is_one_line_with_exit_status_2(case: Case, tmp_path: 
             done = run_serve(tmp_path, argv, env, data_dir)
         finally:
             lock.release()
+    elif case.name == "data-dir-not-a-directory":
+        (tmp_path / "a-file").write_text("")
+        done = run_serve(tmp_path, argv, env, tmp_path / "a-file" / "data")
     else:
         done = run_serve(tmp_path, argv, env, data_dir)
     assert done.returncode == 2, done.stderr
