@@ -274,11 +274,33 @@ def build_upstreams(
 
 def upstreams_from_config(config: Config) -> Upstreams:
     """The node's upstreams: ``--upstream`` (default Docker Hub), ``--upstream-ca``,
-    ``--docker-config`` credentials and ``--upstream-timeout-s``."""
+    ``--docker-config`` credentials and ``--upstream-timeout-s``. Every CA bundle named is
+    loaded once here, so a missing or broken one stops the node at start, not at its first
+    pull."""
     docker = load_docker_config(config.docker_config) if config.docker_config else None
     specs: list[str | Mapping[str, Any]] = list(config.upstream)
-    return build_upstreams(specs, ca_file=config.upstream_ca, docker_config=docker,
-                           timeout_s=config.upstream_timeout_s)
+    upstreams = build_upstreams(specs, ca_file=config.upstream_ca, docker_config=docker,
+                                timeout_s=config.upstream_timeout_s)
+    for up in upstreams:
+        if up.ca_file is not None:
+            where = "--upstream-ca" if up.ca_file == config.upstream_ca else \
+                f"[[upstream]] {up.registry}.ca_file"
+            check_ca_file(up.ca_file, where)
+    return upstreams
+
+
+def check_ca_file(path: str, where: str) -> None:
+    """Raise ``UpstreamConfigError`` unless ``path`` is a PEM bundle ``ssl`` can load."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise UpstreamConfigError(f"{where}: {path}: no such file") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise UpstreamConfigError(f"{where}: {path}: not a usable PEM CA bundle ({reason})"
+                                  ) from None
 
 
 def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = None,
