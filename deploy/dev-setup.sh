@@ -10,6 +10,7 @@ APT_PACKAGES=(
   apache2-utils   # htpasswd -B, to check our htpasswd files are compatible
   nftables iproute2 openssl curl
   prometheus      # promtool: checks and unit-tests deploy/prometheus/p2preg-alerts.yml
+  python3-venv    # python3 -m venv: .venv below, and the README run command (tests/docs)
 )
 if [ "$(id -u)" = 0 ]; then
   missing=()

@@ -1,9 +1,12 @@
 """The ``p2preg`` command: ``serve``, ``members``, ``mirror-config``, ``htpasswd``, ``gc``,
 ``cluster-key``.
 
-Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes).
-Everything else is delegated: ``node.Node`` runs a node; subcommands import their module lazily so
-``p2preg --help`` stays fast.
+Owns: argument parsing and process-level concerns (logging set-up, uvloop, signals, exit codes)
+and the start-up error style: every operator mistake (``as_config_error``: bad values, TOML,
+htpasswd, TLS, key files, a data dir in use) is one line ``p2preg: configuration error: OPTION
+(SOURCE): WHAT — FIX`` with exit status 2, secrets scrubbed, start-up log lines held back so the
+error is the only line. Everything else is delegated: ``node.Node`` runs a node; subcommands
+import their module lazily so ``p2preg --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ import sys
 from collections.abc import Sequence
 
 from p2preg import __version__
-from p2preg.config import ConfigError, add_arguments, load_config
+from p2preg.config import (
+    MIRROR_CONFIG_OPTIONS,
+    ConfigError,
+    Sources,
+    add_arguments,
+    load_config,
+    load_config_with_sources,
+    scrub,
+)
 
 log = logging.getLogger("p2preg")
 
@@ -50,20 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--node", default="http://127.0.0.1:5000",
                          help="URL of the node to ask (default: http://127.0.0.1:5000)")
     members.add_argument("--json", action="store_true", help="print the raw JSON")
+    members.add_argument("--ca", metavar="FILE", default=None,
+                         help="CA bundle (PEM) to verify an https:// node with (default: the "
+                         "system store)")
 
     mc = sub.add_parser(
         "mirror-config",
         help="print or write the client configuration that points at this node",
-        description="Print (or write, keeping a backup) the docker daemon.json registry-mirrors, "
-        "the containerd certs.d hosts.toml files, or the podman registries.conf for this node.",
+        description="Print (or write) the docker daemon.json registry-mirrors (merged, backup "
+        "kept), the containerd certs.d/<registry>/hosts.toml files, or a podman/CRI-O drop-in "
+        "registries.conf.d/50-p2preg.conf for this node. The node's address and upstreams come "
+        "from the same --config/P2PREG_*/flags as `p2preg serve`.",
     )
     mc.add_argument("client", choices=("docker", "containerd", "podman"))
-    mc.add_argument("--write", action="store_true", help="write the file(s) in place (backup kept)")
+    mc.add_argument("--write", action="store_true", help="write the file(s) in place (docker: "
+                    "merged, backup kept; an unchanged file is left alone)")
     mc.add_argument("--mirror", default=None, metavar="HOST:PORT",
                     help="address of the node (default: --listen)")
     mc.add_argument("--target", default=None, metavar="PATH",
-                    help="file or directory to write instead of the client's default location")
-    add_arguments(mc)
+                    help="file or directory to write instead of the client's default location "
+                    "(docker: /etc/docker/daemon.json, containerd: /etc/containerd/certs.d, "
+                    "podman: /etc/containers/registries.conf.d)")
+    add_arguments(mc, only=MIRROR_CONFIG_OPTIONS)
 
     hp = sub.add_parser("htpasswd", help="print a bcrypt htpasswd line for --htpasswd",
                         description="Print USER:BCRYPT for an htpasswd file. The password is read "
@@ -101,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    sources = Sources()
     try:
         if args.command == "serve":
-            return _serve(args)
+            return _serve(args, sources)
         if args.command == "members":
             return _members(args)
         if args.command == "mirror-config":
@@ -114,19 +134,79 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _gc(args)
         if args.command == "cluster-key":
             return _cluster_key()
-    except ConfigError as exc:
-        print(f"p2preg: configuration error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        error = as_config_error(exc)
+        if error is None:
+            raise
+        print(f"p2preg: configuration error: {error.line(sources)}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def as_config_error(exc: BaseException) -> ConfigError | None:
+    """The operator's mistakes found at start-up, as one ``ConfigError`` each (option, what,
+    fix); ``None`` for anything else (a bug: its traceback is wanted)."""
+    from p2preg.gossip.wire import KeyringError
+    from p2preg.registry.htpasswd import HtpasswdError
+    from p2preg.storage.lock import DataDirLocked
+    from p2preg.tlsconfig import TLSConfigError
+    from p2preg.upstream.config import UpstreamConfigError
+
+    if isinstance(exc, ConfigError) and isinstance(exc.__cause__, UpstreamConfigError):
+        exc = exc.__cause__  # node.start wraps it; the original knows its source
+    if isinstance(exc, ConfigError):
+        if exc.fix is None and exc.option in _FIXES:
+            exc.fix = _FIXES[exc.option]
+        return exc
+    text = str(exc)
+    if isinstance(exc, HtpasswdError):
+        what, _, fix = text.partition(" Recreate the entry")
+        return ConfigError(what.rstrip("."), option="--htpasswd", fix=(
+            "recreate the entry" + fix.rstrip(".") if fix else
+            "give a readable file of USER:BCRYPT lines (`p2preg htpasswd USER >> FILE`)"))
+    if isinstance(exc, TLSConfigError):
+        option = ("--peer-ca" if "CA bundle" in text else "--tls-key"
+                  if text.startswith("TLS key") else "--tls-cert")
+        return ConfigError(text, option=option, fix="give a readable PEM certificate and its "
+                           "unencrypted key (docs/auth.md, TLS)")
+    if isinstance(exc, DataDirLocked):
+        return ConfigError(text, option="--data-dir", fix="stop the other node or give this one "
+                           "its own --data-dir")
+    if isinstance(exc, KeyringError):
+        return ConfigError(text, option="--cluster-key-file", fix=_FIXES["--cluster-key-file"])
+    if isinstance(exc, UpstreamConfigError):
+        option, sep, what = text.partition(": ")
+        if not sep:
+            option, what = "--upstream", text
+        if option.startswith("--") and " " in option:  # "--docker-config PATH: what"
+            option, _, path = option.partition(" ")
+            what = f"{path}: {what}"
+        return ConfigError(what, option=option, source=exc.source,
+                           fix="see docs/mirror.md, Upstreams")
+    return None
+
+
+_FIXES = {
+    "--cluster-key-file": "one hex key (64 hex digits: `p2preg cluster-key` or `openssl rand "
+                          "-hex 32`) per line, readable by the node's user",
+    "--join": "write it as HOST:PORT, IPv6 as [ADDR]:PORT",
+    "--join-dns": "give NAME or NAME:PORT",
+    "--mdns-interface": "give this host's IP address on that interface",
+    "--gossip-listen": "give HOST:PORT, e.g. THIS_HOST_IP:7946",
+    "--advertise": "give THIS_HOST_IP:PORT",
+}
+
+
+def _serve(args: argparse.Namespace, sources: Sources) -> int:
     from p2preg.logs import setup_logging
     from p2preg.node import Node
 
-    config = load_config(args)
+    config, found = load_config_with_sources(args)
+    sources.update(found)
     setup_logging(config.log_level)
+    _scrub_log_handlers()
+    held = _HeldLogs()  # start-up lines are shown once the node starts, or dropped for the error
     try:
         import uvloop
 
@@ -142,13 +222,21 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await node.start()
-        except ConfigError:
+        except BaseException as exc:
             await node.stop()
+            if isinstance(exc, Exception) and as_config_error(exc) is not None:
+                held.discard()
+                raise
+            data_dir_error = _data_dir_error(exc, config.data_dir)
+            if data_dir_error is not None:
+                held.discard()
+                raise data_dir_error from None
+            held.release()
+            if isinstance(exc, OSError):
+                print(f"p2preg: cannot start: {scrub(str(exc))}", file=sys.stderr)
+                return 1
             raise
-        except OSError as exc:
-            log.error("cannot start: %s", exc)
-            await node.stop()
-            return 1
+        held.release()
         await stop.wait()
         await node.stop()
         return 0
@@ -157,15 +245,90 @@ def _serve(args: argparse.Namespace) -> int:
         return runner.run(run())
 
 
+def _data_dir_error(exc: BaseException, data_dir: str) -> ConfigError | None:
+    """A file system error on a path inside ``--data-dir`` (not writable, not a directory, a
+    full or read-only disk at start) is the operator's to fix: a configuration error."""
+    import os
+
+    filename = getattr(exc, "filename", None)
+    if not isinstance(exc, OSError) or not filename:
+        return None
+    root = os.path.abspath(data_dir)
+    path = os.path.abspath(os.fsdecode(filename))
+    if path != root and not path.startswith(root + os.sep) and not root.startswith(path + os.sep):
+        return None
+    return ConfigError(f"{path}: {exc.strerror}", option="--data-dir",
+                       fix="give a directory the node's user can write (systemd: "
+                       "StateDirectory=p2preg)")
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    """Wraps a formatter: registered secrets never reach a log line (``p2preg.config.scrub``)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(self.inner.format(record))
+
+
+def _scrub_log_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ScrubbingFormatter(handler.formatter))
+
+
+class _HeldLogs:
+    """Holds the root logger's lines while the node starts: a configuration error is then the
+    only line printed (``release`` writes them, ``discard`` drops them)."""
+
+    def __init__(self) -> None:
+        import logging.handlers
+
+        self.root = logging.getLogger()
+        self.handlers = list(self.root.handlers)
+        self.memory = logging.handlers.MemoryHandler(capacity=1 << 20,
+                                                     flushLevel=logging.CRITICAL + 1)
+        self.root.handlers[:] = [self.memory]
+
+    def release(self) -> None:
+        if self.root.handlers == [self.memory]:
+            self.root.handlers[:] = self.handlers
+            for record in self.memory.buffer:
+                for handler in self.handlers:
+                    if record.levelno >= handler.level:
+                        handler.handle(record)
+        self.memory.buffer.clear()
+
+    def discard(self) -> None:
+        self.memory.buffer.clear()
+        self.root.handlers[:] = self.handlers
+
+
 def _members(args: argparse.Namespace) -> int:
     import json
 
     from p2preg.gossip.http import MembersFetchError, fetch_members, format_members_table
 
+    async def fetch() -> dict[str, object]:
+        import aiohttp
+
+        from p2preg.tlsconfig import client_context
+
+        ssl_context = client_context(args.ca) if args.node.startswith("https://") else None
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10.0),
+            connector=aiohttp.TCPConnector(ssl=ssl_context if ssl_context else True),
+        ) as session:
+            return await fetch_members(args.node, session=session)
+
     try:
-        data = asyncio.run(fetch_members(args.node))
+        data = asyncio.run(fetch())
     except MembersFetchError as exc:
-        print(f"p2preg: {exc}", file=sys.stderr)
+        hint = ""
+        if "HTTP 404" in str(exc):
+            hint = " (this node runs without gossip: --gossip-listen is not set)"
+        print(scrub(f"p2preg: members: {exc}{hint}"), file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else format_members_table(data), end="")
     return 0

@@ -2,15 +2,18 @@
 
 Owns: the renderers (``docker_daemon_json``, ``containerd_hosts_files``, ``podman_registries_conf``:
 pure functions from the node's address and upstreams to file contents), ``write_with_backup``
-(atomic replace, the previous file kept as ``<name>.p2preg-backup-<UTC time>``) and
-``run_mirror_config`` (the command). What each client needs:
+(atomic replace, the previous file kept as ``<name>.p2preg-backup-<UTC time>``, an unchanged file
+left alone) and ``run_mirror_config`` (the command). What each client needs:
 
 - docker: ``registry-mirrors`` in ``daemon.json`` (merged into the existing file; Docker only
   mirrors docker.io);
 - containerd: ``certs.d/<registry>/hosts.toml`` for every configured upstream, the node as a
   pull/resolve host with the registry's own server as fallback (containerd adds ``?ns=``);
-- podman: ``registries.conf`` with one ``[[registry]]`` per upstream and the node as its mirror
-  (``<node>/<registry>`` for registries other than docker.io; the mirror routes by that prefix).
+- podman (and CRI-O): a drop-in ``registries.conf.d/50-p2preg.conf`` with one ``[[registry]]`` per
+  upstream and the node as its mirror (``<node>/<registry>`` for registries other than docker.io;
+  the mirror routes by that prefix). The operator's ``registries.conf`` (search list,
+  ``short-name-mode``, other registries) is never touched: containers-registries.conf.d(5) merges
+  drop-ins over it, a drop-in ``[[registry]]`` replacing the entry with the same prefix.
 
 Must not import aiohttp or the registry/fetch/gossip packages.
 """
@@ -22,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,13 @@ from p2preg.config import Config, ConfigError, split_host_port
 from p2preg.upstream.config import (
     DOCKER_HUB,
     UpstreamConfig,
-    UpstreamConfigError,
     upstreams_from_config,
 )
 
 DOCKER_DAEMON_JSON = Path("/etc/docker/daemon.json")
 CONTAINERD_CERTS_D = Path("/etc/containerd/certs.d")
-PODMAN_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
+PODMAN_REGISTRIES_CONF_D = Path("/etc/containers/registries.conf.d")
+PODMAN_DROP_IN_NAME = "50-p2preg.conf"
 CLIENTS = ("docker", "containerd", "podman")
 
 
@@ -83,10 +87,14 @@ def containerd_hosts_files(
 
 def podman_registries_conf(upstreams: Sequence[UpstreamConfig], mirror_host: str,
                            *, insecure: bool) -> str:
-    """A ``registries.conf`` (v2) mirroring every upstream through the node."""
+    """A ``registries.conf.d`` drop-in (v2 format) mirroring every upstream through the node.
+
+    It sets no ``unqualified-search-registries`` (a drop-in's list would replace the
+    operator's) and nothing else global.
+    """
     lines = [
-        "# Written by p2preg mirror-config: pull through the local p2preg node.",
-        'unqualified-search-registries = ["docker.io"]',
+        "# Written by p2preg mirror-config: pull through the local p2preg node. A drop-in:",
+        "# registries.conf and its search list stay as they are.",
     ]
     for up in upstreams:
         location = mirror_host if up.registry == DOCKER_HUB else f"{mirror_host}/{up.registry}"
@@ -103,13 +111,22 @@ def podman_registries_conf(upstreams: Sequence[UpstreamConfig], mirror_host: str
     return "\n".join(lines) + "\n"
 
 
-def write_with_backup(path: Path, text: str, now_epoch_s: float) -> Path | None:
-    """Replace ``path`` atomically with ``text``; return the backup of the old file, if any."""
+@dataclass(frozen=True)
+class WriteResult:
+    """What ``write_with_backup`` did: ``changed`` False when the file already had the text."""
+
+    changed: bool
+    backup: Path | None = None
+
+
+def write_with_backup(path: Path, text: str, now_epoch_s: float) -> WriteResult:
+    """Replace ``path`` atomically with ``text``, keeping the old file as a backup; an unchanged
+    file is left alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
     backup: Path | None = None
     if path.exists():
         if path.read_text() == text:
-            return None
+            return WriteResult(changed=False)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now_epoch_s))
         backup = path.with_name(f"{path.name}.p2preg-backup-{stamp}")
         n = 1
@@ -123,7 +140,7 @@ def write_with_backup(path: Path, text: str, now_epoch_s: float) -> Path | None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return backup
+    return WriteResult(changed=True, backup=backup)
 
 
 def render(config: Config, client: str, *, mirror: str | None, target: str | None,
@@ -131,10 +148,7 @@ def render(config: Config, client: str, *, mirror: str | None, target: str | Non
     """``{file path: new content}`` for ``client`` (docker's merges the existing file)."""
     if client not in CLIENTS:
         raise ConfigError(f"mirror-config: unknown client {client!r} (one of {', '.join(CLIENTS)})")
-    try:
-        upstreams = list(upstreams_from_config(config))
-    except UpstreamConfigError as exc:
-        raise ConfigError(str(exc)) from exc
+    upstreams = list(upstreams_from_config(config))  # UpstreamConfigError: cli reports it
     host = mirror_address(config, mirror)
     scheme = "https" if config.tls_cert else "http"
     url = f"{scheme}://{host}"
@@ -145,17 +159,35 @@ def render(config: Config, client: str, *, mirror: str | None, target: str | Non
             try:
                 loaded = json.loads(path.read_text() or "{}")
             except ValueError as exc:
-                raise ConfigError(f"{path}: not valid JSON ({exc}); fix or move it first") from exc
+                raise ConfigError(f"{path}: not valid JSON ({exc})", option="--target",
+                                  fix="fix or move the file first") from None
             if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: not a JSON object")
+                raise ConfigError(f"{path}: not a JSON object", option="--target",
+                                  fix="fix or move the file first")
             existing = loaded
         return {path: json.dumps(docker_daemon_json(existing, url), indent=2) + "\n"}
     if client == "containerd":
         base = Path(target) if target else CONTAINERD_CERTS_D
         return {base / name / "hosts.toml": text
                 for name, text in containerd_hosts_files(upstreams, url).items()}
-    path = Path(target) if target else PODMAN_REGISTRIES_CONF
-    return {path: podman_registries_conf(upstreams, host, insecure=scheme == "http")}
+    return {podman_drop_in_path(target): podman_registries_conf(upstreams, host,
+                                                                insecure=scheme == "http")}
+
+
+def podman_drop_in_path(target: str | None) -> Path:
+    """The drop-in file: ``--target`` as a directory (or ``*.conf`` file), default
+    ``/etc/containers/registries.conf.d/50-p2preg.conf``. The main ``registries.conf`` is
+    refused: replacing it would drop the operator's settings."""
+    if not target:
+        return PODMAN_REGISTRIES_CONF_D / PODMAN_DROP_IN_NAME
+    path = Path(target)
+    if path.name == "registries.conf":
+        raise ConfigError(
+            f"{path} is podman's main file and is not replaced", option="--target", source="flag",
+            fix=f"give its drop-in directory: --target {path.parent / 'registries.conf.d'}")
+    if path.is_dir() or path.suffix != ".conf":
+        return path / PODMAN_DROP_IN_NAME
+    return path
 
 
 def run_mirror_config(
@@ -169,11 +201,14 @@ def run_mirror_config(
             print(text, end="" if text.endswith("\n") else "\n")
             continue
         try:
-            backup = write_with_backup(path, text, time.time())
+            result = write_with_backup(path, text, time.time())
         except OSError as exc:
-            print(f"p2preg: cannot write {path}: {exc}", file=sys.stderr)
+            print(f"p2preg: cannot write {path}: {exc.strerror}", file=sys.stderr)
             return 1
-        note = f" (previous file kept as {backup})" if backup else ""
+        if not result.changed:
+            print(f"unchanged {path}")
+            continue
+        note = f" (previous file kept as {result.backup})" if result.backup else ""
         print(f"wrote {path}{note}")
     if client == "docker":
         print("note: Docker mirrors only docker.io images; restart dockerd to apply",

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
-from p2preg.config import Config, ConfigError, split_host_port
+from p2preg.config import Config, ConfigError, resolve_cache_max_bytes, split_host_port
 from p2preg.listeners import is_loopback_host, open_mirror_problem, peer_auth_middleware
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
@@ -87,10 +87,15 @@ class Node:
         self.metrics.set_store_readings(
             bytes_reading=blobs.total_bytes, blobs_reading=blobs.count
         )
+        quota = resolve_cache_max_bytes(config, blobs.total_bytes())
+        if config.mode == "mirror":
+            event(log, "cache_quota", max_bytes=quota,
+                  source="--cache-max-bytes" if config.cache_max_bytes is not None
+                  else f"--cache-max-disk-ratio {config.cache_max_disk_ratio:g}")
         # Wall clock: access times are stored on disk and compared with file mtimes.
         self.maintenance = Maintenance(
             blobs, meta, uploads, self.wall_clock,
-            max_bytes=config.cache_max_bytes, min_age_s=config.cache_min_age_s,
+            max_bytes=quota, min_age_s=config.cache_min_age_s,
             upload_max_age_s=config.upload_max_age_s, interval_s=config.maintenance_interval_s,
             mode=config.mode, low_water_ratio=config.cache_low_water_ratio,
             on_evict=self._on_evict, gc_interval_s=config.gc_interval_s,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from p2preg.config import Config
+from p2preg.config import Config, register_secret
 
 DOCKER_HUB = "docker.io"
 DEFAULT_FIRST_BYTE_TIMEOUT_S = 5.0
@@ -35,7 +35,10 @@ _DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "dock
 
 
 class UpstreamConfigError(ValueError):
-    """An upstream setting is wrong; the message names the setting and the value."""
+    """An upstream setting is wrong; the message names the setting and the value (never a
+    secret). ``source`` names the file or flag it came from, when known."""
+
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +109,32 @@ def _check_registry_name(name: str, where: str) -> str:
 
 def _check_url(url: str, where: str) -> str:
     parts = urlsplit(url)
+    shown = _shown_url(url)
+    if parts.username is not None or parts.password is not None:
+        raise UpstreamConfigError(f"{where}: credentials in the URL {shown}; use username and "
+                                  "password_file (an [[upstream]] table) or --docker-config")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise UpstreamConfigError(f"{where}: expected http(s)://HOST[:PORT], got {url!r}")
+        raise UpstreamConfigError(f"{where}: expected http(s)://HOST[:PORT], got {shown}")
     try:
         _ = parts.port
-    except ValueError as exc:
-        raise UpstreamConfigError(f"{where}: bad port in {url!r}") from exc
+    except ValueError:
+        raise UpstreamConfigError(f"{where}: bad port in {shown}") from None
     return url.rstrip("/")
+
+
+def _shown_url(url: str) -> str:
+    """``url`` for a message: any ``user:password@`` part is masked."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = "<redacted>@" + rest.split("@", 1)[1]
+    return repr(f"{scheme}{sep}{rest}")
 
 
 def parse_upstream_spec(spec: str) -> tuple[str, str]:
     """``"REGISTRY=URL"`` (the ``--upstream`` flag) -> (normalized registry, URL without ``/``)."""
     registry, sep, url = spec.partition("=")
     if not sep:
-        raise UpstreamConfigError(f"--upstream: expected REGISTRY=URL, got {spec!r}")
+        raise UpstreamConfigError(f"--upstream: expected REGISTRY=URL, got {_shown_url(spec)}")
     return _check_registry_name(registry, "--upstream"), _check_url(url.strip(), "--upstream")
 
 
@@ -150,6 +165,9 @@ def docker_config_credentials(config: Mapping[str, Any], registry: str) -> Crede
 def _credentials_from_entry(entry: Mapping[str, Any]) -> Credentials | None:
     user, password = _user_password(entry)
     token = entry.get("identitytoken")
+    for secret in (password, token):
+        if isinstance(secret, str):
+            register_secret(secret)
     if isinstance(token, str) and token:
         # As docker does: an identity token wins over a user name and password stored beside it
         # (``docker login`` to such registries stores a placeholder user with no password).
@@ -180,9 +198,9 @@ def load_docker_config(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError) as exc:
-        raise UpstreamConfigError(f"docker config {path}: {exc}") from exc
+        raise UpstreamConfigError(f"--docker-config {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise UpstreamConfigError(f"docker config {path}: not a JSON object")
+        raise UpstreamConfigError(f"--docker-config {path}: not a JSON object")
     return data
 
 
@@ -222,12 +240,22 @@ def build_upstreams(
     error.
     """
     result: dict[str, UpstreamConfig] = {}
-    for i, spec in enumerate(specs or (DEFAULT_UPSTREAM_SPEC,)):
+    origin: dict[str, str] = {}
+    tables = 0
+    for spec in specs or (DEFAULT_UPSTREAM_SPEC,):
         if isinstance(spec, Mapping):
-            table = upstreams_from_toml({"upstream": [spec]})
-            (entry,) = table
+            source = spec.get("_source")
+            where = f"[[upstream]] #{tables + 1}"
+            tables += 1
+            try:
+                (entry,) = upstreams_from_toml({"upstream": [spec]}, where=where)
+            except UpstreamConfigError as exc:
+                exc.source = source
+                raise
             if entry.registry in result:
-                raise UpstreamConfigError(f"upstream[{i}]: {entry.registry} is configured twice")
+                raise UpstreamConfigError(f"{where}: {entry.registry} is configured twice "
+                                          f"(also by {origin[entry.registry]})")
+            origin[entry.registry] = where
             if entry.credentials is None and docker_config is not None:
                 creds = docker_config_credentials(docker_config, entry.registry)
                 entry = replace(entry, credentials=creds)
@@ -237,7 +265,9 @@ def build_upstreams(
             continue
         registry, url = parse_upstream_spec(spec)
         if registry in result:
-            raise UpstreamConfigError(f"--upstream: {registry} is configured twice")
+            raise UpstreamConfigError(f"--upstream: {registry} is configured twice (also by "
+                                      f"{origin[registry]}); list files and flags add up")
+        origin[registry] = f"--upstream {spec}"
         creds = (credentials or {}).get(registry)
         if creds is None and docker_config is not None:
             creds = docker_config_credentials(docker_config, registry)
@@ -254,14 +284,37 @@ def build_upstreams(
 
 def upstreams_from_config(config: Config) -> Upstreams:
     """The node's upstreams: ``--upstream`` (default Docker Hub), ``--upstream-ca``,
-    ``--docker-config`` credentials and ``--upstream-timeout-s``."""
+    ``--docker-config`` credentials and ``--upstream-timeout-s``. Every CA bundle named is
+    loaded once here, so a missing or broken one stops the node at start, not at its first
+    pull."""
     docker = load_docker_config(config.docker_config) if config.docker_config else None
     specs: list[str | Mapping[str, Any]] = list(config.upstream)
-    return build_upstreams(specs, ca_file=config.upstream_ca, docker_config=docker,
-                           timeout_s=config.upstream_timeout_s)
+    upstreams = build_upstreams(specs, ca_file=config.upstream_ca, docker_config=docker,
+                                timeout_s=config.upstream_timeout_s)
+    for up in upstreams:
+        if up.ca_file is not None:
+            where = "--upstream-ca" if up.ca_file == config.upstream_ca else \
+                f"[[upstream]] {up.registry}.ca_file"
+            check_ca_file(up.ca_file, where)
+    return upstreams
 
 
-def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = None) -> Upstreams:
+def check_ca_file(path: str, where: str) -> None:
+    """Raise ``UpstreamConfigError`` unless ``path`` is a PEM bundle ``ssl`` can load."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise UpstreamConfigError(f"{where}: {path}: no such file") from None
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise UpstreamConfigError(f"{where}: {path}: not a usable PEM CA bundle ({reason})"
+                                  ) from None
+
+
+def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = None,
+                        where: str | None = None) -> Upstreams:
     """Upstreams from the ``[[upstream]]`` array of a node's TOML file (see docs/mirror.md).
 
     Each entry: ``registry``, ``url``, and optionally ``username`` + ``password`` (or
@@ -270,14 +323,15 @@ def upstreams_from_toml(table: Mapping[str, Any], *, base_dir: Path | None = Non
     ``breaker_open_s``, ``breaker_max_open_s``, ``max_attempts``. Relative
     paths are resolved against ``base_dir`` (the TOML file's directory).
     """
+    given_where = where
     entries = table.get("upstream", [])
     if not isinstance(entries, list):
         raise UpstreamConfigError("[[upstream]] must be an array of tables")
     known = {"registry", "url", "username", "password", "password_file", "docker_config",
-             "ca_file", *_TOML_SECONDS, "max_attempts"}
+             "ca_file", *_TOML_SECONDS, "max_attempts", "_source"}
     result: dict[str, UpstreamConfig] = {}
     for i, entry in enumerate(entries):
-        where = f"upstream[{i}]"
+        where = given_where or f"[[upstream]] #{i + 1}"
         if not isinstance(entry, Mapping):
             raise UpstreamConfigError(f"{where}: must be a table")
         unknown = sorted(set(entry) - known)
@@ -322,8 +376,12 @@ def _toml_credentials(
             raise UpstreamConfigError(f"{where}: password and password_file are exclusive")
         try:
             password = _resolve(password_file, base_dir).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise UpstreamConfigError(f"{where}.password_file: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+            raise UpstreamConfigError(f"{where}.password_file: cannot read {password_file} "
+                                      f"({reason})") from None
+    if password is not None:
+        register_secret(password)
     if user is not None or password is not None:
         if not user or password is None:
             raise UpstreamConfigError(f"{where}: username and password go together")
@@ -343,7 +401,8 @@ def _str(entry: Mapping[str, Any], key: str, where: str, *, required: bool = Fal
             raise UpstreamConfigError(f"{where}: {key} is required")
         return None
     if not isinstance(value, str):
-        raise UpstreamConfigError(f"{where}.{key}: must be a string")
+        shown = "<redacted>" if "password" in key else type(value).__name__
+        raise UpstreamConfigError(f"{where}.{key}: must be a string, got {shown}")
     return value
 
 
