@@ -60,9 +60,14 @@ def open_mirror_problem(
     if not has_upstream_credentials or htpasswd or allowed or is_loopback_host(listen_host):
         return None
     return (f"--listen {listen_host} is not a loopback address and this mirror has upstream "
-            "credentials: anyone who reaches it would pull with them. Listen on 127.0.0.1 "
+            "credentials: anyone who reaches it would pull with them"
+            f"{OPEN_MIRROR_FIX_SEPARATOR}listen on 127.0.0.1 "
             "(peers use --peer-listen), require logins with --htpasswd, or pass "
             f"{ALLOW_OPEN_MIRROR_FLAG} to serve it to the network anyway")
+
+
+#: Between what is wrong and the fix in ``open_mirror_problem``'s line.
+OPEN_MIRROR_FIX_SEPARATOR = " — "
 
 
 def _refuse(failure: AuthFailure) -> web.Response:

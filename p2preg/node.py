@@ -18,7 +18,12 @@ from aiohttp import web
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.config import Config, ConfigError, resolve_cache_max_bytes, split_host_port
-from p2preg.listeners import is_loopback_host, open_mirror_problem, peer_auth_middleware
+from p2preg.listeners import (
+    OPEN_MIRROR_FIX_SEPARATOR,
+    is_loopback_host,
+    open_mirror_problem,
+    peer_auth_middleware,
+)
 from p2preg.logs import event
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
@@ -255,7 +260,8 @@ class Node:
             has_upstream_credentials=any(u.credentials is not None for u in upstreams),
             htpasswd=bool(self.config.htpasswd), allowed=self.config.allow_open_mirror)
         if problem is not None:
-            raise ConfigError(problem)
+            what, _, fix = problem.partition(OPEN_MIRROR_FIX_SEPARATOR)
+            raise ConfigError(what, fix=fix or None)
 
     def _peer_app(self, keyring: Any) -> web.Application:
         """The app of the peer listener: ``/p2p`` only; with a key, every request signed."""

@@ -158,8 +158,9 @@ async def test_a_mirror_with_credentials_on_a_wildcard_address_refuses_to_start(
 ) -> None:
     node = Node(Config(mode="mirror", listen="0.0.0.0:0", data_dir=str(tmp_path / "d"),
                        docker_config=str(docker_config(tmp_path))))
-    with pytest.raises(ConfigError, match="--allow-open-mirror"):
+    with pytest.raises(ConfigError, match="is not a loopback address") as refused:
         await node.start()
+    assert refused.value.fix is not None and "--allow-open-mirror" in refused.value.fix
     await node.stop()
     assert node.url == ""  # nothing was bound
 
@@ -171,16 +172,18 @@ def test_p2preg_serve_says_why_in_one_line(tmp_path: Path,
     assert code == 2
     err = capsys.readouterr().err
     (line,) = [x for x in err.splitlines() if not x.startswith("{")]  # JSON lines are logs
-    assert line.startswith("p2preg: configuration error: --listen 0.0.0.0 is not a loopback")
+    assert line.startswith("p2preg: configuration error: --listen (flag): 0.0.0.0 is not a "
+                           "loopback")
+    assert " — listen on 127.0.0.1" in line
     assert line.endswith("to serve it to the network anyway") and "secret" not in err
 
 
 def test_peer_listen_needs_gossip_and_a_wildcard_peer_listener_needs_advertise() -> None:
-    with pytest.raises(ConfigError, match="--peer-listen needs --gossip-listen"):
+    with pytest.raises(ConfigError, match="--peer-listen: needs --gossip-listen"):
         from p2preg.config import validate
 
         validate(Config(peer_listen="127.0.0.2:0"))
-    with pytest.raises(ConfigError, match="wildcard --peer-listen, set --advertise"):
+    with pytest.raises(ConfigError, match="wildcard --peer-listen, peers need the address"):
         validate(Config(peer_listen="0.0.0.0:5001", gossip_listen="127.0.0.1:0"))
     validate(Config(peer_listen="0.0.0.0:5001", gossip_listen="127.0.0.1:0",
                     advertise="10.0.0.12:5001"))

@@ -160,7 +160,7 @@ def test_no_planted_secret_reaches_any_output_of_a_running_node(
 
 def test_no_planted_secret_in_configuration_errors(tmp_path: Path) -> None:
     """Every way a secret-bearing setting can be wrong, as the operator would hit it."""
-    (tmp_path / "keys").write_text(f"{CLUSTER_KEY}zz\n")  # not hex: the error must not echo it
+    (tmp_path / "keys").write_text(f"{CLUSTER_KEY}!!\n")  # neither hex nor base64: not echoed
     cases: list[tuple[list[str], str]] = [
         (["--upstream", f"docker.io=https://me:{INLINE_PASSWORD}@r.example"], ""),
         (["--config", "cfg.toml"], f'[[upstream]]\nregistry = "docker.io"\nurl = "ftp://x"\n'

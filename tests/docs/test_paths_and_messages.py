@@ -107,6 +107,11 @@ def _reproduce(line: str, tmp: Path) -> str:
         match = re.search(r"the wildcard (\S+)", line)
         assert match, line
         done = run_serve(tmp, ["--gossip-listen", match.group(1)], {}, data_dir)
+    elif option == "--listen" and "upstream credentials" in line:
+        config = tmp / "docker-config.json"
+        config.write_text('{"auths": {"docker.io": {"auth": "dTpw"}}}')
+        done = run_serve(tmp, ["--listen", "0.0.0.0:0", "--docker-config", str(config)], {},
+                         data_dir)
     else:
         pytest.fail(f"no recipe reproduces the documented error for {option}: add one here")
     assert done.returncode == 2
