@@ -39,6 +39,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import math
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from p2preg.clock import Clock, MonotonicClock
 from p2preg.gossip.config import Addr
 from p2preg.gossip.core import GossipCore, PushPullStart
 from p2preg.gossip.events import Event
+from p2preg.gossip.wire import DropReason
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ CoreFactory = Callable[[Addr], GossipCore]
 
 READ_CHUNK_BYTES = 64 * 1024
 BIND_ATTEMPTS = 20
+#: At most one warning this often about packets the cluster key does not authenticate.
+UNAUTHENTICATED_WARN_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -117,6 +121,8 @@ class GossipDriver:
         leave_timeout_s: float = 1.0,
     ) -> None:
         self.clock: Clock = clock or MonotonicClock()
+        self._unauthenticated_warned_at = -math.inf
+        self._unauthenticated_unwarned = 0
         self.stream_timeout_s = stream_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_inbound_push_pulls = max_inbound_push_pulls
@@ -289,12 +295,33 @@ class GossipDriver:
     def _on_datagram(self, data: bytes, addr: Addr) -> None:
         if self._core is None or self._closing:
             return
+        before = self._unauthenticated()
         try:
             self._core.receive_datagram(data, addr, self.clock.now())
         except Exception:  # the core promises not to raise; one bad packet must not kill us
             self.stats.core_errors += 1
             log.exception("gossip core failed on a datagram from %s", addr)
+        self._warn_if_unauthenticated(before, addr)
         self.flush()
+
+    def _unauthenticated(self) -> int:
+        return self.core.drops.by_reason[DropReason.UNAUTHENTICATED] if self._core else 0
+
+    def _warn_if_unauthenticated(self, before: int, addr: Addr | str) -> None:
+        """A node whose key differs from its peers' stays alone; say so on this side too, at
+        most once per ``UNAUTHENTICATED_WARN_INTERVAL_S``."""
+        dropped = self._unauthenticated() - before
+        if dropped <= 0:
+            return
+        self._unauthenticated_unwarned += dropped
+        now = self.clock.now()
+        if now - self._unauthenticated_warned_at < UNAUTHENTICATED_WARN_INTERVAL_S:
+            return
+        log.warning("gossip: %d packets (the latest from %s) could not be authenticated with "
+                    "this node's cluster key (a different --cluster-key-file here or there?)",
+                    self._unauthenticated_unwarned, addr)
+        self._unauthenticated_warned_at = now
+        self._unauthenticated_unwarned = 0
 
     # -- push-pull streams --------------------------------------------------------------------
 
@@ -372,7 +399,9 @@ class GossipDriver:
             data = await reader.read(READ_CHUNK_BYTES)
             if not data:
                 return received
+            before = self._unauthenticated()
             messages = decoder.feed(data)
+            self._warn_if_unauthenticated(before, "a push-pull stream")
             for message in messages:
                 received = True
                 reply = self.core.handle_push_pull(message, self.clock.now())

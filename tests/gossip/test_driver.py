@@ -135,6 +135,22 @@ async def test_nodes_with_different_cluster_keys_never_merge(
     assert _alive_names(b) == {"b"}
 
 
+async def test_packets_a_cluster_key_cannot_authenticate_are_named_in_one_warning(
+    start_service: ServiceFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key_a, key_b = tmp_path / "a.keys", tmp_path / "b.keys"
+    key_a.write_text("00" * 32 + "\n")
+    key_b.write_text("11" * 32 + "\n")
+    caplog.set_level("WARNING", logger="p2preg.gossip.driver")
+    a = await start_service("a", seed=1, cluster_key_file=str(key_a))
+    await start_service("b", seed=2, cluster_key_file=str(key_b), join=(gossip_address(a),))
+    await until(lambda: a.stats()["drops"]["unauthenticated"] >= 1)
+    warnings = [r.getMessage() for r in caplog.records if "could not be authenticated" in
+                r.getMessage()]
+    assert len(warnings) == 1  # rate-limited: one line a minute, however many packets
+    assert "--cluster-key-file" in warnings[0] and "00" * 32 not in warnings[0]
+
+
 async def test_mid_rotation_nodes_on_either_primary_still_talk(
     start_service: ServiceFactory, tmp_path: Path
 ) -> None:
