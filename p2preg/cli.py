@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace-s", dest="grace_s", type=float, default=None, metavar="SECONDS",
                     help="keep blobs committed, linked or read less than SECONDS ago (default: "
                     "gc_grace_s, 3600; 0 is safe offline)")
+    from p2preg.operate.client import add_commands
+
+    add_commands(sub)  # preheat, fanout (p2preg/operate/client.py)
     return parser
 
 
@@ -134,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _gc(args)
         if args.command == "cluster-key":
             return _cluster_key()
+        if args.command in ("preheat", "fanout"):
+            from p2preg.operate.client import run
+
+            return run(args)
     except Exception as exc:
         error = as_config_error(exc)
         if error is None:

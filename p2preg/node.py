@@ -65,6 +65,8 @@ class Node:
         self.gossip: Any = None  # GossipService when --gossip-listen is set
         self.maintenance: Maintenance | None = None
         self.p2p: Any = None  # the peer blob path: mirror mode with gossip
+        self.operate: Any = None  # cluster pulls and the status page (p2preg.operate)
+        self._fetcher: Any = None  # the mirror's fills, read by the status page
         self.url = ""
 
     @property
@@ -167,6 +169,7 @@ class Node:
             except UpstreamConfigError as exc:
                 raise ConfigError(str(exc)) from exc
             self._closers.append(mirror)
+            self._fetcher = mirror.fetcher
             mirror_listing = mirror.listing
             if self.p2p is not None:
                 self.p2p.attach(mirror)
@@ -198,7 +201,11 @@ class Node:
 
             middlewares.append(namespace_middleware)
         if config.htpasswd:
-            policy = AuthPolicy(Htpasswd(config.htpasswd), anonymous_read=config.anonymous_read)
+            from p2preg.operate.operator import EXEMPT_PREFIX
+            from p2preg.registry.auth import DEFAULT_EXEMPT_PATHS
+
+            policy = AuthPolicy(Htpasswd(config.htpasswd), anonymous_read=config.anonymous_read,
+                                exempt_paths=(*DEFAULT_EXEMPT_PATHS, EXEMPT_PREFIX))
             middlewares.append(auth_middleware(policy))
         app = create_registry_app(ctx, middlewares=middlewares)
         self.observability.setup(app)
@@ -211,6 +218,11 @@ class Node:
                 app.add_routes(members_routes(self.gossip))  # `p2preg members` on the host
         if self.p2p is not None:
             peer_app.add_routes(self.p2p.routes())
+        self.operate = self._operate(ctx.content, blobs, meta)
+        for routes in self.operate.local_routes():
+            app.add_routes(routes)
+        peer_app.add_routes(self.operate.peer_routes())
+        self._closers.append(self.operate)
 
         ssl_context: ssl.SSLContext | None = None
         if config.tls_cert and config.tls_key:
@@ -279,6 +291,25 @@ class Node:
         app = web.Application(middlewares=middlewares)
         app.on_response_prepare.append(self.observability.on_response_prepare)
         return app
+
+    def _operate(self, content: ContentSource, blobs: BlobStore, meta: MetadataStore) -> Any:
+        """Cluster pulls and the status page (``p2preg.operate``)."""
+        from p2preg.gossip.service import load_keyring
+        from p2preg.operate.wiring import Operate
+
+        config = self.config
+        fetcher = self._fetcher
+        peer_ssl = None
+        if config.tls_cert:
+            from p2preg.tlsconfig import client_context
+
+            peer_ssl = client_context(config.peer_ca)
+        return Operate(
+            mode=config.mode, content=content, blobs=blobs, meta=meta,
+            metrics=self.metrics.registry, clock=self.clock, wall_clock=self.wall_clock,
+            gossip=self.gossip, keyring=load_keyring(config.cluster_key_file),
+            fetcher=lambda: fetcher, scheme="https" if config.tls_cert else "http",
+            peer_ssl=peer_ssl, on_evict=self._on_evict, node_name=config.node_name)
 
     def _on_evict(self, digest: str) -> None:
         if self.gossip is not None:

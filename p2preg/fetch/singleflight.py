@@ -146,6 +146,10 @@ class BlobFetcher:
         fill = self._fills.get(digest)
         return fill if fill is not None and not fill.finished else None
 
+    def fills_in_flight(self) -> list[Fill]:
+        """The fills in progress now (read-only: the status page shows their progress)."""
+        return [fill for fill in self._fills.values() if not fill.finished]
+
     def fill(self, digest: Digest, sources: Sequence[BlobSource]) -> Fill:
         """Join the fill of ``digest`` in progress, or start one over ``sources`` (in order)."""
         running = self.in_flight(digest)

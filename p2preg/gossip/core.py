@@ -363,6 +363,11 @@ class GossipCore:
     def awareness_score(self) -> int:
         return self._awareness.score
 
+    def coordinates(self) -> dict[str, Coordinate]:
+        """This node's network coordinate and every member's it has learned (a read-only view
+        for the status page's picture of the cluster)."""
+        return {**self._coords, self.name: self._vivaldi.coord}
+
     def rtt_estimate_s(self, name: str) -> float | None:
         other = self._coords.get(name)
         return None if other is None else self._vivaldi.coord.distance_s(other)

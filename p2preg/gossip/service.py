@@ -69,6 +69,7 @@ from p2preg.gossip.events import (
     NameConflict,
 )
 from p2preg.gossip.member import Member, MemberStatus
+from p2preg.gossip.vivaldi import Coordinate
 from p2preg.gossip.wire import Keyring, KeyringError
 
 log = logging.getLogger(__name__)
@@ -415,6 +416,10 @@ class GossipService:
     def members(self) -> list[Member]:
         """Every member this node knows (itself included), in any status."""
         return self._driver.core.members()
+
+    def coordinates(self) -> dict[str, Coordinate]:
+        """Network coordinates by member name, this node's included (see ``GossipCore``)."""
+        return self._driver.core.coordinates()
 
     def holders(self, digest: str) -> list[Member]:
         """Live peers holding ``digest``, nearest first."""
