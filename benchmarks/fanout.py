@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import threading
@@ -63,6 +62,7 @@ from benchmarks.fanout_lab import run_lab
 from benchmarks.lab import CLUSTERS as LAB_CLUSTERS
 from benchmarks.lab import LabUnavailable, check_available
 from benchmarks.mirror import OCI_MANIFEST, curl_get, seed_image
+from p2preg.operate.report import time_stats
 from tests.support.daemons import Distribution, distribution
 from tests.support.node import P2pregNode
 
@@ -279,10 +279,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row: dict[str, Any] = {"nodes": count}
                 for name in CLUSTERS:
                     got = fan_out(name, count, origin, link, blobs)
+                    stats = time_stats(dict(enumerate(got.host_s)))  # as `p2preg fanout`
                     row[name] = {
                         "wall_s": got.wall_s,
-                        "slowest_host_s": max(got.host_s),
-                        "median_host_s": round(statistics.median(got.host_s), 3),
+                        "slowest_host_s": stats["host_max_s"],
+                        "median_host_s": stats["host_p50_s"],
                         "origin_egress_x_image": round(got.egress_bytes / image_bytes, 2),
                         "origin_blob_gets": got.origin_blob_gets,
                     }

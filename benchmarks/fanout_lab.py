@@ -20,13 +20,15 @@ GETs and bytes (the origin's log), bytes each host uploaded to peers and receive
 one origin transfer and one host-link transfer of the blob, computed from the caps and measured
 (a raw TCP transfer over the same links, no node involved).
 
-Must not import p2preg: the nodes are separate processes.
+The per-run times (``all_done_s``, ``host_p50_s``, ``host_p99_s``, ``host_max_s``) come from
+``p2preg.operate.report.time_stats``, the code ``p2preg fanout`` reports a real cluster with, so
+lab and field numbers mean the same. Imports nothing else from p2preg: the nodes are separate
+processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -38,6 +40,7 @@ from typing import Any
 
 from benchmarks.common import MIB, machine_info
 from benchmarks.lab import CLUSTERS, Lab, PullResult, link_rate_bytes_s
+from p2preg.operate.report import time_stats
 
 SENT = "p2preg_p2p_sent_bytes_total"
 RECEIVED = "p2preg_fill_received_bytes_total"
@@ -119,9 +122,7 @@ def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
         "ok_hosts": len(ok),
         "failed_hosts": {r.host: r.error or f"status {r.status}, {r.nbytes} bytes"
                          for r in results if r not in ok},
-        "all_done_s": max(host_s.values()) if host_s else None,
-        "host_p50_s": round(statistics.median(host_s.values()), 3) if host_s else None,
-        "host_max_s": max(host_s.values()) if host_s else None,
+        **time_stats(host_s),
         "host_s": host_s,
         "origin_blob_gets": gets - gets_before[0],
         "origin_bytes_x_blob": round((nbytes - gets_before[1]) / size, 2),

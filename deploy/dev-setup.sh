@@ -12,6 +12,10 @@ APT_PACKAGES=(
   prometheus      # promtool: checks and unit-tests deploy/prometheus/p2preg-alerts.yml
   python3-venv    # python3 -m venv: .venv below, and the README run command (tests/docs)
 )
+# The status page's browser test (tests/operate/test_status_page.py, issue 12): Debian's headless
+# Chromium, driven over the DevTools protocol; it may reach 127.0.0.1 only.
+APT_PACKAGES+=(chromium)
+
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
