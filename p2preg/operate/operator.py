@@ -24,43 +24,13 @@ from aiohttp import web
 
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.operate.coordinator import Coordinator, UnknownNodes
-from p2preg.operate.peer import PLATFORM_RE
 from p2preg.operate.reference import ImageRefError, parse_image
-from p2preg.operate.signing import error_response, verify_request
+from p2preg.operate.signing import bad_request, platforms_and_at, signed_routes
 from p2preg.p2p.auth import RequestVerifier
 
 CLUSTER_PULLS_PATH = "/_p2preg/v1/cluster-pulls"
 EXEMPT_PREFIX = CLUSTER_PULLS_PATH + "/"
 _MAX_NODES = 10_000
-
-
-def _bad(message: str) -> RegistryError:
-    return RegistryError(ErrorCode.UNSUPPORTED, message, status=400)
-
-
-def _start(coordinator: Coordinator, body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise _bad("body must be a JSON object")
-    try:
-        image = parse_image(str(body.get("image", "")))
-    except ImageRefError as exc:
-        raise _bad(str(exc)) from None
-    nodes, platforms, at = body.get("nodes"), body.get("platforms") or [], body.get("at")
-    if nodes is not None and (not isinstance(nodes, list) or len(nodes) > _MAX_NODES
-                              or not all(isinstance(n, str) and n for n in nodes)):
-        raise _bad("nodes must be a list of member names or null (all)")
-    if not isinstance(platforms, list) or not all(
-            isinstance(p, str) and PLATFORM_RE.match(p) for p in platforms):
-        raise _bad("platforms must be a list of os/arch[/variant]")
-    if at is not None and not isinstance(at, int | float):
-        raise _bad("at must be a Unix time or null")
-    try:
-        pull = coordinator.start(image, nodes=nodes, platforms=tuple(platforms),
-                                 at=None if at is None else float(at),
-                                 evict_first=bool(body.get("evict_first")))
-    except UnknownNodes as exc:
-        raise _bad(str(exc)) from None
-    return pull.to_json()
 
 
 def _coordinator(coordinator: Coordinator | None) -> Coordinator:
@@ -70,32 +40,33 @@ def _coordinator(coordinator: Coordinator | None) -> Coordinator:
     return coordinator
 
 
+def _start(coordinator: Coordinator, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    try:
+        image = parse_image(str(body.get("image", "")))
+    except ImageRefError as exc:
+        raise bad_request(str(exc)) from None
+    nodes = body.get("nodes")
+    if nodes is not None and (not isinstance(nodes, list) or len(nodes) > _MAX_NODES
+                              or not all(isinstance(n, str) and n for n in nodes)):
+        raise bad_request("nodes must be a list of member names or null (all)")
+    platforms, at = platforms_and_at(body)
+    try:
+        pull = coordinator.start(image, nodes=nodes, platforms=platforms, at=at,
+                                 evict_first=bool(body.get("evict_first")))
+    except UnknownNodes as exc:
+        raise bad_request(str(exc)) from None
+    return pull.to_json()
+
+
 def operator_routes(coordinator: Coordinator | None, verifier: RequestVerifier | None
                     ) -> web.RouteTableDef:
     """The routes; without a coordinator (no gossip) they answer ``503`` naming why."""
-    routes = web.RouteTableDef()
 
-    @routes.post(CLUSTER_PULLS_PATH)
-    async def start(request: web.Request) -> web.Response:
-        try:
-            verify_request(request, verifier)
-            try:
-                body = await request.json()
-            except ValueError:
-                raise _bad("body is not JSON") from None
-            return web.json_response(_start(_coordinator(coordinator), body), status=202)
-        except RegistryError as exc:
-            return error_response(exc)
+    def show(pull_id: str) -> dict[str, Any] | None:
+        pull = _coordinator(coordinator).pulls.get(pull_id)
+        return None if pull is None else pull.to_json()
 
-    @routes.get(CLUSTER_PULLS_PATH + "/{id}")
-    async def show(request: web.Request) -> web.Response:
-        try:
-            verify_request(request, verifier)
-            pull = _coordinator(coordinator).pulls.get(request.match_info["id"])
-            if pull is None:
-                raise RegistryError(ErrorCode.UNSUPPORTED, "no such cluster pull", status=404)
-        except RegistryError as exc:
-            return error_response(exc)
-        return web.json_response(pull.to_json())
-
-    return routes
+    return signed_routes(CLUSTER_PULLS_PATH, verifier, show=show, what="cluster pull",
+                         start=lambda body: _start(_coordinator(coordinator), body))

@@ -3,8 +3,10 @@ routes check and add cluster-key signatures.
 
 Owns: ``verify_request`` (a handler's check: ``401`` OCI error JSON when the request is not signed
 with the cluster keyring; ``503`` when the node has no key, so nobody can start pulls on it
-anonymously), ``signed_json`` (the client side: one signed request, its JSON answer) and
-``SignedClientError``.
+anonymously), ``signed_routes`` (a signed ``POST PATH`` that starts something and a signed
+``GET PATH/<id>`` that shows it, both answering JSON or OCI error JSON), ``bad_request`` and
+``platforms_and_at`` (the body fields both start routes share), ``signed_json`` (the client side:
+one signed request, its JSON answer) and ``SignedClientError``.
 
 Must not import the registry handlers, the mirror or gossip services.
 """
@@ -12,6 +14,8 @@ Must not import the registry handlers, the mirror or gossip services.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,7 +24,7 @@ from aiohttp import web
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.p2p.auth import NODE_HEADER, AuthFailure, RequestSigner, RequestVerifier
 
-VERIFIED_KEY = web.RequestKey("p2preg_operate_verified", str)
+PLATFORM_RE = re.compile(r"^[a-z0-9_.-]+/[a-z0-9_.-]+(/[a-z0-9_.-]+)?$")
 
 
 class SignedClientError(Exception):
@@ -47,6 +51,54 @@ def verify_request(request: web.Request, verifier: RequestVerifier | None) -> st
 def error_response(error: RegistryError) -> web.Response:
     return web.Response(status=error.status, body=error.body_bytes(),
                         content_type="application/json", headers=error.headers)
+
+
+def bad_request(message: str) -> RegistryError:
+    return RegistryError(ErrorCode.UNSUPPORTED, message, status=400)
+
+
+def platforms_and_at(body: dict[str, Any]) -> tuple[tuple[str, ...], float | None]:
+    """``platforms`` (a list of ``os/arch[/variant]``) and ``at`` (a Unix time or null)."""
+    platforms, at = body.get("platforms") or [], body.get("at")
+    if not isinstance(platforms, list) or not all(
+            isinstance(p, str) and PLATFORM_RE.match(p) for p in platforms):
+        raise bad_request("platforms must be a list of os/arch[/variant]")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+        raise bad_request("at must be a Unix time or null")
+    return tuple(platforms), None if at is None else float(at)
+
+
+def signed_routes(path: str, verifier: RequestVerifier | None, *,
+                  start: Callable[[Any], dict[str, Any]],
+                  show: Callable[[str], dict[str, Any] | None], what: str) -> web.RouteTableDef:
+    """``POST path`` (body JSON -> ``start`` -> ``202``) and ``GET path/<id>`` (``show``; None
+    is ``404``), both signed; ``start``/``show`` raise ``RegistryError`` to refuse."""
+    routes = web.RouteTableDef()
+
+    @routes.post(path)
+    async def post(request: web.Request) -> web.Response:
+        try:
+            verify_request(request, verifier)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise bad_request("body is not JSON") from None
+            return web.json_response(start(body), status=202)
+        except RegistryError as exc:
+            return error_response(exc)
+
+    @routes.get(path + "/{id}")
+    async def get(request: web.Request) -> web.Response:
+        try:
+            verify_request(request, verifier)
+            shown = show(request.match_info["id"])
+            if shown is None:
+                raise RegistryError(ErrorCode.UNSUPPORTED, f"no such {what}", status=404)
+        except RegistryError as exc:
+            return error_response(exc)
+        return web.json_response(shown)
+
+    return routes
 
 
 async def signed_json(session: aiohttp.ClientSession, signer: RequestSigner, method: str,
