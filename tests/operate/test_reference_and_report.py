@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from p2preg.operate.client import Progress
 from p2preg.operate.reference import ImageRefError, parse_image
-from p2preg.operate.report import percentile, summarize_cluster_pull, time_stats
+from p2preg.operate.report import MIB, percentile, summarize_cluster_pull, time_stats
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -64,3 +67,31 @@ def test_a_run_counts_times_from_the_common_start_and_keeps_failures_apart() -> 
     assert run["failed_hosts"] == {"c": "boom"}
     assert run["origin_egress_x_image"] == 1.0
     assert run["uploaded_bytes_per_host"] == {"a": 200, "b": 0, "c": 0}
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _pull(state: str, done: int) -> dict[str, object]:
+    return {"nodes": [{"name": "n0", "state": state, "error": "",
+                       "progress": {"bytes_done": done, "bytes_total": 4 * MIB,
+                                    "seconds": 0.5, "bytes_by_source": {"peer": done}}}]}
+
+
+def test_progress_redraws_bars_on_a_terminal_and_prints_changes_otherwise() -> None:
+    tty = Tty()
+    progress = Progress(tty)
+    progress.show(_pull("pulling", MIB))
+    progress.show(_pull("done", 4 * MIB))
+    first, second = tty.getvalue().split("\x1b[1F")  # the second draw moves up one line
+    assert "[######" in first and " 25.0%" in first and "pulling" in first
+    assert "[" + "#" * 24 + "]" in second and "100.0%" in second
+
+    plain = io.StringIO()
+    progress = Progress(plain)
+    for pull in (_pull("pulling", MIB), _pull("pulling", MIB), _pull("done", 4 * MIB)):
+        progress.show(pull)
+    assert plain.getvalue().splitlines() == ["n0: pulling 25%",
+                                             "n0: done in 0.5 s (peer 4.0 MiB)"]
