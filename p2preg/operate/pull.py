@@ -152,9 +152,11 @@ class PullJobs:
                 await self._pull(progress, spec)
                 progress.state = "done"
             except RegistryError as exc:
-                progress.state, progress.error = "failed", f"{exc.code.value}: {exc.message}"
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                progress.state, progress.error = "failed", f"{exc.code.name}: {exc.message}"
+            except Exception as exc:  # a job's boundary: whatever broke, the job says so
                 progress.state, progress.error = "failed", f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, OSError | ValueError | KeyError | TypeError):
+                    log.exception("pull %s of %s failed", progress.id, progress.image)
             progress.seconds = round(self._clock.now() - started, 4)
             progress.finished_at = self._wall.now()
             after = self._counters()

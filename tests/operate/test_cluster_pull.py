@@ -155,3 +155,13 @@ async def test_fanout_reports_every_node_and_the_origin_sent_each_blob_once_per_
     assert origin.blob_bytes_sent() == 2 * image_bytes
     assert "time to all" in ran.out and "n2" in ran.out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_an_image_the_origin_lacks_fails_on_every_node_saying_why(
+    tmp_path: Path, origin: Origin, cluster: list[Node]
+) -> None:
+    ran = await run_cli("preheat", "nosuch:v1", "--wait", "--url", cluster[0].url,
+                        "--cluster-key-file", key_file(tmp_path))
+    assert ran.code == 1
+    assert "failed on 3 node(s): n0 (MANIFEST_UNKNOWN: " in ran.err
+    assert ran.err.count("UNKNOWN") == 3
