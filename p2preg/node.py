@@ -200,6 +200,9 @@ class Node:
             from p2preg.registry.namespace import namespace_middleware
 
             middlewares.append(namespace_middleware)
+        self.operate = self._operate(ctx.content, blobs, meta, keyring)
+        if peer_sock is None:  # /p2p is served here: its uploads are listed on /ui
+            middlewares.append(self.operate.uploads.middleware)
         if config.htpasswd:
             from p2preg.operate.operator import EXEMPT_PREFIX
             from p2preg.registry.auth import DEFAULT_EXEMPT_PATHS
@@ -218,7 +221,6 @@ class Node:
                 app.add_routes(members_routes(self.gossip))  # `p2preg members` on the host
         if self.p2p is not None:
             peer_app.add_routes(self.p2p.routes())
-        self.operate = self._operate(ctx.content, blobs, meta)
         for routes in self.operate.local_routes():
             app.add_routes(routes)
         peer_app.add_routes(self.operate.peer_routes())
@@ -281,10 +283,13 @@ class Node:
         from p2preg.p2p.auth import RequestVerifier
         from p2preg.p2p.server import BLOB_ROUTE, TAG_ROUTE
 
-        middlewares: list[Middleware] = [self.observability.middleware]
+        from p2preg.operate.peer import PULLS_PATH
+
+        middlewares: list[Middleware] = [self.observability.middleware,
+                                         self.operate.uploads.middleware]
         if keyring is not None:
-            # blobs and tags are verified by their handlers; everything else here
-            self_verified = [r.split("{", 1)[0] for r in (BLOB_ROUTE, TAG_ROUTE)]
+            # blobs, tags and pulls are verified by their handlers; everything else here
+            self_verified = [r.split("{", 1)[0] for r in (BLOB_ROUTE, TAG_ROUTE)] + [PULLS_PATH]
             assert not MEMBERS_PATH.startswith(tuple(self_verified))
             middlewares.append(peer_auth_middleware(
                 RequestVerifier(keyring, clock=self.wall_clock), self_verified=self_verified))
@@ -292,9 +297,9 @@ class Node:
         app.on_response_prepare.append(self.observability.on_response_prepare)
         return app
 
-    def _operate(self, content: ContentSource, blobs: BlobStore, meta: MetadataStore) -> Any:
+    def _operate(self, content: ContentSource, blobs: BlobStore, meta: MetadataStore,
+                 keyring: Any) -> Any:
         """Cluster pulls and the status page (``p2preg.operate``)."""
-        from p2preg.gossip.service import load_keyring
         from p2preg.operate.wiring import Operate
 
         config = self.config
@@ -307,7 +312,7 @@ class Node:
         return Operate(
             mode=config.mode, content=content, blobs=blobs, meta=meta,
             metrics=self.metrics.registry, clock=self.clock, wall_clock=self.wall_clock,
-            gossip=self.gossip, keyring=load_keyring(config.cluster_key_file),
+            gossip=self.gossip, keyring=keyring,
             fetcher=lambda: fetcher, scheme="https" if config.tls_cert else "http",
             peer_ssl=peer_ssl, on_evict=self._on_evict, node_name=config.node_name)
 

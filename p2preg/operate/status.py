@@ -7,7 +7,8 @@ Owns: ``StatusSources`` (what the page reads from a running node), the two JSON 
 outside the node), served as it is.
 
 Shown: this node (name, mode), members (status, zone, RTT, network coordinates), fills in
-progress (digest, size, bytes received, source kind), this node's pull jobs, the byte counters
+progress (digest, size, bytes received, source kind), uploads to peers in progress (digest, peer,
+bytes sent, seconds), this node's pull jobs, the byte counters
 (served by source, received by source, sent to peers), cache hits and misses, and the cache
 (images by repository and tag, blobs by size and last use). Never shown: keys, credentials,
 upstream URLs, configuration. The routes are read-only and pass through the /v2 auth middleware
@@ -31,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from p2preg.clock import Clock
 from p2preg.fetch.singleflight import BlobFetcher
 from p2preg.operate.pull import PullJobs
+from p2preg.operate.uploads import UploadTracker
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import MetadataStore
 
@@ -55,6 +57,7 @@ class StatusSources:
     gossip: Any = None  # GossipService
     fetcher: Callable[[], BlobFetcher | None] = lambda: None
     pulls: PullJobs | None = None
+    uploads: UploadTracker | None = None
 
 
 def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -109,6 +112,7 @@ def status_document(src: StatusSources) -> dict[str, Any]:
         "node": {"name": src.node_name, "mode": src.mode, "time": src.wall_clock.now()},
         "members": _members(src.gossip) if src.gossip is not None else [],
         "fills": sorted(fills, key=lambda f: f["digest"]),
+        "uploads": src.uploads.active() if src.uploads is not None else [],
         "pulls": pulls,
         "bytes": byte_counters(src.metrics),
         "store": {"blobs": src.blobs.count(), "bytes": src.blobs.total_bytes()},

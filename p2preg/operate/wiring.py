@@ -2,9 +2,9 @@
 sources and their routes from the parts the node already has.
 
 Owns ``Operate`` (``local_routes`` for the ``/v2`` listener: ``/ui``, the status JSON and, with
-gossip, the operator routes; ``peer_routes`` for wherever ``/p2p`` is served; ``close``) and
-``data_plane_counters`` (the node's counters a pull job diffs). The node calls it in three
-lines; nothing here changes how the node serves ``/v2`` or ``/p2p``.
+gossip, the operator routes; ``peer_routes`` and ``uploads.middleware`` for wherever ``/p2p`` is
+served; ``close``) and ``data_plane_counters`` (the node's counters a pull job diffs). The node
+calls it in a few lines; nothing here changes how the node serves ``/v2`` or ``/p2p``.
 
 Must not import the node or the CLI.
 """
@@ -24,6 +24,7 @@ from p2preg.operate.operator import operator_routes
 from p2preg.operate.peer import pull_routes
 from p2preg.operate.pull import CounterReader, PullJobs
 from p2preg.operate.status import StatusSources, status_routes
+from p2preg.operate.uploads import UploadTracker
 from p2preg.p2p.auth import RequestSigner, RequestVerifier
 from p2preg.registry.content import ContentSource
 from p2preg.storage.blobs import BlobStore
@@ -61,9 +62,10 @@ class Operate:
             self.coordinator = Coordinator(gossip, RequestSigner(keyring, clock=wall_clock),
                                            scheme=scheme, clock=clock, wall_clock=wall_clock,
                                            ssl=peer_ssl)
+        self.uploads = UploadTracker(clock)
         self.status = StatusSources(node_name=name, mode=mode, blobs=blobs, meta=meta,
                                     metrics=metrics, wall_clock=wall_clock, gossip=gossip,
-                                    fetcher=fetcher, pulls=self.pulls)
+                                    fetcher=fetcher, pulls=self.pulls, uploads=self.uploads)
 
     def local_routes(self) -> list[web.RouteTableDef]:
         return [status_routes(self.status), operator_routes(self.coordinator, self.verifier)]
