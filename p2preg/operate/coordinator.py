@@ -14,6 +14,10 @@ Rules, in order:
 3. A node is given up on, never waited on forever: when gossip says it is ``dead`` or ``left``;
    when it has not answered for ``unreachable_s``; when the whole pull passed ``timeout_s``.
    Its run is then ``failed`` with the reason and the last progress seen.
+4. When every run is over, the finished nodes are asked once more (every ``poll_s``, for at most
+   ``settle_s``) until the bytes they uploaded to peers add up to the bytes they received from
+   peers: a node that finished first may still be sending to the others, and its upload counter
+   moves when those answers end. Only then is the cluster pull ``finished``.
 
 Must not import the registry handlers or the mirror; membership comes in as a ``MembersSource``.
 """
@@ -21,6 +25,7 @@ Must not import the registry handlers or the mirror; membership comes in as a ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +70,18 @@ class ClusterPull:
     evict_first: bool
     created_at: float
     nodes: dict[str, NodeRun] = field(default_factory=dict)
+    settled: bool = False
 
     @property
     def finished(self) -> bool:
-        return all(run.state in ("done", "failed") for run in self.nodes.values())
+        return self.settled and all(r.state in ("done", "failed") for r in self.nodes.values())
+
+    def uploads_balanced(self) -> bool:
+        """Bytes the finished nodes uploaded to peers cover what they received from peers."""
+        counters = [r.progress.get("counters") or {} for r in self.nodes.values()
+                    if r.state == "done"]
+        return (sum(int(c.get("uploaded", 0)) for c in counters)
+                >= sum(int(c.get("from_peer", 0)) for c in counters))
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "image": self.image, "platforms": list(self.platforms),
@@ -84,7 +97,7 @@ class Coordinator:
     def __init__(self, members: MembersSource, signer: RequestSigner, *, scheme: str,
                  clock: Clock, wall_clock: Clock, rng: random.Random | None = None,
                  poll_s: float = 0.25, unreachable_s: float = 5.0, timeout_s: float = 3600.0,
-                 ssl: Any = None) -> None:
+                 settle_s: float = 3.0, ssl: Any = None) -> None:
         self._members = members
         self._signer = signer
         self._scheme = scheme
@@ -94,6 +107,7 @@ class Coordinator:
         self.poll_s = poll_s
         self.unreachable_s = unreachable_s
         self.timeout_s = timeout_s
+        self.settle_s = settle_s
         self._ssl = ssl
         self.pulls: dict[str, ClusterPull] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,19 +134,39 @@ class Coordinator:
         body = {"id": pull.id, "image": str(image), "repository": image.mirror_repository,
                 "reference": image.reference, "platforms": list(platforms), "at": at,
                 "evict_first": evict_first}
+        runs = []
         for name in chosen:
             status, addr = members[name]
             run = pull.nodes[name] = NodeRun(name, f"{self._scheme}://{addr}")
             if status in GONE:
                 run.state, run.error = "failed", f"{status} in gossip"
-                continue
-            task = asyncio.get_running_loop().create_task(self._follow(pull, run, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            else:
+                runs.append(run)
+        self._spawn(self._run(pull, runs, body))
         self.pulls[pull.id] = pull
         while len(self.pulls) > MAX_KEPT:
             del self.pulls[next(iter(self.pulls))]
         return pull
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, pull: ClusterPull, runs: list[NodeRun], body: dict[str, Any]) -> None:
+        await asyncio.gather(*(self._follow(pull, run, body) for run in runs))
+        deadline = self._clock.now() + self.settle_s
+        while not pull.uploads_balanced() and self._clock.now() < deadline:
+            await self._clock.sleep(self.poll_s)
+            await asyncio.gather(*(self._refresh(pull, run) for run in runs
+                                   if run.state == "done"))
+        pull.settled = True
+
+    async def _refresh(self, pull: ClusterPull, run: NodeRun) -> None:
+        with contextlib.suppress(SignedClientError):  # else keep the last answer: it is over
+            run.progress = await signed_json(
+                self._client(), self._signer, "GET", run.url, f"{PULLS_PATH}/{pull.id}",
+                sender=self._members.node_name, timeout_s=max(1.0, self.unreachable_s))
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -54,10 +54,9 @@ def parse_start(body: Any) -> tuple[str, str, PullSpec]:
 def pull_routes(jobs: PullJobs, verifier: RequestVerifier | None) -> web.RouteTableDef:
     def start(body: Any) -> dict[str, Any]:
         job_id, image, spec = parse_start(body)
-        return jobs.start(job_id, image, spec).to_json()
+        jobs.start(job_id, image, spec)
+        shown = jobs.show(job_id)
+        assert shown is not None
+        return shown
 
-    def show(job_id: str) -> dict[str, Any] | None:
-        progress = jobs.jobs.get(job_id)
-        return None if progress is None else progress.to_json()
-
-    return signed_routes(PULLS_PATH, verifier, start=start, show=show, what="pull")
+    return signed_routes(PULLS_PATH, verifier, start=start, show=jobs.show, what="pull")

@@ -9,9 +9,10 @@ recorded): the manifest by tag or digest; for an index, the children of the name
 (all when none is named); then every distinct config and layer blob, three at a time, each read
 to its end. A blob already committed counts as ``local`` bytes; the others count under the
 source the content source names (``peer``, ``upstream``). ``counters`` are the node's own
-data-plane counters over the job (``p2preg_p2p_sent_bytes_total`` and
-``p2preg_fill_received_bytes_total``): what this node uploaded to peers and received from each
-kind of source while the job ran (other traffic in that window counts too).
+data-plane counters (``p2preg_p2p_sent_bytes_total`` and ``p2preg_fill_received_bytes_total``)
+since the job started, read when the job is shown: what this node uploaded to peers and
+received from each kind of source since then (so uploads to peers still pulling after this node
+finished count too; other traffic in that window counts as well).
 
 With ``evict_first`` the image's blobs are deleted from the store when the request arrives
 (before ``at``: the drops reach the peers through gossip meanwhile). States: ``scheduled`` ->
@@ -84,9 +85,15 @@ class PullProgress:
     started_at: float | None = None
     finished_at: float | None = None
     seconds: float | None = None
+    counters_before: dict[str, float] | None = field(default=None, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self, counters_now: dict[str, float] | None = None) -> dict[str, Any]:
+        """The job as JSON; ``counters`` from ``counters_now`` once the job has started."""
+        out = asdict(self)
+        before = out.pop("counters_before")
+        if before is not None and counters_now is not None:
+            out["counters"] = {k: int(v - before.get(k, 0.0)) for k, v in counters_now.items()}
+        return out
 
 
 def _platform_of(entry: dict[str, Any]) -> str:
@@ -130,6 +137,11 @@ class PullJobs:
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
         return progress
 
+    def show(self, job_id: str) -> dict[str, Any] | None:
+        """Job ``job_id`` as JSON, its counters read now; None when unknown."""
+        progress = self.jobs.get(job_id)
+        return None if progress is None else progress.to_json(self._counters())
+
     def active(self) -> list[PullProgress]:
         return [self.jobs[i] for i in self._tasks if i in self.jobs]
 
@@ -144,7 +156,7 @@ class PullJobs:
                 progress.evicted_blobs = await self._evict(spec)
             if spec.at is not None:
                 await self._wall.sleep(max(0.0, spec.at - self._wall.now()))
-            before = self._counters()
+            progress.counters_before = self._counters()
             progress.state = "pulling"
             progress.started_at = self._wall.now()
             started = self._clock.now()
@@ -159,8 +171,6 @@ class PullJobs:
                     log.exception("pull %s of %s failed", progress.id, progress.image)
             progress.seconds = round(self._clock.now() - started, 4)
             progress.finished_at = self._wall.now()
-            after = self._counters()
-            progress.counters = {k: int(after.get(k, 0.0) - before.get(k, 0.0)) for k in after}
         except asyncio.CancelledError:
             progress.state, progress.error = "failed", "node stopping"
             raise

@@ -142,14 +142,16 @@ async def test_fanout_reports_every_node_and_the_origin_sent_each_blob_once_per_
     report = json.loads(out.read_text())
     image_bytes = sum(len(origin.image.read(d)) for d in origin.image.blob_digests)
     assert len(report["runs"]) == 2
-    for run in report["runs"]:
+    for run, raw in zip(report["runs"], report["cluster_pulls"], strict=True):
         assert run["ok_hosts"] == 3 and run["failed_hosts"] == {}
         assert run["image_bytes"] == image_bytes
         assert set(run["host_s"]) == {"n0", "n1", "n2"}
         assert 0 < run["host_p50_s"] <= run["host_p99_s"] <= run["all_done_s"]
         assert run["origin_bytes"] == image_bytes  # from the nodes' own upstream counters
         assert run["origin_egress_x_image"] == 1.0
-        assert sum(run["uploaded_bytes_per_host"].values()) == 2 * image_bytes  # 2 from peers
+        from_peers = sum(n["progress"]["counters"]["from_peer"] for n in raw["nodes"])
+        assert sum(run["uploaded_bytes_per_host"].values()) == from_peers  # every byte counted
+        assert from_peers >= 2 * image_bytes - 4096  # two nodes (nearly all) from a peer
     # the origin's own log agrees: every blob left it once per run (evicted in between)
     assert origin.blob_gets() == dict.fromkeys(origin.image.blob_digests, 2)
     assert origin.blob_bytes_sent() == 2 * image_bytes
