@@ -280,10 +280,9 @@ class Node:
     def _peer_app(self, keyring: Any) -> web.Application:
         """The app of the peer listener: ``/p2p`` only; with a key, every request signed."""
         from p2preg.gossip.http import MEMBERS_PATH
+        from p2preg.operate.peer import PULLS_PATH
         from p2preg.p2p.auth import RequestVerifier
         from p2preg.p2p.server import BLOB_ROUTE, TAG_ROUTE
-
-        from p2preg.operate.peer import PULLS_PATH
 
         middlewares: list[Middleware] = [self.observability.middleware,
                                          self.operate.uploads.middleware]

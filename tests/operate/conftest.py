@@ -56,7 +56,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Origin]:
 
 @pytest.fixture
 async def cluster(tmp_path: Path, origin: Origin) -> AsyncIterator[list[Node]]:
-    async with mirror_cluster(tmp_path, origin.registry.host) as nodes:
+    """3 nodes as deployed: /v2 (and the operator routes) on --listen, /p2p on --peer-listen."""
+    async with mirror_cluster(tmp_path, origin.registry.host, peer_listen="127.0.0.1:0") as nodes:
         yield nodes
 
 

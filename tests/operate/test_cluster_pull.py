@@ -120,9 +120,9 @@ async def test_requests_without_a_valid_signature_are_refused(
     body = {"id": "x1", "image": "busybox", "repository": "library/busybox",
             "reference": "latest", "platforms": [], "at": None}
     async with aiohttp.ClientSession() as http:
-        for path, payload in (("/_p2preg/v1/cluster-pulls", {"image": "busybox"}),
-                              ("/p2p/v1/pulls", body)):
-            async with http.post(cluster[0].url + path, json=payload) as resp:
+        for url, payload in ((cluster[0].url + "/_p2preg/v1/cluster-pulls", {"image": "bb"}),
+                             (cluster[0].peer_url + "/p2p/v1/pulls", body)):
+            async with http.post(url, json=payload) as resp:
                 assert resp.status == 401
                 assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
     assert cluster[0].operate.pulls.jobs == {}

@@ -124,7 +124,7 @@ async def test_the_page_shows_members_and_a_live_transfer_with_no_console_errors
     assert "n1" in uploads or "n2" in uploads  # the peers reading from n0 (by pieces)
     assert errors == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("P2PREG_UPDATE_SCREENSHOT"):
+    if os.environ.get("UPDATE_STATUS_SCREENSHOT"):
         shutil.copy(shot, SCREENSHOT)
 
 
