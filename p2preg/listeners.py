@@ -9,7 +9,7 @@ The layout (docs/p2p.md, "Listeners"):
 - ``--listen`` (default ``127.0.0.1:5000``): ``/v2``, ``/metrics``, ``/healthz`` for the clients
   of this host. With ``--peer-listen`` set, the peer API is not served here, except the members
   list while ``--listen`` is loopback (``p2preg members`` on the host).
-- ``--peer-listen``: ``/p2p/...`` only (blobs, tags, members); gossip advertises its address
+- ``--peer-listen``: ``/p2p/...`` only (blobs, tags, members, pulls); gossip advertises its address
   (or ``--advertise``) as the one peers fetch from. With a cluster key every request must be
   signed, the members list included; anything else is ``401``.
 - Without ``--peer-listen`` both share ``--listen`` (the layout before listeners were split;
