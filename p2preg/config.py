@@ -183,6 +183,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("gc_grace_s", float, 3600.0, "registry: garbage collection keeps any blob committed, "
            "linked into a repository or read less than this ago (longer than your longest push)",
            "SECONDS"),
+    # Integrity and slow readers (issue 10)
+    Option("scrub_rate_mib_s", float, 32.0, "background scrub: re-hash stored blobs at most this "
+           "fast, quarantining any that no longer match their digest (0 = no scrub)", "MIB_S"),
+    Option("scrub_interval_s", float, 86400.0, "background scrub: start a pass over every stored "
+           "blob this often (the first one a pass interval after start)", "SECONDS"),
+    Option("send_progress_timeout_s", float, 60.0, "drop a reader that accepts no byte of a "
+           "response body for this long", "SECONDS"),
     # Gossip (issue 4)
     Option("gossip_listen", str, None, "UDP+TCP address for gossip; unset disables the "
            "peer-to-peer layer", "HOST:PORT"),
@@ -243,6 +250,9 @@ class Config:
     maintenance_interval_s: float = 60.0
     gc_interval_s: float = 3600.0
     gc_grace_s: float = 3600.0
+    scrub_rate_mib_s: float = 32.0
+    scrub_interval_s: float = 86400.0
+    send_progress_timeout_s: float = 60.0
     gossip_listen: str | None = None
     join: tuple[str, ...] = ()
     join_dns: str | None = None
@@ -564,6 +574,11 @@ def validate(config: Config) -> None:
     _need(config.gc_grace_s > 0 and not math.isinf(config.gc_grace_s), "--gc-grace-s",
           "must be positive: a blob pushed a moment ago is not linked to its manifest yet",
           "set it longer than your longest push (default 3600)")
+    _need(config.scrub_rate_mib_s >= 0 and not math.isinf(config.scrub_rate_mib_s),
+          "--scrub-rate-mib-s", "must be >= 0", "0 = no scrub; e.g. 32")
+    _need(config.scrub_interval_s > 0, "--scrub-interval-s", "must be positive", "e.g. 86400")
+    _need(config.send_progress_timeout_s > 0 and not math.isinf(config.send_progress_timeout_s),
+          "--send-progress-timeout-s", "must be positive", "e.g. 60")
     if config.gossip_listen:
         gossip_host, _ = split_host_port(config.gossip_listen, "--gossip-listen")
         peers_flag, peers_on = ("--peer-listen", config.peer_listen) if config.peer_listen \

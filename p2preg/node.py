@@ -29,6 +29,7 @@ from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
 from p2preg.registry.content import ContentSource, LocalContentSource
 from p2preg.registry.context import RegistryContext
+from p2preg.registry.fileslice import SEND_PROGRESS_TIMEOUT_KEY
 from p2preg.registry.htpasswd import Htpasswd
 from p2preg.registry.httpserver import RegistryRunner
 from p2preg.registry.listing import Listing
@@ -211,6 +212,7 @@ class Node:
                                 exempt_paths=(*DEFAULT_EXEMPT_PATHS, EXEMPT_PREFIX))
             middlewares.append(auth_middleware(policy))
         app = create_registry_app(ctx, middlewares=middlewares)
+        app[SEND_PROGRESS_TIMEOUT_KEY] = config.send_progress_timeout_s
         self.observability.setup(app)
         peer_app = app if peer_sock is None else self._peer_app(keyring)
         if self.gossip is not None:

@@ -414,9 +414,8 @@ async def test_wrong_bytes_of_a_large_blob_never_complete_a_response(
     assert not node.blobs.has(parse_digest(digest))
 
 
-@pytest.mark.parametrize("sender", ["loop.sendfile", "os.sendfile thread (uvloop)"])
 async def test_a_blob_still_arriving_is_sent_from_its_file_with_sendfile(
-    mirror_factory: MirrorFactory, monkeypatch: pytest.MonkeyPatch, sender: str
+    mirror_factory: MirrorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = random.Random(14).randbytes(3 * 1024 * 1024 + 77)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -433,28 +432,13 @@ async def test_a_blob_still_arriving_is_sent_from_its_file_with_sendfile(
         return resp
 
     sent: list[int] = []
-    loop = asyncio.get_running_loop()
-    if sender == "loop.sendfile":
-        real_sendfile = loop.sendfile
+    real_send = fileslice.SocketSender.send
 
-        async def spy_sendfile(transport: Any, file: Any, offset: int = 0,
-                               count: int | None = None, **kw: Any) -> int:
-            sent.append(count or 0)
-            return await real_sendfile(transport, file, offset, count, **kw)
+    async def spy_send(self: Any, offset: int, count: int) -> None:
+        sent.append(count)
+        await real_send(self, offset, count)
 
-        monkeypatch.setattr(loop, "sendfile", spy_sendfile)
-    else:  # uvloop has no loop.sendfile: ranges go to os.sendfile in a worker thread
-        async def no_sendfile(*args: object, **kwargs: object) -> int:
-            raise NotImplementedError
-
-        real_send = fileslice._ThreadSender.send
-
-        async def spy_send(self: Any, offset: int, count: int) -> None:
-            sent.append(count)
-            await real_send(self, offset, count)
-
-        monkeypatch.setattr(loop, "sendfile", no_sendfile)
-        monkeypatch.setattr(fileslice._ThreadSender, "send", spy_send)
+    monkeypatch.setattr(fileslice.SocketSender, "send", spy_send)
 
     app = web.Application()
     app.router.add_get("/v2/library/app/blobs/{digest}", gated)

@@ -26,6 +26,7 @@ from p2preg.oci.manifest import MAX_MANIFEST_BYTES
 from p2preg.registry.app import create_registry_app
 from p2preg.registry.content import ContentSource
 from p2preg.registry.context import RegistryContext
+from p2preg.registry.fileslice import SEND_PROGRESS_TIMEOUT_KEY
 from p2preg.registry.httpserver import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEPALIVE_TIMEOUT_S,
@@ -104,6 +105,7 @@ async def start_registry(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
     observability: Observability | None = None,
+    send_progress_timeout_s: float | None = None,
 ) -> RegistryNode:
     """Open a store under ``root`` and serve a registry app for it on 127.0.0.1, port 0."""
     clock = FakeClock(START_TIME)
@@ -128,6 +130,8 @@ async def start_registry(
     app = create_registry_app(ctx, middlewares=middlewares)
     if observability is not None:
         observability.setup(app)
+    if send_progress_timeout_s is not None:
+        app[SEND_PROGRESS_TIMEOUT_KEY] = send_progress_timeout_s
     runner = RegistryRunner(
         app,
         header_timeout_s=header_timeout_s,

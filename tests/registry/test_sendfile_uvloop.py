@@ -1,6 +1,6 @@
-"""Blob GETs under uvloop (the node's loop), which has no ``loop.sendfile``: the zero-copy
-``os.sendfile`` worker-thread path must send exact bytes, honour ranges, survive clients that
-vanish mid-body, and leave the server able to serve the next request on the same descriptor."""
+"""Blob GETs under uvloop (the node's loop): the zero-copy non-blocking ``os.sendfile`` path must
+send exact bytes, honour ranges, survive clients that vanish mid-body, and leave the server able to
+serve the next request on the same descriptor."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def run_uvloop(root: Path, body: Callable[[RegistryNode, str], Awaitable[None]])
 
 def test_whole_blob_and_ranges_are_exact(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     calls: list[int] = []
-    original = fileslice._sendfile_thread
+    original = fileslice.SocketSender.send
 
-    async def spy(transport, fobj, offset, count):  # type: ignore[no-untyped-def]
+    async def spy(self, offset, count):  # type: ignore[no-untyped-def]
         calls.append(count)
-        await original(transport, fobj, offset, count)
+        await original(self, offset, count)
 
-    monkeypatch.setattr(fileslice, "_sendfile_thread", spy)
+    monkeypatch.setattr(fileslice.SocketSender, "send", spy)
 
     async def body(node: RegistryNode, digest: str) -> None:
         reply = await node.request("GET", f"/v2/big/blob/blobs/{digest}")
