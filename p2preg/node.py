@@ -25,6 +25,7 @@ from p2preg.listeners import (
     peer_auth_middleware,
 )
 from p2preg.logs import event
+from p2preg.oci.digest import Digest
 from p2preg.registry.app import Middleware, create_registry_app
 from p2preg.registry.auth import AuthPolicy, auth_middleware
 from p2preg.registry.content import ContentSource, LocalContentSource
@@ -39,6 +40,7 @@ from p2preg.storage.layout import StoreLayout
 from p2preg.storage.lock import DataDirLock
 from p2preg.storage.maintenance import Maintenance
 from p2preg.storage.metadata import MetadataStore
+from p2preg.storage.scrub import MIB, Scrubber
 from p2preg.storage.uploads import UploadManager
 
 log = logging.getLogger("p2preg.node")
@@ -65,6 +67,7 @@ class Node:
         self._closers: list[Any] = []
         self.gossip: Any = None  # GossipService when --gossip-listen is set
         self.maintenance: Maintenance | None = None
+        self.scrubber: Scrubber | None = None
         self.p2p: Any = None  # the peer blob path: mirror mode with gossip
         self.operate: Any = None  # cluster pulls and the status page (p2preg.operate)
         self._fetcher: Any = None  # the mirror's fills, read by the status page
@@ -110,6 +113,15 @@ class Node:
             gc_grace_s=config.gc_grace_s,
         )
         self.metrics.set_maintenance_source(self.maintenance)
+        # Integrity: a rotten blob leaves the store (a mirror deletes it and fetches it again, a
+        # registry keeps it in quarantine/), and a mirror advertises the drop.
+        blobs.keep_quarantined = config.mode != "mirror"
+        blobs.corruption_listeners.append(self._on_corrupt)
+        self.scrubber = Scrubber(
+            blobs, self.wall_clock, rate_bytes_s=config.scrub_rate_mib_s * MIB,
+            interval_s=config.scrub_interval_s,
+        )
+        self.scrubber.register_metrics(self.metrics.registry)
 
         # Bind the HTTP sockets first: gossip advertises the real peer address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)
@@ -159,7 +171,8 @@ class Node:
 
                     peer_tls = client_context(config.peer_ca)
                 self.p2p = P2P(self.gossip, blobs, keyring=keyring,
-                               clock=self.clock, wall_clock=self.wall_clock, peer_tls=peer_tls)
+                               clock=self.clock, wall_clock=self.wall_clock, peer_tls=peer_tls,
+                               verify_blob=self.scrubber.verify_now)
                 self.p2p.register_metrics(self.metrics.registry)
             try:
                 mirror = create_mirror(
@@ -215,6 +228,7 @@ class Node:
         app[SEND_PROGRESS_TIMEOUT_KEY] = config.send_progress_timeout_s
         self.observability.setup(app)
         peer_app = app if peer_sock is None else self._peer_app(keyring)
+        peer_app[SEND_PROGRESS_TIMEOUT_KEY] = config.send_progress_timeout_s  # peers read too
         if self.gossip is not None:
             from p2preg.gossip.http import members_routes
 
@@ -249,6 +263,7 @@ class Node:
             await web.SockSite(self._peer_runner, peer_sock, ssl_context=ssl_context).start()
             self.peer_url = f"{scheme}://{_format_addr(*peer_sock.getsockname()[:2])}"
         self.maintenance.start()
+        self.scrubber.start()
         if self.gossip is not None:
             await self.gossip.start()
             self.metrics.set_gossip_reading(self.gossip.stats)
@@ -321,6 +336,12 @@ class Node:
         if self.gossip is not None:
             self.gossip.advertise_drop(digest)
 
+    def _on_corrupt(self, digest: Digest) -> None:
+        if self.config.mode == "mirror":
+            if self._meta is not None:
+                self._meta.forget_access(str(digest))
+            self._on_evict(str(digest))
+
     @staticmethod
     def _bind_listener(host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -341,6 +362,9 @@ class Node:
             if hasattr(result, "__await__"):
                 await result
         self._closers.clear()
+        if self.scrubber is not None:
+            await self.scrubber.stop()
+            self.scrubber = None
         if self.maintenance is not None:
             await self.maintenance.stop()
             self.maintenance = None

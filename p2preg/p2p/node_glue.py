@@ -20,7 +20,9 @@ What it does:
   chooses (penalties applied), one ``PeerBlobSource`` per choice. Either way the owner is
   told the upstream registry and repository; the mirror appends the upstream. It also
   advertises ``fetching`` and watches the fill: ``have`` once committed, ``drop`` on failure,
-  and a penalty for every peer that delivered bytes to a fill whose digest did not match.
+  and a penalty for every peer that delivered bytes to a fill whose digest did not match, plus a
+  wrong-bytes report to it (``suspect.report_suspect``; the route is in ``routes()`` when the
+  node gives ``verify_blob``).
 - The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
   named upstream and repository, with holders as its only peers (``acting_for_peer``).
 - Tags during an upstream outage: ``peer_tag`` (the mirror's hook) asks up to
@@ -71,6 +73,7 @@ from p2preg.p2p.routing import (
 )
 from p2preg.p2p.server import P2PServer
 from p2preg.p2p.source import BlobOrigin, Ledger, PeerBlobSource, PeerClientConfig
+from p2preg.p2p.suspect import Verify, add_suspect_route, report_suspect
 from p2preg.p2p.tags import (
     DEFAULT_TAG_PEERS,
     DEFAULT_TAG_TIMEOUT_S,
@@ -148,8 +151,10 @@ class P2P:
         wall_clock: Clock | None = None,
         rng: random.Random | None = None,
         peer_tls: ssl.SSLContext | None = None,
+        verify_blob: Verify | None = None,
     ) -> None:
         self.membership = membership
+        self._verify_blob = verify_blob  # re-hash a blob a peer reported (suspect.py)
         self.config = config or P2PConfig()
         # A node serving HTTPS fetches from its peers over HTTPS, verified with ``peer_tls``.
         self._peer_tls = peer_tls
@@ -219,6 +224,7 @@ class P2P:
                 log.warning("penalising peer %s: wrong bytes for manifest %s",
                             candidate.peer.name, digest)  # fmt: skip
                 self.penalties.wrong_bytes(candidate.peer.name, str(digest))
+                self._report_wrong_bytes(candidate.peer.name, digest)
                 continue
             self.stats.manifests_from_peers += 1
             return body
@@ -251,7 +257,27 @@ class P2P:
                                                                              repository, tag)
 
     def routes(self) -> web.RouteTableDef:
-        return self.server.routes()
+        table = self.server.routes()
+        if self._verify_blob is not None:
+            add_suspect_route(table, self.server.authenticate, self._verify_blob)
+        return table
+
+    def _report_wrong_bytes(self, peer_name: str, digest: Digest) -> None:
+        """Tell ``peer_name`` its bytes for ``digest`` were wrong (in the background): it
+        re-hashes its copy at once and drops it when rotten (suspect.py)."""
+        addresses = [m.http_addr for m in self.membership.members()
+                     if m.name == peer_name and m.http_addr]
+        if not addresses:
+            return
+        base_url = f"{self.config.client.scheme}://{addresses[0]}"
+
+        async def tell() -> None:
+            await report_suspect(self._client(), base_url, digest,
+                                 node_name=self.membership.node_name, signer=self._signer)
+
+        task = asyncio.get_running_loop().create_task(tell())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def start(self) -> None:
         """Open the peer client session; advertise every committed blob."""
@@ -394,6 +420,7 @@ class P2P:
                     if nbytes > 0:
                         log.warning("penalising peer %s: wrong bytes for %s", peer, fill.digest)
                         self.penalties.wrong_bytes(peer, str(fill.digest))
+                        self._report_wrong_bytes(peer, fill.digest)
             self._settled(fill.digest, ok=False)
             return
         finally:

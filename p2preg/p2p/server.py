@@ -194,7 +194,7 @@ class P2PServer:
             return _error_response(request, exc)
 
     def _handle_tag(self, request: web.Request) -> web.Response:
-        request[PEER_KEY] = self._authenticate(request)
+        request[PEER_KEY] = self.authenticate(request)
         info = request.match_info
         try:
             registry = validate_registry(info["registry"])
@@ -221,7 +221,9 @@ class P2PServer:
         self.stats.rejected[reason] += 1
         return RegistryError(code, message, {"reason": reason}, status=status)
 
-    def _authenticate(self, request: web.Request) -> str:
+    def authenticate(self, request: web.Request) -> str:
+        """The requesting peer's node name (signature checked with a keyring); raises the
+        ``RegistryError`` to answer otherwise. Also used by the wrong-bytes report route."""
         headers = request.headers
         if self._verifier is not None:
             try:
@@ -240,7 +242,7 @@ class P2PServer:
         return node
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        node = self._authenticate(request)
+        node = self.authenticate(request)
         request[PEER_KEY] = node
         try:
             digest = parse_digest(request.match_info["digest"])

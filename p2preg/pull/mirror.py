@@ -498,7 +498,7 @@ class MirrorContentSource:
         if record is None or not self._blobs.has(digest):
             return None
         try:
-            body = await asyncio.to_thread(self._blobs.path(digest).read_bytes)
+            body = await self._blobs.read_verified(digest)  # quarantined when rotten: refetched
         except (FileNotFoundError, RegistryError):
             return None
         return ManifestContent(record.media_type, digest, body)

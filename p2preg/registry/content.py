@@ -21,12 +21,18 @@ Contract of a ``ContentSource`` (every implementation must keep it):
   visible in ``repo``. ``source`` names where the bytes come from (``local``, ``peer``,
   ``upstream``): the metrics middleware counts bytes by it.
 
+Integrity (``LocalContentSource``): a manifest's bytes are checked against its digest on every
+read (``BlobStore.read_verified``); a mismatch quarantines the file and answers
+``MANIFEST_UNKNOWN`` saying so. Blob bodies are not re-hashed on read (sendfile never touches
+them; clients verify every blob they pull): the background scrub and peers' wrong-bytes reports
+find a rotten blob, and from then on its GET/HEAD answers ``BLOB_UNKNOWN`` ("quarantined; push
+it again") instead of its bytes.
+
 Must not import aiohttp or the handlers.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +121,15 @@ class LocalContentSource:
         if record is None:
             raise self._manifest_unknown(repo, reference)
         try:
-            body = await asyncio.to_thread(self._blobs.path(digest).read_bytes)
-        except (FileNotFoundError, RegistryError):
+            body = await self._blobs.read_verified(digest)
+        except RegistryError:  # absent, or CorruptBlob (quarantined just now)
+            if self._blobs.is_quarantined(digest):
+                raise RegistryError(
+                    ErrorCode.MANIFEST_UNKNOWN,
+                    "the stored manifest failed its integrity check and was quarantined; "
+                    "push it again",
+                    {"name": repo, "reference": reference, "digest": str(digest)},
+                ) from None
             raise self._manifest_unknown(repo, reference) from None
         return ManifestContent(media_type=record.media_type, digest=digest, body=body)
 
@@ -128,8 +141,15 @@ class LocalContentSource:
         *,
         want_body: bool = True,
     ) -> BlobContent:
-        size = self._blobs.size(digest) if self._meta.blob_linked(repo, str(digest)) else None
+        linked = self._meta.blob_linked(repo, str(digest))
+        size = self._blobs.size(digest) if linked else None
         if size is None:
+            if linked and self._blobs.is_quarantined(digest):
+                raise RegistryError(
+                    ErrorCode.BLOB_UNKNOWN,
+                    "the stored blob failed its integrity check and was quarantined; push it again",
+                    {"repository": repo, "digest": str(digest)},
+                )
             raise RegistryError(
                 ErrorCode.BLOB_UNKNOWN,
                 "blob unknown to this repository",

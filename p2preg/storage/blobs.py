@@ -13,6 +13,13 @@ cannot race) before the temp name is removed and the directory fsync'ed. A crash
 leaves at worst a temp file, which ``recover()`` deletes; a name under ``blobs/`` always holds
 complete, verified content.
 
+Bit rot (docs/storage.md, "Integrity over time"): a committed file whose bytes stop matching its
+name is taken out of ``blobs/`` by ``quarantine`` (moved to ``quarantine/`` with
+``keep_quarantined``, the registry's default, else deleted: a mirror fetches it again), counted
+in ``corrupt_total`` by who found it and reported to every ``corruption_listeners`` entry (the
+node advertises a ``drop``). ``read_verified`` (manifests, on every read) and ``check`` (a peer's
+report) find it on demand; ``storage/scrub.py`` finds it in the background.
+
 Must not import aiohttp, sqlite3, the metadata store or the registry/fetch/gossip packages.
 """
 
@@ -22,9 +29,11 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -35,6 +44,54 @@ from p2preg.storage.layout import StoreLayout, fsync_dir
 from p2preg.storage.sink import DEFAULT_FLUSH_BYTES, HashingSink, hash_and_write
 
 DEFAULT_ALGORITHM = "sha256"
+HASH_CHUNK_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
+
+CorruptionListener = Callable[[Digest], object]
+"""Called (on the event loop) with each digest ``quarantine`` took out of the store."""
+
+
+class CorruptBlob(RegistryError):
+    """The committed copy of a blob no longer matched its digest and was quarantined."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(
+            ErrorCode.BLOB_UNKNOWN,
+            "the stored copy failed its integrity check and was quarantined",
+            {"digest": str(digest)},
+        )
+        self.digest = digest
+
+
+class Rehash:
+    """A committed file being re-hashed: feed it with ``step`` until ``done``.
+
+    Holds the file open until ``close`` (call it after any ``quarantine``): the bytes hashed are
+    those of one inode even if the name is replaced meanwhile, and while it is open that inode
+    number cannot be reused, so ``inode`` lets ``quarantine`` move only that file.
+    """
+
+    def __init__(self, path: Path, algorithm: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()/step()
+        self.inode = os.fstat(self._file.fileno()).st_ino
+        self._hasher = hashlib.new(algorithm)
+        self.done = False
+
+    def step(self, max_bytes: int = HASH_CHUNK_BYTES) -> int:
+        """Hash up to ``max_bytes`` more (blocking: call it in a worker thread); bytes read."""
+        chunk = self._file.read(max_bytes)
+        if chunk:
+            self._hasher.update(chunk)
+        else:
+            self.done = True
+        return len(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _DigestMismatch(Exception):
@@ -71,6 +128,9 @@ class BlobStore:
         self._count: int | None = None
         self._total_bytes = 0
         self._place_lock = threading.Lock()  # a re-commit's link/utime vs a GC delete
+        self.keep_quarantined = True
+        self.corruption_listeners: list[CorruptionListener] = []
+        self.corrupt_total: Counter[str] = Counter()  # by who found it: scrub, read, peer_report
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -176,6 +236,117 @@ class BlobStore:
             return actual == digest.hex
 
         return await asyncio.to_thread(rehash)
+
+    # -- integrity -------------------------------------------------------------------------------
+
+    def open_rehash(self, digest: Digest) -> Rehash | None:
+        """Start re-hashing the committed blob (blocking open); None when it is absent."""
+        try:
+            return Rehash(self.layout.blob_path(digest), digest.algorithm)
+        except FileNotFoundError:
+            return None
+
+    async def check(self, digest: Digest, *, found_by: str) -> str:
+        """Re-hash a committed blob now and quarantine it when it does not match.
+
+        Returns ``ok``, ``corrupt`` (it was quarantined by this call or a concurrent one) or
+        ``absent``.
+        """
+
+        def rehash() -> Rehash | None:
+            job = self.open_rehash(digest)
+            while job is not None and not job.done:
+                job.step(4 * HASH_CHUNK_BYTES)
+            return job
+
+        job = await asyncio.to_thread(rehash)
+        if job is None:
+            return "absent"
+        try:
+            if job.hexdigest() == digest.hex:
+                return "ok"
+            await self.quarantine(digest, inode=job.inode, found_by=found_by)
+            return "corrupt"
+        finally:
+            job.close()
+
+    async def read_verified(self, digest: Digest) -> bytes:
+        """The committed blob's bytes, checked against its digest (for small blobs: manifests).
+
+        Raises ``BLOB_UNKNOWN`` when absent and ``CorruptBlob`` (after quarantining the file)
+        when its bytes do not match.
+        """
+        path = self.layout.blob_path(digest)
+
+        def read() -> tuple[BinaryIO, bytes, bool]:
+            f = open(path, "rb")  # noqa: SIM115 - kept open (inode pinned) until checked
+            body = f.read()
+            return f, body, hashlib.new(digest.algorithm, body).hexdigest() == digest.hex
+
+        try:
+            f, body, good = await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, detail={"digest": str(digest)}) from None
+        try:
+            if not good:
+                await self.quarantine(digest, inode=os.fstat(f.fileno()).st_ino,
+                                      found_by="read")
+                raise CorruptBlob(digest)
+        finally:
+            f.close()
+        return body
+
+    async def quarantine(self, digest: Digest, *, inode: int | None, found_by: str) -> bool:
+        """Take a corrupt committed blob out of the store (only the file ``inode`` when given: a
+        good copy committed meanwhile stays), count it, log it and tell the listeners.
+
+        Returns False when there was nothing (or another file) to take out.
+        """
+        moved = await asyncio.to_thread(self._remove_corrupt, digest, inode)
+        if not moved:
+            return False
+        self.corrupt_total[found_by] += 1
+        log.error(
+            "blob %s failed its integrity check (found by %s): %s", digest, found_by,
+            "moved to quarantine/" if self.keep_quarantined else "deleted",
+            extra={"fields": {"event": "blob_corrupt", "digest": str(digest),
+                              "found_by": found_by, "kept": self.keep_quarantined}},
+        )
+        for listener in list(self.corruption_listeners):
+            try:
+                listener(digest)
+            except Exception:
+                log.exception("corruption listener failed for %s", digest)
+        return True
+
+    def is_quarantined(self, digest: Digest) -> bool:
+        """True when a corrupt copy of ``digest`` was kept in quarantine and no good copy has
+        been committed since."""
+        return self.layout.quarantine_path(digest).exists() and not self.has(digest)
+
+    def _remove_corrupt(self, digest: Digest, inode: int | None) -> bool:
+        path = self.layout.blob_path(digest)
+        target = self.layout.quarantine_path(digest)
+        with self._place_lock:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return False
+            if inode is not None and st.st_ino != inode:
+                return False
+            if self.keep_quarantined:
+                if not self.layout.quarantine_dir.is_dir():
+                    self.layout.quarantine_dir.mkdir(exist_ok=True)
+                    fsync_dir(self.layout.root)
+                os.replace(path, target)
+                fsync_dir(self.layout.quarantine_dir)
+            else:
+                path.unlink()
+        fsync_dir(path.parent)
+        if self._count is not None:
+            self._count -= 1
+            self._total_bytes -= st.st_size
+        return True
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ Tree::
       blobs/<algorithm>/<hex[:2]>/<hex>   committed, verified content (one copy per digest)
       tmp/<random>.part                   blob writers' temp files (deleted by recovery)
       uploads/<uuid>/data                 upload sessions' bytes (resumable at the recorded offset)
+      quarantine/<algorithm>-<hex>        a blob whose bytes no longer matched its digest (never
+                                          served; registry mode keeps the last copy for forensics)
       metadata.db (+ -wal, -shm)          SQLite: repositories, tags, manifests, links, uploads
       lock                                flock'ed by the one process using this store
 """
@@ -58,6 +60,7 @@ class StoreLayout:
         self.blobs_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
         self.uploads_dir = self.root / "uploads"
+        self.quarantine_dir = self.root / "quarantine"
         self.db_path = self.root / "metadata.db"
         self.lock_path = self.root / "lock"
 
@@ -100,6 +103,12 @@ class StoreLayout:
             return parse_digest(f"{parts[0]}:{parts[2]}")
         except RegistryError:
             return None
+
+    def quarantine_path(self, digest: Digest) -> Path:
+        """``root/quarantine/<alg>-<hex>``: where a corrupt blob's file is moved (not created
+        by ``ensure``: the directory appears with the first quarantined blob)."""
+        _check_digest(digest)
+        return self.quarantine_dir / f"{digest.algorithm}-{digest.hex}"
 
     # -- temp files ----------------------------------------------------------------------------
 
