@@ -68,6 +68,7 @@ class Node:
         self.gossip: Any = None  # GossipService when --gossip-listen is set
         self.maintenance: Maintenance | None = None
         self.scrubber: Scrubber | None = None
+        self.blobs: BlobStore | None = None
         self.p2p: Any = None  # the peer blob path: mirror mode with gossip
         self.operate: Any = None  # cluster pulls and the status page (p2preg.operate)
         self._fetcher: Any = None  # the mirror's fills, read by the status page
@@ -116,12 +117,16 @@ class Node:
         # Integrity: a rotten blob leaves the store (a mirror deletes it and fetches it again, a
         # registry keeps it in quarantine/), and a mirror advertises the drop.
         blobs.keep_quarantined = config.mode != "mirror"
+        if config.mode == "mirror":  # a fill that would not fit evicts first (storage/room.py)
+            blobs.room.room_maker = self.maintenance.make_room
+        self.blobs = blobs
         blobs.corruption_listeners.append(self._on_corrupt)
         self.scrubber = Scrubber(
             blobs, self.wall_clock, rate_bytes_s=config.scrub_rate_mib_s * MIB,
             interval_s=config.scrub_interval_s,
         )
         self.scrubber.register_metrics(self.metrics.registry)
+        blobs.room.register_metrics(self.metrics.registry)
 
         # Bind the HTTP sockets first: gossip advertises the real peer address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)

@@ -11,6 +11,9 @@ Rules:
 - A source that declares a different size than an earlier one, or sends more bytes than the size,
   is lying: the fill fails as ``wrong_bytes``. So does a commit whose digest does not match: the
   writer removes its temp file and nothing is committed.
+- Before the size a source announced becomes the fill's size (and so before any reader can
+  send a 200), the writer reserves that much room on the disk (``storage/room.py``: eviction
+  first); a blob that cannot fit fails the fill with the store's 507, no other source tried.
 - Readers (``reader.FollowedSpan``) never hand out the last byte of a response before the
   writer verified the digest, so a wrong blob can never reach a client as a complete response.
 
@@ -29,6 +32,7 @@ from p2preg.fetch.sources import BlobSource
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.storage.blobs import BlobStore, BlobWriter
+from p2preg.storage.diskspace import InsufficientStorage
 from p2preg.upstream.errors import UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,8 @@ class FillError(Exception):
         self.cause = cause
 
     def to_registry_error(self) -> RegistryError:
+        if isinstance(self.cause, InsufficientStorage):
+            return self.cause  # 507: the node's disk, not the source, is the problem
         if isinstance(self.cause, UpstreamError) and not self.wrong_bytes:
             code = ErrorCode.BLOB_UNKNOWN if self.not_found else None
             return self.cause.to_registry_error(code)
@@ -244,6 +250,10 @@ class BlobFetcher:
         async with stream:
             if stream.size is not None:
                 if fill.size is None:
+                    try:  # room on the disk before the size is announced (and a 200 sent)
+                        await writer.reserve(stream.size)
+                    except RegistryError as exc:
+                        raise FillError(fill.digest, exc.message, cause=exc) from exc
                     fill.size = stream.size
                 elif stream.size != fill.size:
                     raise FillError(fill.digest, f"{source.name} says the blob has "

@@ -40,7 +40,9 @@ from typing import BinaryIO
 
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
+from p2preg.storage.diskspace import is_disk_full, storage_error
 from p2preg.storage.layout import StoreLayout, fsync_dir
+from p2preg.storage.room import RoomKeeper
 from p2preg.storage.sink import DEFAULT_FLUSH_BYTES, HashingSink, hash_and_write
 
 DEFAULT_ALGORITHM = "sha256"
@@ -108,10 +110,6 @@ def _mismatch_error(expected: Digest, actual: Digest) -> RegistryError:
     )
 
 
-def _storage_error(exc: OSError) -> RegistryError:
-    return RegistryError(ErrorCode.UNKNOWN, f"storage error: {exc.strerror or exc}")
-
-
 class BlobStore:
     """Committed blobs under ``layout.blobs_dir`` plus the writers still in progress.
 
@@ -131,6 +129,7 @@ class BlobStore:
         self.keep_quarantined = True
         self.corruption_listeners: list[CorruptionListener] = []
         self.corrupt_total: Counter[str] = Counter()  # by who found it: scrub, read, peer_report
+        self.room = RoomKeeper(layout.root)  # reservations before fills (storage/room.py)
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -362,11 +361,12 @@ class BlobStore:
         """
         if expected is not None:
             self.layout.blob_path(expected)  # validates the digest before any file exists
+            self.room.check(expected)  # refused for lack of room a moment ago: 507 at once
         tmp_path = self.layout.new_tmp_path()
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc, self.layout.root) from exc
         algorithm = expected.algorithm if expected is not None else DEFAULT_ALGORITHM
         writer = BlobWriter(self, expected, tmp_path, fd, hashlib.new(algorithm),
                             flush_bytes=self.flush_bytes if flush_bytes is None else flush_bytes)
@@ -417,7 +417,7 @@ class BlobStore:
         except FileNotFoundError:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload data missing") from None
         except OSError as exc:
-            raise _storage_error(exc) from exc
+            raise storage_error(exc, self.layout.root) from exc
         self._account(placed, size)
 
     # -- internals -------------------------------------------------------------------------------
@@ -489,6 +489,7 @@ class BlobStore:
         self._count, self._total_bytes = count, total
 
     def _unregister(self, writer: BlobWriter) -> None:
+        self.room.release(writer)
         if writer.expected is None:
             return
         writers = self._writers.get(writer.expected)
@@ -557,6 +558,15 @@ class BlobWriter:
         """Where the blob lives once committed (None before)."""
         return None if self.digest is None else self._store.layout.blob_path(self.digest)
 
+    async def reserve(self, size: int) -> None:
+        """Make sure the blob's ``size`` bytes fit before they arrive (``storage/room.py``):
+        room is made by eviction when a room maker is set; raises ``InsufficientStorage``
+        (507) otherwise, and the digest is refused for a short while."""
+        self._check_open()
+        if self.expected is None:
+            raise ValueError("only a writer with an expected digest reserves room")
+        await self._store.room.reserve(self, self.expected, size)
+
     async def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append ``chunk``; the disk work happens in batches in a worker thread."""
         self._check_open()
@@ -564,7 +574,7 @@ class BlobWriter:
             await self._sink.write(chunk)
         except OSError as exc:
             await self._fail()
-            raise _storage_error(exc) from exc
+            raise self._disk_error(exc) from exc
 
     async def flush(self) -> None:
         """Make every accepted byte visible in ``tmp_path`` now (e.g. when the source stalls)."""
@@ -573,7 +583,12 @@ class BlobWriter:
             await self._sink.flush()
         except OSError as exc:
             await self._fail()
-            raise _storage_error(exc) from exc
+            raise self._disk_error(exc) from exc
+
+    def _disk_error(self, exc: OSError) -> RegistryError:
+        if is_disk_full(exc) and self.expected is not None:
+            self._store.room.refuse(self.expected, None)  # no retry loop filling the disk
+        return storage_error(exc, self._store.layout.root)
 
     async def wait_for(self, offset: int) -> int:
         """Wait until ``size > offset`` or the writer is done or failed; return ``size``."""
@@ -631,7 +646,7 @@ class BlobWriter:
             await self._sink.drain()
         except OSError as exc:
             await self._fail()
-            raise _storage_error(exc) from exc
+            raise storage_error(exc, self._store.layout.root) from exc
         chunks = self._sink.take_buffer()
         fd, self._fd = self._fd, -1
         hasher = self._sink.hasher
@@ -668,14 +683,14 @@ class BlobWriter:
             raise _mismatch_error(expected, exc.actual) from None
         except OSError as exc:
             await self._fail()
-            raise _storage_error(exc) from exc
+            raise storage_error(exc, self._store.layout.root) from exc
         self.verified = True
         self._sink.advance(written)  # wakes the readers: the whole blob may be released now
         try:
             placed = await asyncio.to_thread(make_durable, digest)
         except OSError as exc:
             await self._fail()
-            raise _storage_error(exc) from exc
+            raise storage_error(exc, self._store.layout.root) from exc
         self.digest = digest
         self.done = True
         store._account(placed, self.size)

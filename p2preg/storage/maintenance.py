@@ -7,7 +7,8 @@ them with one ``MetadataStore.touch_many`` per flush, never one SQLite write per
 when the store is over its quota, calling ``on_evict(digest)`` for each blob it deleted so the
 gossip layer can advertise a ``drop``), and in registry mode, every ``gc_interval_s``, garbage
 collection (``gc.collect_garbage``: each blob it deletes goes to ``on_evict`` as well). It also
-runs a pass early when a flush tick sees the store over quota.
+runs a pass early when a flush tick sees the store over quota. ``make_room(bytes)`` evicts on
+demand, whatever the quota, for a mirror fill that would not fit on the disk (``room.py``).
 
 Garbage collection runs in registry mode only. A mirror never deletes a manifest, tag or link
 (everything it caches stays referenced), so GC would find nothing but blobs the mirror keeps for
@@ -42,7 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2preg.clock import Clock
@@ -243,6 +244,8 @@ class Maintenance:
         self.passes = 0
         self.failed_passes = 0
         self.evicted_blobs_total = 0
+        self.room_evictions_total = 0  # make_room calls (a fill that needed room on the disk)
+        self._room_lock = asyncio.Lock()
         self.evicted_bytes_total = 0
         self.uploads_expired_total = 0
         self.last_gc: GcReport | None = None
@@ -372,6 +375,26 @@ class Maintenance:
             self._log_eviction(report)
         return report
 
+    async def make_room(self, wanted_bytes: int) -> int:
+        """Evict least-recently-used blobs to free ``wanted_bytes`` now, quota or not (a mirror
+        fill that would not fit on the disk; ``storage/room.py``). The keep rules hold: nothing
+        accessed within ``min_age_s``, nothing being written. Registry mode frees nothing.
+        Returns the bytes freed."""
+        if self.policy.mode != "mirror" or wanted_bytes <= 0:
+            return 0
+        async with self._room_lock:
+            now = self._clock.now()
+            # Any quota above the store's size enables the policy; ``wanted`` is what counts.
+            policy = replace(self.policy, max_bytes=max(1, self.blobs.total_bytes()))
+            tally = _Eviction(wanted_bytes)
+            if self._seeded_at == -math.inf:
+                tally.seeded += await self._seed_access_rows(now)
+            await self._evict_lru(tally, now, policy)
+            self.room_evictions_total += 1
+            event(log, "room_made", wanted_bytes=wanted_bytes, freed_bytes=tally.freed,
+                  evicted=len(tally.evicted), kept=dict(tally.kept))
+            return tally.freed
+
     async def collect(self, now: float) -> GcReport:
         """Collect garbage now (whatever the mode and interval): delete blobs unreferenced for
         ``gc_grace_s`` and the dead links (``gc.collect_garbage``); every deleted blob goes to
@@ -414,10 +437,12 @@ class Maintenance:
             except Exception:
                 log.exception("on_evict(%s) failed", digest)
 
-    async def _evict_lru(self, tally: _Eviction, now: float) -> None:
+    async def _evict_lru(self, tally: _Eviction, now: float,
+                         policy: EvictionPolicy | None = None) -> None:
+        policy = policy or self.policy
         decided: set[str] = set()
         limit = LRU_BATCH
-        recent_after = now - self.policy.min_age_s
+        recent_after = now - policy.min_age_s
         while tally.freed < tally.wanted:
             rows = self.meta.least_recently_used(limit)
             batch: list[Candidate] = []
@@ -430,7 +455,7 @@ class Maintenance:
                     tally.stale += 1
                 else:
                     batch.append(candidate)
-            await self._evict_batch(batch, tally, now)
+            await self._evict_batch(batch, tally, now, policy)
             if tally.freed >= tally.wanted:
                 return
             if len(rows) < limit:  # every row seen: look for blobs that have none (rate-limited)
@@ -445,7 +470,8 @@ class Maintenance:
                 return  # the rest of the rows are newer still: all within the grace period
             limit *= 4
 
-    async def _evict_batch(self, batch: list[Candidate], tally: _Eviction, now: float) -> None:
+    async def _evict_batch(self, batch: list[Candidate], tally: _Eviction, now: float,
+                           policy: EvictionPolicy) -> None:
         """Apply the policy to ``batch`` (LRU order) until enough is freed or none is left.
 
         A planned blob may be spared at its delete (touched meanwhile): the policy is then asked
@@ -453,13 +479,13 @@ class Maintenance:
         """
         remaining = batch
         while remaining and tally.freed < tally.wanted:
-            plan = self.policy.choose(remaining, tally.wanted - tally.freed, now)
+            plan = policy.choose(remaining, tally.wanted - tally.freed, now)
             for reason, count in plan.kept.items():
                 tally.keep(reason, count)
             if not plan.evict:
                 return
             for candidate in plan.evict:
-                await self._evict_one(candidate, now, tally)
+                await self._evict_one(candidate, now, tally, policy)
             remaining = remaining[remaining.index(plan.evict[-1]) + 1 :]
 
     def _candidate(self, digest: str, recorded: float) -> Candidate | None:
@@ -481,14 +507,15 @@ class Maintenance:
             in_progress=self.blobs.in_progress(parsed) is not None,
         )
 
-    async def _evict_one(self, candidate: Candidate, now: float, tally: _Eviction) -> None:
+    async def _evict_one(self, candidate: Candidate, now: float, tally: _Eviction,
+                         policy: EvictionPolicy) -> None:
         # Check again and delete with no await in between: a request on this loop cannot touch
         # or start writing the blob half-way.
         fresh = self._candidate(candidate.digest, candidate.last_access)
         if fresh is None:
             tally.stale += 1
             return
-        reason = self.policy.keep_reason(fresh, now)
+        reason = policy.keep_reason(fresh, now)
         if reason is not None:
             tally.keep(reason)
             return

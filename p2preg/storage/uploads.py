@@ -35,6 +35,7 @@ from p2preg.clock import Clock
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.storage.blobs import BlobStore
+from p2preg.storage.diskspace import storage_error
 from p2preg.storage.layout import StoreLayout, fsync_dir, is_upload_uuid
 from p2preg.storage.metadata import MetadataStore, UploadRecord
 from p2preg.storage.sink import DEFAULT_FLUSH_BYTES, HashingSink, settle
@@ -299,9 +300,7 @@ class UploadManager:
         except BaseException as exc:
             await _rollback(sink, durable, fd, offset)
             if isinstance(exc, _DiskError):
-                raise RegistryError(
-                    ErrorCode.UNKNOWN, f"storage error: {exc.error.strerror or exc.error}"
-                ) from exc.error
+                raise storage_error(exc.error, self.layout.root) from exc.error
             raise  # the body's own failure (client gone, cancelled): no new offset recorded
         os.close(fd)
         if not self.meta.set_upload_offset(uuid, sink.written):
