@@ -328,6 +328,9 @@ async def _write_with_progress(
     except BaseException:
         task.cancel()
         if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                _shutdown(sock.fileno())  # a reset: the unread bytes must not linger
             transport.abort()  # type: ignore[attr-defined]
         raise
 
