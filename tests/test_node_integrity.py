@@ -14,6 +14,7 @@ from p2preg.oci.digest import parse_digest
 from tests.p2p.harness import CountingUpstream, payload
 from tests.support.bitrot import flip_bit
 from tests.support.cluster import mirror_cluster, until
+from tests.test_node_p2p import OCI_MANIFEST, get_manifest, pulled_on_first
 
 REPO = "library/app"
 
@@ -113,3 +114,16 @@ async def test_an_unsigned_wrong_bytes_report_is_refused_before_any_hashing(
             assert response.status == 401
             assert (await response.json())["errors"][0]["code"] == "UNAUTHORIZED"
     assert holder.scrubber.stats.reports == 0
+
+
+async def test_a_mirror_verifies_a_cached_manifest_on_read_and_fetches_a_rotten_one_again(
+    cluster: list[Node], upstream: CountingUpstream
+) -> None:
+    holder = cluster[0]
+    assert holder.scrubber is not None
+    async with aiohttp.ClientSession() as http:
+        body, digest = await pulled_on_first(http, cluster, upstream, seed=34)
+        flip_bit(holder.layout.blob_path(parse_digest(digest)), offset=3)
+        assert await get_manifest(http, holder, digest) == (200, OCI_MANIFEST, body)
+    assert holder.scrubber.blobs.corrupt_total["read"] == 1
+    assert upstream.manifest_requests[("GET", digest)] == 2  # fetched again, once
