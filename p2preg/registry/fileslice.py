@@ -4,14 +4,19 @@ Owns: ``send_file_slice``, ``send_growing_file`` (a file still being written, ra
 grows), ``send_chunks``, and the send-progress timeout (``SEND_PROGRESS_TIMEOUT_KEY`` on the app,
 ``DEFAULT_SEND_PROGRESS_TIMEOUT_S`` otherwise).
 
-How bytes go out (the same under uvloop and the stdlib loop; neither ``loop.sendfile`` nor a
-worker thread is used, so no number of slow or stalled readers can exhaust a pool):
+How bytes go out (the same under uvloop and the stdlib loop; ``loop.sendfile`` is not used and no
+thread waits for a reader, so no number of slow or stalled readers can exhaust a pool; uvloop
+0.23 has no ``loop.sendfile`` at all, and the stdlib's has no progress timeout and copies on the
+loop thread):
 
 - Plain TCP: zero-copy ``os.sendfile`` on a non-blocking duplicate of the socket's descriptor,
-  on the event loop, driven by the socket's writability (``loop.add_writer``). Each call moves at
-  most what the socket buffer takes, then the sender waits for room. The duplicate means the
-  transport closing its own descriptor can never make us write into a reused descriptor number.
-  Nothing else writes to the connection while the body goes out (the headers are flushed first).
+  driven by the socket's writability (``loop.add_writer``): when the socket has room, one job on
+  a small pool copies until it is full again (``EAGAIN``: at once, never a wait for the reader),
+  then the loop watches it again (``SocketSender``). Only copies and page-cache misses run in the
+  pool, off the loop thread and over the cores; a stalled reader holds a registration, not a
+  thread. The duplicate descriptor means the transport closing its own can never make a copy
+  write into a reused descriptor number. Nothing else writes to the connection while the body
+  goes out (the headers are flushed first).
 - TLS (no raw socket): chunks of ``CHUNK_BYTES`` read in a worker thread (one bounded read at a
   time, never a wait on the client there) and written through the transport.
 
@@ -31,6 +36,7 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from aiohttp import web
@@ -44,6 +50,11 @@ SEND_PROGRESS_TIMEOUT_KEY = web.AppKey("send_progress_timeout_s", float)
 """Seconds a reader may accept no byte before it is dropped (set on the app; default above)."""
 _MAX_SENDFILE_BYTES = 1 << 30
 _FLUSH_POLL_S = 0.002
+_PUMP_BYTES = 16 << 20
+"""At most this much is sent per copy job before the socket is watched again (fairness)."""
+_COPY_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="p2preg-sendfile")
+"""Runs non-blocking ``sendfile`` calls only (each ends when the socket is full): its size
+bounds parallel copies, never the number of readers."""
 
 
 class StalledReader(ConnectionResetError):
@@ -190,16 +201,28 @@ def _raw_socket(transport: asyncio.BaseTransport) -> Any:
 class SocketSender:
     """Non-blocking ``os.sendfile`` of ranges of one file to one plain-TCP connection.
 
-    Runs on the event loop: ``send`` calls ``os.sendfile`` while the socket takes bytes and
-    otherwise waits for writability with ``loop.add_writer`` on its own duplicate descriptor.
-    Any failure (the client went away, no progress within ``timeout_s``, cancellation) shuts the
-    connection down, so the client sees a dropped connection, never a short complete body.
+    Driven by the socket's writability: the event loop watches the sender's own duplicate
+    descriptor (``loop.add_writer``); when the socket has room, one job on the small
+    ``_COPY_POOL`` calls ``os.sendfile`` until the socket is full again (``EAGAIN``, at once on a
+    non-blocking socket) or ``_PUMP_BYTES`` went out, then the loop watches again. A full socket
+    costs nothing but its registration: no thread ever waits for a reader, so no number of
+    stalled readers can take the pool; the pool only spreads the copies (and page-cache misses)
+    over the cores and off the loop thread. One timer checks progress. Any failure (the client
+    went away, no byte taken within ``timeout_s``, cancellation) shuts the connection down, so
+    the client sees a dropped connection, never a short complete body.
     """
 
     def __init__(self, out_fd: int, in_fd: int, timeout_s: float) -> None:
         self._out_fd = out_fd
         self._in_fd = in_fd
         self._timeout_s = timeout_s
+        self._position = 0
+        self._remaining = 0
+        self._progress_at = 0.0
+        self._done: asyncio.Future[None] | None = None
+        self._copy: asyncio.Future[int] | None = None
+        self._watching = False
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -219,61 +242,124 @@ class SocketSender:
 
     async def _flush(self, transport: asyncio.BaseTransport) -> None:
         buffered = transport.get_write_buffer_size  # type: ignore[attr-defined]  # uvloop's is no WriteTransport subclass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
         while buffered() > 0:  # headers are normally flushed at once; never send around them
             if transport.is_closing():
                 raise ConnectionResetError("client went away")
-            await self._writable()
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(self._out_fd, _resolve, ready)
+            try:
+                await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise StalledReader(
+                    f"client took no response header for {self._timeout_s:g} s") from None
+            finally:
+                loop.remove_writer(self._out_fd)
             await asyncio.sleep(_FLUSH_POLL_S)  # let the transport's own watcher write first
 
     async def send(self, offset: int, count: int) -> None:
         """Send ``count`` bytes of the file from ``offset``; returns when all went out."""
-        try:
-            await self._send(offset, count)
-        except BaseException:
-            _shutdown(self._out_fd)
-            raise
-
-    async def _send(self, offset: int, count: int) -> None:
-        position, remaining = offset, count
-        while remaining > 0:
-            try:
-                sent = os.sendfile(self._out_fd, self._in_fd, position,
-                                   min(remaining, _MAX_SENDFILE_BYTES))
-            except (BlockingIOError, InterruptedError):
-                await self._writable()
-                continue
-            except OSError as exc:
-                raise ConnectionResetError(f"client went away: {exc.strerror}") from exc
-            if sent == 0:
-                raise ConnectionAbortedError("file shorter than its recorded size")
-            position += sent
-            remaining -= sent
-            if remaining > 0:
-                await asyncio.sleep(0)  # a fast reader must not starve the other connections
-
-    async def _writable(self) -> None:
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_writer(self._out_fd, wake)
+        self._position, self._remaining = offset, count
+        self._progress_at = loop.time()
+        done = self._done = loop.create_future()
+        self._timer = loop.call_later(self._timeout_s, self._check_progress)
+        self._start_copy()  # a fresh response: the socket has room
         try:
-            await asyncio.wait_for(ready, self._timeout_s)
-        except TimeoutError:
-            raise StalledReader(
-                f"client accepted no bytes for {self._timeout_s:g} s"
-            ) from None
+            await done
+        except BaseException:
+            _shutdown(self._out_fd)  # ends a copy in flight at once, and wakes the client
+            raise
         finally:
-            loop.remove_writer(self._out_fd)
+            self._unwatch()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            copy = self._copy
+            if copy is not None and not copy.done():  # never close the descriptor under it
+                await asyncio.wait([copy])
+
+    def _start_copy(self) -> None:
+        """The socket has room: copy in a pool thread (the writability callback)."""
+        done = self._done
+        if done is None or done.done() or (self._copy is not None and not self._copy.done()):
+            return
+        self._unwatch()
+        loop = asyncio.get_running_loop()
+        copy = self._copy = loop.run_in_executor(
+            _COPY_POOL, _copy_some, self._out_fd, self._in_fd, self._position,
+            min(self._remaining, _PUMP_BYTES))
+        copy.add_done_callback(self._copied)
+
+    def _copied(self, copy: asyncio.Future[int]) -> None:
+        done = self._done
+        if done is None or done.done():
+            return
+        exc = copy.exception()
+        if exc is not None:
+            if isinstance(exc, ConnectionAbortedError):
+                done.set_exception(exc)
+            else:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                done.set_exception(ConnectionResetError(f"client went away: {reason}"))
+            return
+        sent = copy.result()
+        if sent:
+            self._position += sent
+            self._remaining -= sent
+            self._progress_at = asyncio.get_running_loop().time()
+        if self._remaining == 0:
+            done.set_result(None)
+        else:
+            self._watch()  # level-triggered: fires at once if the socket still has room
+
+    def _watch(self) -> None:
+        if not self._watching:
+            asyncio.get_running_loop().add_writer(self._out_fd, self._start_copy)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            asyncio.get_running_loop().remove_writer(self._out_fd)
+            self._watching = False
+
+    def _check_progress(self) -> None:
+        done = self._done
+        if done is None or done.done():
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._progress_at
+        if idle >= self._timeout_s:
+            done.set_exception(StalledReader(f"client accepted no bytes for {self._timeout_s:g} s"))
+        else:
+            self._timer = loop.call_later(self._timeout_s - idle, self._check_progress)
 
     def close(self) -> None:
-        """Release the duplicate descriptor."""
+        """Release the duplicate descriptor (after ``send`` returned or raised)."""
         out_fd, self._out_fd = self._out_fd, -1
         if out_fd >= 0:
             os.close(out_fd)
+
+
+def _copy_some(out_fd: int, in_fd: int, position: int, limit: int) -> int:
+    """Up to ``limit`` bytes with non-blocking ``sendfile`` until the socket is full (a pool
+    thread: never waits for the reader). Returns the bytes sent; raises on a broken socket."""
+    sent_total = 0
+    while sent_total < limit:
+        try:
+            sent = os.sendfile(out_fd, in_fd, position + sent_total, limit - sent_total)
+        except (BlockingIOError, InterruptedError):
+            break
+        if sent == 0:
+            raise ConnectionAbortedError("file shorter than its recorded size")
+        sent_total += sent
+    return sent_total
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _ChunkSender:
