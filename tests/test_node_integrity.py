@@ -32,6 +32,13 @@ async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[l
         yield nodes
 
 
+def served_bytes(node: Node) -> int:
+    """Blob answers the node's peer endpoint gave (whole blobs, pieces, in-progress fills)."""
+    assert node.p2p is not None
+    served = node.p2p.server.stats.served
+    return served["local"] + served["piece"] + served["in_progress"]
+
+
 def owner_first(cluster: list[Node], digest: str) -> list[Node]:
     """The cluster with the digest's owner first: a blob pulled there is held by it alone."""
     return sorted(cluster, key=lambda n: not n.p2p.plan(parse_digest(digest)).self_is_owner)
@@ -68,10 +75,12 @@ async def test_a_flipped_byte_is_served_to_one_peer_at_most_then_dropped(
         await until(lambda: all(
             not any(m.name == name for m in n.gossip.holders(digest)) for n in (first, second)))
 
+        assert served_bytes(holder) > 0  # n1 got (some of) the rotten copy from the holder
         assert await get(http, second, digest) == (200, data)
         assert await get(http, first, digest) == (200, data)
-    assert first.p2p is not None and first.p2p.penalties.wrong_bytes_total == 1
-    assert holder.p2p.server.stats.served["local"] == 1  # the rotten copy went out once
+    assert first.p2p is not None and first.p2p.penalties.wrong_bytes_total >= 1
+    # The second peer never received a wrong byte (from the holder or anyone): no penalty.
+    assert second.p2p is not None and second.p2p.penalties.wrong_bytes_total == 0
     assert holder.scrubber.blobs.corrupt_total["peer_report"] == 1
     assert not holder.layout.quarantine_path(parse_digest(digest)).exists()  # mirror: deleted
     # n0 fetches it again on demand.
