@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from p2preg.node import Node
     from tests.p2p.harness import CountingUpstream
 
 
@@ -45,3 +48,15 @@ async def counting_upstream() -> AsyncIterator[CountingUpstream]:
     server = await CountingUpstream().start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def mirror_nodes(
+    tmp_path: Path, counting_upstream: CountingUpstream
+) -> AsyncIterator[list[Node]]:
+    """n0, n1, n2: whole mirror nodes with gossip and a cluster key, docker.io =
+    ``counting_upstream`` (``tests.support.cluster.mirror_cluster``)."""
+    from tests.support.cluster import mirror_cluster
+
+    async with mirror_cluster(tmp_path, counting_upstream.host) as nodes:
+        yield nodes

@@ -3,33 +3,16 @@ gets it, re-verified by its holder at once, dropped, and never served to a secon
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
-import pytest
 
 from p2preg.node import Node
 from p2preg.oci.digest import parse_digest
 from tests.p2p.harness import CountingUpstream, payload
 from tests.support.bitrot import flip_bit
-from tests.support.cluster import mirror_cluster, until
+from tests.support.cluster import until
 from tests.test_node_p2p import OCI_MANIFEST, get_manifest, pulled_on_first
 
 REPO = "library/app"
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[CountingUpstream]:
-    server = await CountingUpstream().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[list[Node]]:
-    async with mirror_cluster(tmp_path, upstream.host) as nodes:
-        yield nodes
 
 
 def served_bytes(node: Node) -> int:
@@ -54,11 +37,11 @@ async def get(http: aiohttp.ClientSession, node: Node, digest: str) -> tuple[int
 
 
 async def test_a_flipped_byte_is_served_to_one_peer_at_most_then_dropped(
-    cluster: list[Node], upstream: CountingUpstream
+    mirror_nodes: list[Node], counting_upstream: CountingUpstream
 ) -> None:
     data, _ = payload(3 * 1024 * 1024, seed=31)
-    digest = upstream.add(data)
-    holder, first, second = owner_first(cluster, digest)
+    digest = counting_upstream.add(data)
+    holder, first, second = owner_first(mirror_nodes, digest)
     assert holder.p2p is not None and holder.scrubber is not None
     name = holder.gossip.node_name
     async with aiohttp.ClientSession() as http:
@@ -89,11 +72,11 @@ async def test_a_flipped_byte_is_served_to_one_peer_at_most_then_dropped(
 
 
 async def test_the_scrub_drops_a_rotten_copy_and_the_metric_counts_it(
-    cluster: list[Node], upstream: CountingUpstream
+    mirror_nodes: list[Node], counting_upstream: CountingUpstream
 ) -> None:
     data, _ = payload(512 * 1024, seed=32)
-    digest = upstream.add(data)
-    holder, other, _ = owner_first(cluster, digest)
+    digest = counting_upstream.add(data)
+    holder, other, _ = owner_first(mirror_nodes, digest)
     assert holder.scrubber is not None
     name = holder.gossip.node_name
     async with aiohttp.ClientSession() as http:
@@ -110,11 +93,11 @@ async def test_the_scrub_drops_a_rotten_copy_and_the_metric_counts_it(
 
 
 async def test_an_unsigned_wrong_bytes_report_is_refused_before_any_hashing(
-    cluster: list[Node], upstream: CountingUpstream
+    mirror_nodes: list[Node], counting_upstream: CountingUpstream
 ) -> None:
     data, _ = payload(64 * 1024, seed=33)
-    digest = upstream.add(data)
-    holder = cluster[0]
+    digest = counting_upstream.add(data)
+    holder = mirror_nodes[0]
     assert holder.scrubber is not None
     async with aiohttp.ClientSession() as http:
         assert await get(http, holder, digest) == (200, data)
@@ -126,13 +109,13 @@ async def test_an_unsigned_wrong_bytes_report_is_refused_before_any_hashing(
 
 
 async def test_a_mirror_verifies_a_cached_manifest_on_read_and_fetches_a_rotten_one_again(
-    cluster: list[Node], upstream: CountingUpstream
+    mirror_nodes: list[Node], counting_upstream: CountingUpstream
 ) -> None:
-    holder = cluster[0]
+    holder = mirror_nodes[0]
     assert holder.scrubber is not None
     async with aiohttp.ClientSession() as http:
-        body, digest = await pulled_on_first(http, cluster, upstream, seed=34)
+        body, digest = await pulled_on_first(http, mirror_nodes, counting_upstream, seed=34)
         flip_bit(holder.layout.blob_path(parse_digest(digest)), offset=3)
         assert await get_manifest(http, holder, digest) == (200, OCI_MANIFEST, body)
     assert holder.scrubber.blobs.corrupt_total["read"] == 1
-    assert upstream.manifest_requests[("GET", digest)] == 2  # fetched again, once
+    assert counting_upstream.manifest_requests[("GET", digest)] == 2  # fetched again, once

@@ -24,18 +24,11 @@ REPO = "library/app"
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[CountingUpstream]:
-    server = await CountingUpstream().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, upstream: CountingUpstream) -> AsyncIterator[Node]:
+async def node(tmp_path: Path, counting_upstream: CountingUpstream) -> AsyncIterator[Node]:
     with small_tmpfs(tmp_path / "fs", FS_BYTES) as root:
         node = Node(Config(mode="mirror", listen="127.0.0.1:0", data_dir=str(root / "store"),
-                           upstream=(f"docker.io=http://{upstream.host}",), cache_min_age_s=0,
-                           scrub_rate_mib_s=0))
+                           upstream=(f"docker.io=http://{counting_upstream.host}",),
+                           cache_min_age_s=0, scrub_rate_mib_s=0))
         await node.start()
         assert node.blobs is not None
         node.blobs.room.margin_bytes = MIB
@@ -55,9 +48,9 @@ async def get(http: aiohttp.ClientSession, node: Node, digest: str) -> tuple[int
 
 
 async def test_a_blob_larger_than_the_disk_is_507_before_any_200_and_not_refetched(
-    node: Node, upstream: CountingUpstream
+    node: Node, counting_upstream: CountingUpstream
 ) -> None:
-    huge = upstream.add(blob(1, 40 * MIB))
+    huge = counting_upstream.add(blob(1, 40 * MIB))
     async with aiohttp.ClientSession() as http:
         for _ in range(3):
             status, body = await get(http, node, huge)
@@ -69,17 +62,17 @@ async def test_a_blob_larger_than_the_disk_is_507_before_any_200_and_not_refetch
         async with http.get(f"{node.url}/metrics") as response:
             metrics = await response.text()
     assert "p2preg_store_no_room_total 3.0" in metrics
-    assert upstream.blob_gets[huge] == 1  # the retries were refused at once
+    assert counting_upstream.blob_gets[huge] == 1  # the retries were refused at once
     assert node.blobs is not None
     assert not node.blobs.has(parse_digest(huge))
     assert list(node.layout.tmp_dir.iterdir()) == []  # nothing half-written left
 
 
 async def test_room_is_made_by_evicting_the_least_recently_used_blobs(
-    node: Node, upstream: CountingUpstream
+    node: Node, counting_upstream: CountingUpstream
 ) -> None:
     datas = [blob(10 + i, 7 * MIB) for i in range(4)]
-    digests = [upstream.add(data) for data in datas]
+    digests = [counting_upstream.add(data) for data in datas]
     async with aiohttp.ClientSession() as http:
         for digest, data in zip(digests, datas, strict=True):
             assert await get(http, node, digest) == (200, data)
@@ -87,4 +80,4 @@ async def test_room_is_made_by_evicting_the_least_recently_used_blobs(
     held = [node.blobs.has(parse_digest(d)) for d in digests]
     assert held[-1] and not held[0]  # the oldest made room for the newest
     assert node.maintenance is not None and node.maintenance.room_evictions_total >= 1
-    assert all(upstream.blob_gets[d] == 1 for d in digests)
+    assert all(counting_upstream.blob_gets[d] == 1 for d in digests)
