@@ -13,8 +13,10 @@
 # versions) give the same digest; dist/p2preg-VERSION.packages lists those versions.
 #
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time), P2PREG_IMAGE_CACHE
-# (downloaded .debs and wheels; default dist/.cache), DEBIAN_MIRROR (default deb.debian.org;
-# a snapshot.debian.org URL pins the Debian packages), P2PREG_IMAGE_SOURCE (the source label),
+# (downloaded .debs and wheels; default dist/.cache), P2PREG_IMAGE_DIST (output directory;
+# default dist), P2PREG_IMAGE_NO_LOAD=1 (do not copy into local container storage),
+# DEBIAN_MIRROR (default deb.debian.org; a snapshot.debian.org URL pins the Debian packages),
+# P2PREG_IMAGE_SOURCE (the source label),
 # PYTHON (a CPython 3.11 with pip; default .venv/bin/python). Needs root (mmdebstrap --mode=root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,7 +40,8 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 source_url=${P2PREG_IMAGE_SOURCE:-https://github.com/p2preg/p2preg}
 cache=${P2PREG_IMAGE_CACHE:-$repo/dist/.cache}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-mkdir -p "$cache/debs" "$cache/wheels" "$cache/build-wheels" dist
+dist=${P2PREG_IMAGE_DIST:-dist}
+mkdir -p "$cache/debs" "$cache/wheels" "$cache/build-wheels" "$dist"
 cache=$(cd "$cache" && pwd)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/p2preg-image.XXXXXX")
@@ -64,7 +67,7 @@ mmdebstrap --mode=root --variant=custom --quiet --include="$packages" \
   --customize-hook="copy-out /.packages $work" \
   --customize-hook='rm "$1"/.packages' \
   bookworm "$work/rootfs.tar" "deb $mirror bookworm main" "deb $mirror bookworm-updates main"
-sort "$work/.packages" > "dist/p2preg-$version.packages"
+sort "$work/.packages" > "$dist/p2preg-$version.packages"
 
 step "wheels"
 # 2. The application: the project's wheel and the locked wheels, nothing resolved at build time.
@@ -97,12 +100,12 @@ chmod 755 "$work/stage/usr/local/bin/p2preg"
 
 step "layers"
 # 3. Layers, config, manifest, archive.
-archive="dist/p2preg-$version.oci.tar"
+archive="$dist/p2preg-$version.oci.tar"
 summary=$("$PYTHON" deploy/image/ocibuild.py --rootfs "$work/rootfs.tar" --stage "$work/stage" \
   --layout "$work/layout" --archive "$archive" --epoch "$SOURCE_DATE_EPOCH" \
   --version "$version" --revision "$revision" --source "$source_url")
 digest=$(echo "$summary" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["manifest"])')
-echo "$summary" > "dist/p2preg-$version.json"
+echo "$summary" > "$dist/p2preg-$version.json"
 
 step "load"
 # 4. Local container storage.
