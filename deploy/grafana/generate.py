@@ -73,11 +73,11 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                      f"[{RATE}])) / sum(rate({served}[{RATE}]))", "local + peer")],
                    "percentunit"),
             _panel("timeseries", "Origin egress by node",
-                   "Blob bytes this node served that it fetched from the upstream: what the "
-                   "origin sent the cluster.",
-                   [(f'sum by (instance) (rate(p2preg_blob_bytes_served_total{{{SEL}, '
+                   "Blob bytes this node's fills received from the upstream registry: what the "
+                   "origin sent the cluster (one copy per blob is the goal).",
+                   [(f'sum by (instance) (rate(p2preg_fill_received_bytes_total{{{SEL}, '
                      f'source="upstream"}}[{RATE}]))', "{{instance}}")],
-                   "Bps"),
+                   "Bps", stack=True),
             _panel("timeseries", "Upstream requests",
                    "Requests to upstream registries by registry, kind and status.",
                    [(f"sum by (registry, kind, status) (rate(p2preg_upstream_requests_total"
@@ -97,11 +97,21 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                    "ops"),
         ]),
         ("Peers", [
-            _panel("timeseries", "Bytes received from peers",
-                   "Blob bytes served to clients that came from peers (download side).",
-                   [(f'sum by (instance) (rate(p2preg_blob_bytes_served_total{{{SEL}, '
-                     f'source="peer"}}[{RATE}]))', "{{instance}}")],
+            _panel("timeseries", "Peer bytes up / down by node",
+                   "Up: blob bytes this node sent to peers. Down: blob bytes its fills "
+                   "received from peers. Over the cluster the two sums match.",
+                   [(f"sum by (instance) (rate(p2preg_p2p_sent_bytes_total{{{SEL}}}[{RATE}]))",
+                     "up {{instance}}"),
+                    (f'-sum by (instance) (rate(p2preg_fill_received_bytes_total{{{SEL}, '
+                     f'source="peer"}}[{RATE}]))', "down {{instance}}")],
                    "Bps"),
+            _panel("stat", "Fill bytes from peers",
+                   "Share of the bytes the selected nodes' fills received that came from peers "
+                   "rather than the upstream.",
+                   [(f'sum(rate(p2preg_fill_received_bytes_total{{{SEL}, source="peer"}}'
+                     f"[{RATE}])) / sum(rate(p2preg_fill_received_bytes_total{{{SEL}}}"
+                     f"[{RATE}]))", "from peers")],
+                   "percentunit"),
             _panel("timeseries", "Peer requests answered (upload side)",
                    "Requests this node's peer API answered for other nodes, by kind.",
                    [(f"sum by (kind) (rate(p2preg_p2p_served_total{{{SEL}}}[{RATE}]))",
@@ -207,7 +217,7 @@ def dashboard() -> dict[str, Any]:
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
         next_id += 1
         y += 1
-        width = 24 // min(len(row), 3) if len(row) != 5 else 8
+        width = 12 if len(row) in (2, 4) else 8
         x = 0
         for panel in row:
             w = width
