@@ -24,7 +24,7 @@ import pytest
 
 from tests.clients._layouts import oci_layout_contents, oci_layout_top_digest
 from tests.conftest import require_tool
-from tests.deploy.conftest import ImageBuild
+from tests.deploy.conftest import IMAGE_TESTS_TIMEOUT_S, ImageBuild
 from tests.support.daemons import (
     Podman,
     distribution,
@@ -37,7 +37,7 @@ from tests.support.daemons import (
 from tests.support.images import build_image
 from tests.support.node import http_request, parse_metrics, running_node
 
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.timeout(IMAGE_TESTS_TIMEOUT_S)]
 
 MAX_COMPRESSED_BYTES = 60_000_000
 IMAGE_UID = 10001
