@@ -10,7 +10,9 @@ Specification:
   and the node's own metrics show the node fetched and served it, ``/healthz`` answers, the
   process runs as uid 10001, writing to / fails, and SIGTERM (``podman stop``) ends it with
   status 0 after its "stopped" log line;
-- the image pushed to a ``p2preg serve --mode registry`` node comes back under the same digest.
+- the image pushed to a ``p2preg serve --mode registry`` node comes back under the same digest;
+- every program the Helm chart's containers name as ``command`` exists in the image and runs
+  (``chown`` for the data directory, python3 with what the metrics sidecar imports).
 """
 
 from __future__ import annotations
@@ -190,3 +192,19 @@ def test_image_pushed_to_a_registry_node_comes_back_identical(
     original = tmp_path / "original"
     skopeo_copy(build.archive_ref, f"oci:{original}:{build.version}")
     assert oci_layout_contents(back) == oci_layout_contents(original)
+
+
+def test_the_charts_commands_run_in_the_image(image_podman: tuple[Podman, str]) -> None:
+    from tests.deploy.test_chart import VALUE_SETS, render
+
+    pm, ref = image_podman
+    commands = {c["command"][0] for obj in render(VALUE_SETS["full"]) if obj["kind"] == "DaemonSet"
+                for key in ("initContainers", "containers")
+                for c in obj["spec"]["template"]["spec"][key] if "command" in c}
+    assert commands == {"/bin/chown", "/usr/bin/python3"}
+    probes = {"/bin/chown": ["--version"],
+              "/usr/bin/python3": ["-c", "import argparse, http.server, urllib.request"]}
+    for program in sorted(commands):
+        done = pm.podman("run", "--rm", "--network", "host", "--read-only", "--entrypoint",
+                         program, ref, *probes[program], check=False)
+        assert done.returncode == 0, (program, done.stdout, done.stderr)
