@@ -15,7 +15,7 @@ render() {
 #
 #   kubectl create namespace p2preg
 #   kubectl -n p2preg create secret generic p2preg-cluster-key \
-#     --from-literal=cluster.keys="$(head -c 32 /dev/urandom | base64)"
+#     --from-literal=cluster.keys="$(p2preg cluster-key)"     # or: head -c 32 /dev/urandom | base64
 #   kubectl apply -f deploy/kubernetes/p2preg.yaml
 #
 # and replace registry.example.com/p2preg with where you pushed the image (deploy/image/build.sh).

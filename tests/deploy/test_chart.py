@@ -37,8 +37,9 @@ FULL_VALUES = Path(__file__).parent / "data" / "values-full.yaml"
 HELM = str(REPO_ROOT / ".venv" / "bin" / "helm")
 KUBE_VERSIONS = ("1.25.0", "1.37.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
-#: Flags the chart uses that another branch adds to ``p2preg serve`` (flag: who adds it).
-PENDING_FLAGS: dict[str, str] = {"--peer-listen": "issue 10, branch cluster"}
+#: Flags the chart uses that another branch is adding to ``p2preg serve`` (flag: who adds it);
+#: empty since --peer-listen landed (issue 10).
+PENDING_FLAGS: dict[str, str] = {}
 #: Values the kubelet substitutes for $(VAR) in args (parsing only; nothing is contacted).
 DOWNWARD = {"HOST_IP": "192.0.2.10", "NODE_NAME": "node-a"}
 VALUE_SETS = {"default": [], "full": ["-f", str(FULL_VALUES)]}
@@ -183,12 +184,6 @@ def test_node_args_are_flags_p2preg_serve_accepts(values: list[str]) -> None:
     config = load_config(parsed)
     assert config.mode == "mirror" and config.data_dir == "/var/lib/p2preg"
     assert config.cluster_key_file == "/etc/p2preg/keys/cluster.keys"
-
-
-@pytest.mark.xfail(strict=True, reason="--peer-listen lands with issue 10 (branch cluster); "
-                   "when this passes, empty PENDING_FLAGS")
-def test_pending_flags_have_landed() -> None:
-    assert set(PENDING_FLAGS) <= _serve_flags()
 
 
 def test_containerd_init_writes_hosts_toml_with_the_upstream_as_fallback(tmp_path: Path) -> None:
