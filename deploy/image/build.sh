@@ -7,16 +7,16 @@
 #      byte-compiled (unchecked-hash .pyc, so a read-only root filesystem starts fast);
 #   3. deploy/image/ocibuild.py: two gzip'd layers, config and manifest with OCI labels
 #      (source, version, revision), every timestamp SOURCE_DATE_EPOCH, files sorted;
-#   4. dist/p2preg-VERSION.oci.tar (an oci-archive) and, unless P2PREG_IMAGE_NO_LOAD=1,
+#   4. dist/p2preg-VERSION.oci.tar (an oci-archive) and, unless IMAGE_BUILD_NO_LOAD=1,
 #      localhost/p2preg:VERSION in local container storage (skopeo copy).
 # Prints the image's manifest digest last. Two builds of the same commit (same Debian package
 # versions) give the same digest; dist/p2preg-VERSION.packages lists those versions.
 #
-# Environment: SOURCE_DATE_EPOCH (default: the last commit's time), P2PREG_IMAGE_CACHE
-# (downloaded .debs and wheels; default dist/.cache), P2PREG_IMAGE_DIST (output directory;
-# default dist), P2PREG_IMAGE_NO_LOAD=1 (do not copy into local container storage),
+# Environment: SOURCE_DATE_EPOCH (default: the last commit's time), IMAGE_BUILD_CACHE
+# (downloaded .debs and wheels; default dist/.cache), IMAGE_BUILD_DIST (output directory;
+# default dist), IMAGE_BUILD_NO_LOAD=1 (do not copy into local container storage),
 # DEBIAN_MIRROR (default deb.debian.org; a snapshot.debian.org URL pins the Debian packages),
-# P2PREG_IMAGE_SOURCE (the source label),
+# IMAGE_BUILD_SOURCE (the source label),
 # PYTHON (a CPython 3.11 with pip; default .venv/bin/python). Needs root (mmdebstrap --mode=root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,10 +37,10 @@ if [ "$revision" != unknown ] && [ -n "$(git status --porcelain --untracked-file
   revision="$revision-dirty"
 fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
-source_url=${P2PREG_IMAGE_SOURCE:-https://github.com/p2preg/p2preg}
-cache=${P2PREG_IMAGE_CACHE:-$repo/dist/.cache}
+source_url=${IMAGE_BUILD_SOURCE:-https://github.com/p2preg/p2preg}
+cache=${IMAGE_BUILD_CACHE:-$repo/dist/.cache}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-dist=${P2PREG_IMAGE_DIST:-dist}
+dist=${IMAGE_BUILD_DIST:-dist}
 mkdir -p "$cache/debs" "$cache/wheels" "$cache/build-wheels" "$dist"
 cache=$(cd "$cache" && pwd)
 
@@ -109,7 +109,7 @@ echo "$summary" > "$dist/p2preg-$version.json"
 
 step "load"
 # 4. Local container storage.
-if [ "${P2PREG_IMAGE_NO_LOAD:-0}" != 1 ]; then
+if [ "${IMAGE_BUILD_NO_LOAD:-0}" != 1 ]; then
   skopeo copy -q "oci-archive:$archive:$version" "containers-storage:localhost/p2preg:$version" >&2
 fi
 echo "built localhost/p2preg:$version $archive $(echo "$summary" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["compressed_bytes"])') bytes compressed" >&2

@@ -48,8 +48,8 @@ class ImageBuild:
 
 def run_build(out: Path, cache: Path) -> ImageBuild:
     """``build.sh`` into ``out`` (no load into local storage), with ``cache`` for downloads."""
-    env = {**os.environ, "P2PREG_IMAGE_DIST": str(out), "P2PREG_IMAGE_CACHE": str(cache),
-           "P2PREG_IMAGE_NO_LOAD": "1", "PYTHON": str(REPO_ROOT / ".venv" / "bin" / "python")}
+    env = {**os.environ, "IMAGE_BUILD_DIST": str(out), "IMAGE_BUILD_CACHE": str(cache),
+           "IMAGE_BUILD_NO_LOAD": "1", "PYTHON": str(REPO_ROOT / ".venv" / "bin" / "python")}
     # Its own session: on a timeout (ours or pytest's) the whole build, mmdebstrap included,
     # gets SIGTERM by process group id (mmdebstrap then unmounts and removes its chroot).
     build = subprocess.Popen(["bash", str(BUILD_SH)], cwd=REPO_ROOT, env=env, text=True,
