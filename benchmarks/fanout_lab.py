@@ -44,6 +44,9 @@ from p2preg.operate.report import time_stats
 
 SENT = "p2preg_p2p_sent_bytes_total"
 RECEIVED = "p2preg_fill_received_bytes_total"
+SERVED = "p2preg_p2p_served_total"
+#: The answers to piece requests, summed over the hosts per phase (the swarm's chatter).
+PIECE_ANSWERS = ("piece", "piece_cut_through", "piece_busy", "piece_missing")
 KILL_AFTER_S = 1.5
 OWNER_PROBE_AFTER_S = 1.0
 
@@ -93,7 +96,11 @@ def _sample_hosts(lab: Lab, hosts: Sequence[int]) -> dict[int, dict[str, float]]
                        and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
 
         out[i] = {"sent": total(SENT), "from_peer": total(RECEIVED, source="peer"),
-                  "from_upstream": total(RECEIVED, source="upstream")}  # fmt: skip
+                  "from_upstream": total(RECEIVED, source="upstream"),
+                  "cpu_s": lab.cpu_seconds(i),
+                  "wait_s": lab.runqueue_wait_seconds(i)}  # fmt: skip
+        for kind in PIECE_ANSWERS:
+            out[i][f"served_{kind}"] = total(SERVED, kind=kind)
 
     for i in hosts:
         thread = threading.Thread(target=one, args=(i,))
@@ -135,6 +142,15 @@ def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
         row["uploading_hosts"] = sum(1 for s in sent if s > size // 100)
         row["received_from_peer_bytes"] = sum(_delta(after, before, "from_peer"))
         row["received_from_upstream_bytes"] = sum(_delta(after, before, "from_upstream"))
+        row["piece_answers"] = {kind: sum(_delta(after, before, f"served_{kind}"))
+                                for kind in PIECE_ANSWERS}  # fmt: skip
+        cpu = [round(after[i]["cpu_s"] - before.get(i, {}).get("cpu_s", 0.0), 2)
+               for i in sorted(after)]  # fmt: skip
+        row["node_cpu_s"] = cpu
+        row["node_cpu_s_max"] = max(cpu)
+        row["node_runqueue_wait_s"] = [
+            round(after[i]["wait_s"] - before.get(i, {}).get("wait_s", 0.0), 2)
+            for i in sorted(after)]  # fmt: skip
     return row
 
 

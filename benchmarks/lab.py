@@ -399,6 +399,28 @@ class Lab:
         proc = self._nodes[host]
         return proc is not None and proc.alive
 
+    def cpu_seconds(self, host: int) -> float:
+        """CPU time (user + system) host ``host``'s node has used so far (0 when it is gone)."""
+        proc = self._nodes[host]
+        if proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def runqueue_wait_seconds(self, host: int) -> float:
+        """Time host ``host``'s node has spent runnable but waiting for a CPU (its main
+        thread, ``/proc/PID/schedstat``; 0 when it is gone): how starved the node is."""
+        proc = self._nodes[host]
+        if proc is None:
+            return 0.0
+        try:
+            return int(Path(f"/proc/{proc.pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def node_log(self, host: int) -> str:
         proc = self._nodes[host]
         return proc.log_text() if proc is not None else ""

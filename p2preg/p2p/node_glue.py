@@ -493,10 +493,11 @@ class _P2PCollector(Collector):
         p2p = self._p2p
         served = CounterMetricFamily("p2preg_p2p_served", "Peer requests answered, by kind "
                                      "(blobs: local, in_progress, owner, not_found; pieces: "
-                                     "piece, piece_busy, piece_missing; tags: tag, "
-                                     "tag_unknown).", labels=["kind"])
-        for kind in ("local", "in_progress", "owner", "not_found", "piece", "piece_busy",
-                     "piece_missing", "tag", "tag_unknown"):
+                                     "piece, piece_cut_through (also counted in piece), "
+                                     "piece_busy, piece_missing; tags: tag, tag_unknown).",
+                                     labels=["kind"])
+        for kind in ("local", "in_progress", "owner", "not_found", "piece",
+                     "piece_cut_through", "piece_busy", "piece_missing", "tag", "tag_unknown"):
             served.add_metric([kind], p2p.server.stats.served[kind])
         yield served
         rejected = CounterMetricFamily("p2preg_p2p_rejected", "Peer blob requests refused, by "

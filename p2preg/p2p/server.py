@@ -33,8 +33,12 @@ A **piece request** (``P2preg-Swarm: 1``, a ``Range`` inside one piece of
 - A piece this node does not have yet: the **root** of the digest (``long_polls``: its fill
   streams in order from the upstream or a holder, or it is asked as owner and starts that
   fill) admits the request and sends the bytes as they arrive, waiting at most
-  ``ROOT_WAIT_S`` for the size; every other node answers ``404`` with its availability at
-  once (only roots wait, so waits never form a cycle). A node asked as owner while its own
+  ``ROOT_WAIT_S`` for the size. A node whose swarm fill is **receiving** that piece right now
+  passes its bytes on as they arrive (**cut-through**, ``pull.piece_feed``), unless the
+  requester is the peer it receives the piece from, and only once a byte of it arrived
+  (waiting at most ``CUT_THROUGH_WAIT_S``): a chain of such relays ends at a node that has
+  the piece, and a cycle of them has no first byte and ends after that wait. Every other
+  node answers ``404`` with its availability at once. A node asked as owner while its own
   fill is a swarm fill tells that fill (``check_owner``): the real owner may be gone.
 
 A tag request is authenticated the same way, its registry host, repository name and tag are
@@ -104,10 +108,25 @@ _MAX_HEADER_CHARS = 512
 _STARTED = web.RequestKey("p2preg_p2p_response_started", bool)
 
 
+class PieceFeed(Protocol):
+    """A piece arriving from ``source`` now (``pull.piece_feed.PieceFeed``)."""
+
+    source: str
+    start: int
+    end: int
+    from_root: bool
+
+    async def first_byte(self, timeout: float) -> bool: ...
+
+    def follow(self, offset: int, end: int) -> AsyncIterator[bytes]: ...
+
+
 class PieceHolder(Protocol):
     """A swarm fill's pieces in memory (``pull.swarm_source.SwarmStream``)."""
 
     def piece(self, index: int) -> bytes | None: ...
+
+    def receiving(self, index: int) -> PieceFeed | None: ...
 
     def have_in_memory(self) -> frozenset[int]: ...
 
@@ -116,6 +135,11 @@ class PieceHolder(Protocol):
 
 #: How long a root waits for its fill to learn the blob's size before answering a piece request.
 ROOT_WAIT_S = 10.0
+#: How long a node waits for the first byte of a piece it is receiving before passing it on
+#: (cut-through); without one by then it answers ``404`` (this bounds any cycle of waits).
+CUT_THROUGH_WAIT_S = 0.5
+#: The same wait when the piece comes from the digest's owner (a root never waits on a peer).
+ROOT_FEED_WAIT_S = 2.0
 
 
 class OwnerFill(Protocol):
@@ -318,7 +342,16 @@ class P2PServer:
             raise self._reject("bad_piece", ErrorCode.UNSUPPORTED,
                                "a piece request must stay inside one piece", status=400)
         in_memory = swarm.piece(piece) if swarm is not None else None
-        if not have.has(piece) and in_memory is None and not root:
+        feed = None
+        if swarm is not None and in_memory is None and not have.has(piece):
+            feed = swarm.receiving(piece)
+            if feed is not None and (feed.source == node or byte_range.start < feed.start
+                                     or byte_range.end >= feed.end):
+                feed = None  # the requester is our source of this piece: never wait on it
+        if feed is not None and not await feed.first_byte(
+                ROOT_FEED_WAIT_S if feed.from_root else CUT_THROUGH_WAIT_S):
+            feed = None
+        if not have.has(piece) and in_memory is None and feed is None and not root:
             self.stats.served["piece_missing"] += 1
             return _piece_answer(404, have, size)
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
@@ -334,7 +367,7 @@ class P2PServer:
         completed = False
         try:
             answer = await self._send_piece(request, digest, size, byte_range, fill, in_memory,
-                                            have)
+                                            have, feed)
             completed = True
             return answer
         finally:
@@ -342,7 +375,7 @@ class P2PServer:
 
     async def _send_piece(self, request: web.Request, digest: Digest, size: int,
                           byte_range: ByteRange, fill: Fill | None, in_memory: bytes | None,
-                          have: Have) -> web.StreamResponse:
+                          have: Have, feed: PieceFeed | None = None) -> web.StreamResponse:
         self.stats.served["piece"] += 1
         request[SOURCE_KEY] = "local" if fill is None else fill.source_kind or "upstream"
         response = web.StreamResponse(status=206)
@@ -359,6 +392,11 @@ class P2PServer:
             await response.write(body)
             await response.write_eof()
             return response
+        if feed is not None:  # cut-through: the bytes as they arrive from our source
+            self.stats.served["piece_cut_through"] += 1
+            request[_STARTED] = True
+            return await send_chunks(request, response, feed.follow(offset, offset + count),
+                                     count)
         if fill is None:
             try:
                 fobj = await asyncio.to_thread(open, self._blobs.path(digest), "rb")

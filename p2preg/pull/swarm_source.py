@@ -62,6 +62,7 @@ from p2preg.p2p.source import (
     PeerClientConfig,
     PeerError,
 )
+from p2preg.pull.piece_feed import PieceFeed
 from p2preg.swarm.pieces import (
     BUSY_HEADER,
     FIRST_REQUEST_BYTES,
@@ -205,6 +206,8 @@ class SwarmStream:
         #: pieces yielded lately, kept until the writer has them in its file
         self._yielded: OrderedDict[int, bytes] = OrderedDict()
         self._first: tuple[int, bytes] | None = None  # (start, bytes) of the first answer
+        #: pieces arriving now (cut-through: the server passes their bytes on as they come)
+        self._receiving: dict[int, PieceFeed] = {}
         self._started: dict[Request, int] = {}  # the first byte each request asked for
         self._tasks: dict[asyncio.Task[_Answer], Request] = {}
         self._wake = asyncio.Event()
@@ -220,7 +223,16 @@ class SwarmStream:
         if got is not None and self.layout is not None \
                 and got[0] == self.layout.span(index)[0]:
             return got[1]
+        feed = self._receiving.get(index)
+        if feed is not None and feed.done and self.layout is not None \
+                and feed.start == self.layout.span(index)[0]:
+            return feed.data()
         return self._yielded.get(index)
+
+    def receiving(self, index: int) -> PieceFeed | None:
+        """Piece ``index`` while it arrives from a peer (None: not being received now)."""
+        feed = self._receiving.get(index)
+        return feed if feed is not None and not feed.done and not feed.failed else None
 
     def have_in_memory(self) -> frozenset[int]:
         """The whole pieces this stream holds in memory."""
@@ -263,14 +275,26 @@ class SwarmStream:
     async def _first_request(self) -> None:
         view = self._view
         holders = [n for n, r in view.roles.items() if r == ROLE_HOLDER and n in view.addrs]
-        targets = [self.src.rng.choice(holders)] if holders else []
-        if view.owner is not None and view.owner != self.src.node_name \
-                and view.owner in view.addrs and view.owner not in targets:
-            targets.append(view.owner)
+        owner = view.owner if view.owner != self.src.node_name \
+            and view.owner in view.addrs else None
+        # The owner usually holds the blob once anyone pulled it (it fetched it for them), but
+        # gossip may not say so yet: asked as a holder (no upstream fetch), it tells its
+        # availability, so this fill can use it as a second seed.
+        seeds = [*holders, owner] if holders and owner is not None \
+            and owner not in holders else holders
+        targets: list[tuple[str, bool]] = []
+        if seeds:
+            first = self.src.rng.choice(seeds)
+            targets.append((first, True))
+            if first not in holders:
+                targets.append((self.src.rng.choice(holders), True))
+        if owner is not None and owner not in holders:
+            targets.append((owner, False))
         missing = 0
-        for peer in targets:
+        for peer, as_holder in targets:
             end = self.offset + FIRST_REQUEST_BYTES
-            answer = await self._get(peer, self.offset, end, last_resort=False, piece=None)
+            answer = await self._get(peer, self.offset, end, last_resort=False, piece=None,
+                                     as_holder=as_holder)
             if answer.size is not None:
                 self._set_size(answer.size)
                 if answer.kind == "piece":
@@ -370,6 +394,7 @@ class SwarmStream:
     def _apply(self, req: Request, answer: _Answer) -> None:
         sched, now, stats = self.sched, self.src.clock.now(), self.src.stats
         assert sched is not None
+        self._receiving.pop(req.piece, None)
         if answer.have is not None:
             sched.on_availability(req.peer, answer.have, now)
         if answer.kind == "piece":
@@ -460,14 +485,14 @@ class SwarmStream:
     # -- one request ---------------------------------------------------------------------------
 
     async def _get(self, peer: str, start: int, end: int, *, last_resort: bool,
-                   piece: int | None) -> _Answer:
+                   piece: int | None, as_holder: bool = False) -> _Answer:
         """Ask ``peer`` for bytes ``[start, end)`` (``end`` clipped to the size by the peer)."""
         src = self.src
         addr = self._view.addrs.get(peer)
         if addr is None:
             return _Answer("failed", reason="no address")
         path = f"{BLOBS_PATH}{self.digest}"
-        role = ROLE_OWNER if peer == self._view.owner else ROLE_HOLDER
+        role = ROLE_OWNER if peer == self._view.owner and not as_holder else ROLE_HOLDER
         if self.size is not None:
             end = min(end, self.size)
         headers = {NODE_HEADER: src.node_name, ROUTE_HEADER: role, SWARM_HEADER: "1",
@@ -483,10 +508,15 @@ class SwarmStream:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s,
                                         sock_read=cfg.idle_timeout_s)
         url = f"{cfg.scheme}://{addr}{path}"
+        # Registered before the answer: a peer asking this node for the piece meanwhile waits
+        # for its first byte (cut-through) rather than being told 404.
+        feed = PieceFeed(peer, start, end, from_root=role == ROLE_OWNER)
+        if piece is not None:
+            self._receiving[piece] = feed
         try:
             async with src.session.get(url, headers=headers, timeout=timeout,
                                        allow_redirects=False) as response:
-                return await self._read(peer, response, start, end, piece)
+                return await self._read(peer, response, start, end, piece, feed)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
             connection = isinstance(exc, (aiohttp.ClientConnectorError,
                                           aiohttp.ServerDisconnectedError,
@@ -497,9 +527,13 @@ class SwarmStream:
         except aiohttp.ClientError as exc:
             src.on_failure(peer, str(exc))
             return _Answer("failed", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            feed.finish(False)  # no-op when the piece arrived whole
+            if feed.failed and piece is not None and self._receiving.get(piece) is feed:
+                del self._receiving[piece]
 
     async def _read(self, peer: str, response: aiohttp.ClientResponse, start: int, end: int,
-                    piece: int | None) -> _Answer:
+                    piece: int | None, feed: PieceFeed) -> _Answer:
         headers = response.headers
         have = size = None
         with contextlib.suppress(ValueError):
@@ -530,9 +564,11 @@ class SwarmStream:
                 or last != min(end, total) - 1 or total >= _MAX_SIZE:
             return self._bad(peer, f"answered bytes {first}-{last}/{total} to {start}-{end - 1}")
         expected = last - first + 1
-        parts: list[bytes] = []
+        if feed.end != last + 1:  # the end was clipped to the size: the feed had no reader yet
+            feed.end = last + 1
         got = 0
         sched, clock, ledger = self.sched, self.src.clock, self.src.ledger
+        ok = False
         try:
             async for chunk, _ in response.content.iter_chunks():
                 if not chunk:
@@ -540,14 +576,17 @@ class SwarmStream:
                 got += len(chunk)
                 if got > expected:
                     return self._bad(peer, f"sent more than the {expected} bytes announced")
-                parts.append(chunk)
+                feed.add(chunk)
                 ledger.add(peer, len(chunk))
                 if sched is not None and piece is not None:
                     sched.on_progress(peer, piece, clock.now())
+            ok = got == expected
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = f"broke off after {got} bytes: {type(exc).__name__}"
             self.src.on_failure(peer, reason)
             return _Answer("failed", reason=reason, connection=True)
+        finally:
+            feed.finish(ok)
         if got != expected:
             return self._bad(peer, f"sent {got} of {expected} bytes")
         if have is None:
@@ -555,7 +594,7 @@ class SwarmStream:
                 raw = headers.get(HAVE_HEADER)
                 if raw is not None:
                     have = Have.decode(raw, Layout.for_size(total).count)
-        return _Answer("piece", size=total, have=have, data=b"".join(parts))
+        return _Answer("piece", size=total, have=have, data=feed.data() or b"")
 
     def _bad(self, peer: str, reason: str) -> _Answer:
         self.src.on_failure(peer, reason)

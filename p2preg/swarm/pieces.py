@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 MIN_PIECE_BYTES = 256 << 10
 MAX_PIECE_BYTES = 8 << 20
-TARGET_PIECES = 256
+#: 16 (a 16 MiB blob in 1 MiB pieces): measured on the lab (N=16, update, cut-through) against
+#: 8 and 32, and 256 before (every piece a request through Python on a loaded machine).
+TARGET_PIECES = 16
 #: A non-owner that does not know the size yet asks for this many bytes first.
 FIRST_REQUEST_BYTES = MIN_PIECE_BYTES
 MAX_HAVE_EXTRA = 1024

@@ -26,7 +26,9 @@ and, through ``expire(now)``, which requests stalled. The rules, in order:
    receiving it) that is not backed off for it; else, once the piece was refused busy (or
    there is no owner but this node), a **probe**: a random peer not known to have it, not
    backed off for it (it answers the piece, or busy with hints, or missing with its
-   availability: either way this node learns where pieces are).
+   availability: either way this node learns where pieces are); at most one probe per piece
+   per ``probe_interval_s`` (a 404 comes back at once: without it a node would ask every
+   peer in turn, and on a loaded machine each answer costs both ends CPU).
 5. **Backoff.** Busy -> that peer is not asked for that piece for ``busy_backoff_s``, doubled
    with each busy answer for that piece (at most 16x: its places stay taken); missing
    (it answered 404 with its availability) -> not for ``missing_backoff_s``; failed -> the
@@ -68,12 +70,13 @@ _ROLE_RANK = {ROLE_FETCHER: 0, ROLE_MEMBER: 0, ROLE_HOLDER: 1, ROLE_OWNER: 1}
 class SchedulerConfig:
     """The knobs of ``Scheduler`` (module docstring)."""
 
-    max_requests: int = 6
+    max_requests: int = 8
     per_peer: int = 2
     window_pieces: int = 32
     in_order_pieces: int = 4
     busy_backoff_s: float = 0.5
-    missing_backoff_s: float = 0.05
+    missing_backoff_s: float = 0.5
+    probe_interval_s: float = 0.25
     failure_backoff_s: float = 5.0
     last_resort_after_s: float = 2.0
     stall_s: float = 3.0
@@ -129,6 +132,8 @@ class Scheduler:
         self._hinted: dict[int, dict[str, int]] = {}
         self._hint_seq = 0
         self._refused_since: dict[int, float] = {}
+        #: piece -> when it was last probed for (rule 4: one probe per piece per interval)
+        self._probed: dict[int, float] = {}
         self._contributors: set[str] = set()
         #: piece -> peers known to have it (pieces this node still misses; full peers apart)
         self._avail: dict[int, set[str]] = {}
@@ -371,8 +376,14 @@ class Scheduler:
         for piece in pieces:
             req = self._fallback(piece, now)
             if req is not None:
+                if self._is_probe(req):
+                    self._probed[piece] = now
+                    self._timer(now + self.config.probe_interval_s)
                 return req
         return None
+
+    def _is_probe(self, req: Request) -> bool:
+        return req.peer != self._owner and req.peer not in self._hinted.get(req.piece, ())
 
     def _sources(self, piece: int, now: float) -> list[str]:
         names = self._avail.get(piece, set())
@@ -425,6 +436,9 @@ class Scheduler:
         if hinted:
             return Request(self._best_peer(hinted, piece), piece)
         if owner is not None and piece not in self._refused_since:
+            return None
+        probed = self._probed.get(piece)
+        if probed is not None and now - probed < self.config.probe_interval_s:
             return None
         probes = [n for n, st in self._peers.items()
                   if n != owner and not self._has(n, piece) and self._usable(n, now) is not None

@@ -13,7 +13,9 @@ Owns: ``UploadConfig``, ``UploadPolicy``, ``Admission`` and ``Ticket``. The rule
    admitted for (a resume) is admitted. A transfer that fails frees its place (that peer does
    not have the piece). Places expire after ``served_ttl_s`` and when ``forget_peer`` says the
    peer left. A **seed** (a node holding the whole blob) gives ``seed_piece_cap`` places (a
-   separate knob: in an update the seed's uplink is the bottleneck).
+   separate knob: in an update the seed's uplink is the bottleneck), and a seed frees a
+   completed place after ``seed_served_ttl_s`` (a running upload keeps its place) and
+   ignores the cap while fewer than ``seed_idle_below`` uploads run (its uplink would idle).
 3. **Last resort.** A requester that says it has no other source (``last_resort``) ignores the
    per-piece cap (rule 2) but not the slots (rule 1, with its extra allowance).
 
@@ -40,9 +42,17 @@ class UploadConfig:
     """The knobs of ``UploadPolicy`` (module docstring)."""
 
     piece_cap: int = 2
-    #: The cap when this node holds the whole blob (a seed). Measured on the lab (N=16 update,
-    #: one seed): 1 made the update slower (5.2 s vs 4.1-4.3 s), so it stays at 2.
-    seed_piece_cap: int = 2
+    #: The cap when this node holds the whole blob (a seed). 1 with cut-through (the peer
+    #: given the piece passes it on while it arrives): N=16 update 3.4-3.9 s, 2: 4.6-5.0 s
+    #: (without cut-through 1 was the slower: 5.2 s vs 4.1-4.3 s).
+    seed_piece_cap: int = 1
+    #: How long a seed keeps a completed place: a peer that got a piece from a seed a while
+    #: ago (it pulled the blob earlier, say) must not block the seed's one place for minutes,
+    #: or a second seed (the owner, after serving the first puller) serves nobody.
+    seed_served_ttl_s: float = 2.0
+    #: A seed with fewer uploads running than this ignores its per-piece cap: its uplink
+    #: would idle otherwise (the end of an update, when every piece went out once).
+    seed_idle_below: int = 2
     upload_slots: int = 8
     last_resort_slots: int = 4
     served_ttl_s: float = 120.0
@@ -104,17 +114,19 @@ class UploadPolicy:
         cfg = self.config
         cap = cfg.seed_piece_cap if seed else cfg.piece_cap
         state = self._state(digest)
-        places = self._places(state, piece, now)
+        places = self._places(digest, state, piece, now,
+                              cfg.seed_served_ttl_s if seed else cfg.served_ttl_s)
         slots = cfg.upload_slots + (cfg.last_resort_slots if last_resort else 0)
         if self.active >= slots:
             self.refused_slots += 1
             return Admission(None, BUSY_SLOTS, self._recent_hints(state, peer))
-        if peer not in places and len(places) >= cap and not last_resort:
+        idle = seed and self.active < cfg.seed_idle_below
+        if peer not in places and len(places) >= cap and not last_resort and not idle:
             self.refused_piece += 1
             hints = [p for p in places if p != peer]
             self._rng.shuffle(hints)
             return Admission(None, BUSY_PIECE, tuple(hints[:cfg.hints]))
-        if peer in places or len(places) < cap:
+        if peer in places or len(places) < cap or idle:
             places[peer] = now
         ticket = Ticket(digest, piece, peer, last_resort)
         self._active[ticket] = self._active.get(ticket, 0) + 1
@@ -176,12 +188,17 @@ class UploadPolicy:
             self._digests.move_to_end(digest)
         return state
 
-    def _places(self, state: _Digest, piece: int, now: float) -> dict[str, float]:
+    def _places(self, digest: str, state: _Digest, piece: int, now: float,
+                ttl: float) -> dict[str, float]:
+        """The places of ``piece``, without those older than ``ttl`` whose upload ended."""
         places = state.served.setdefault(piece, {})
-        ttl = self.config.served_ttl_s
-        for name in [n for n, t in places.items() if now - t > ttl]:
+        for name in [n for n, t in places.items() if now - t > ttl
+                     and not self._running(digest, piece, n)]:
             del places[name]
         return places
+
+    def _running(self, digest: str, piece: int, peer: str) -> bool:
+        return any(Ticket(digest, piece, peer, lr) in self._active for lr in (False, True))
 
     def _recent_hints(self, state: _Digest, asker: str) -> tuple[str, ...]:
         names = [p for p in reversed(state.recent) if p != asker]

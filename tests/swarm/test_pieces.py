@@ -21,14 +21,16 @@ MiB = 1 << 20
 @pytest.mark.parametrize(("size", "expected"), [
     (0, MIN_PIECE_BYTES),
     (1, MIN_PIECE_BYTES),
-    (16 * MiB, MIN_PIECE_BYTES),
-    (64 * MiB, MIN_PIECE_BYTES),
-    (256 * MiB, MiB),
-    (1 << 30, 4 * MiB),
+    (4 * MiB, MIN_PIECE_BYTES),
+    (16 * MiB, MiB),
+    (32 * MiB, 2 * MiB),
+    (64 * MiB, 4 * MiB),
+    (256 * MiB, MAX_PIECE_BYTES),
+    (1 << 30, MAX_PIECE_BYTES),
     (3 << 30, MAX_PIECE_BYTES),
     (100 << 30, MAX_PIECE_BYTES),
 ])
-def test_piece_bytes_is_a_clamped_power_of_two_near_size_over_256(size: int,
+def test_piece_bytes_is_a_clamped_power_of_two_near_size_over_16(size: int,
                                                                    expected: int) -> None:
     assert piece_bytes(size) == expected
 

@@ -94,7 +94,7 @@ def test_have_reports_the_prefix_and_buffered_pieces() -> None:
 
 def test_busy_backs_off_that_peer_for_that_piece_and_tries_the_hints() -> None:
     s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER},
-              per_peer=1, max_requests=2, busy_backoff_s=0.5)
+              per_peer=1, max_requests=2, busy_backoff_s=0.5, missing_backoff_s=0.05)
     assert s.next_requests(0) == [Request("o", 0)]
     s.on_busy("o", 0, ["a", "zz"], 0.1)
     # the hint for piece 0, and the owner again, for the next piece (not backed off for it)
@@ -236,3 +236,17 @@ def test_same_seed_same_choices() -> None:
 def test_an_empty_blob_is_done_at_once() -> None:
     s = sched({"a": ROLE_HOLDER}, layout=Layout.for_size(0))
     assert s.done and s.next_requests(0) == []
+
+
+def test_a_piece_is_probed_at_most_once_per_probe_interval() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER, "c": ROLE_FETCHER},
+              per_peer=1, max_requests=1, probe_interval_s=0.25, window_pieces=1)
+    assert s.next_requests(0) == [Request("o", 0)]
+    s.on_busy("o", 0, [], 0)
+    probe = s.next_requests(0)
+    assert len(probe) == 1 and probe[0].peer in {"a", "b", "c"}
+    s.on_missing(probe[0].peer, 0, Have(0), 0.01)
+    assert s.next_requests(0.01) == []  # two more peers unknown, but the interval holds
+    assert s.next_deadline() is not None and s.next_deadline() <= 0.25
+    again = s.next_requests(0.26)
+    assert len(again) == 1 and again[0].peer in {"a", "b", "c"} - {probe[0].peer}

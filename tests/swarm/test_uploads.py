@@ -107,9 +107,36 @@ def test_memory_is_bounded_by_max_digests() -> None:
 
 
 def test_a_seed_gives_each_piece_seed_piece_cap_places() -> None:
-    up = policy(piece_cap=2, seed_piece_cap=1)
+    up = policy(piece_cap=2, seed_piece_cap=1, seed_idle_below=0)
     assert up.admit(D, 0, "a", now=0, seed=True).granted
     refused = up.admit(D, 0, "b", now=0, seed=True)
     assert refused.busy == BUSY_PIECE and refused.hints == ("a",)
     assert up.admit(D, 1, "b", now=0).granted  # a fill in progress: piece_cap
     assert up.admit(D, 1, "c", now=0).granted
+
+
+def test_a_seed_frees_a_completed_place_soon_but_keeps_a_running_one() -> None:
+    up = policy(piece_cap=2, seed_piece_cap=1, seed_served_ttl_s=2, seed_idle_below=0)
+    t = up.admit(D, 0, "a", now=0, seed=True).ticket
+    assert t is not None
+    assert not up.admit(D, 0, "b", now=5, seed=True).granted  # a's upload still runs
+    up.release(t, completed=True, now=6)
+    assert not up.admit(D, 0, "b", now=7, seed=True).granted  # completed 1 s ago
+    assert up.admit(D, 0, "b", now=8.5, seed=True).granted  # 2.5 s ago: the place is free
+    # a node still filling keeps completed places for served_ttl_s
+    t2 = up.admit(D, 1, "a", now=0).ticket
+    assert t2 is not None and up.admit(D, 1, "b", now=0).granted
+    up.release(t2, completed=True, now=1)
+    assert not up.admit(D, 1, "c", now=50).granted
+
+
+def test_an_idle_seed_ignores_its_piece_cap_a_busy_one_does_not() -> None:
+    up = policy(seed_piece_cap=1, seed_idle_below=2)
+    assert up.admit(D, 0, "a", now=0, seed=True).granted  # 0 running
+    assert up.admit(D, 0, "b", now=0, seed=True).granted  # 1 running: below 2, idle
+    busy = up.admit(D, 0, "c", now=0, seed=True)  # 2 running: the cap holds
+    assert not busy.granted and set(busy.hints) == {"a", "b"}
+    # not a seed: the per-piece cap holds however idle the node is
+    fresh = policy(piece_cap=1, seed_idle_below=2)
+    assert fresh.admit(D, 0, "a", now=0).granted
+    assert not fresh.admit(D, 0, "b", now=0).granted
