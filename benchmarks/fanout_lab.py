@@ -144,12 +144,13 @@ def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
         row["received_from_upstream_bytes"] = sum(_delta(after, before, "from_upstream"))
         row["piece_answers"] = {kind: sum(_delta(after, before, f"served_{kind}"))
                                 for kind in PIECE_ANSWERS}  # fmt: skip
-        cpu = [round(after[i]["cpu_s"] - before.get(i, {}).get("cpu_s", 0.0), 2)
+        # a killed node reads 0 afterwards: its delta is 0, not negative
+        cpu = [round(max(0.0, after[i]["cpu_s"] - before.get(i, {}).get("cpu_s", 0.0)), 2)
                for i in sorted(after)]  # fmt: skip
         row["node_cpu_s"] = cpu
         row["node_cpu_s_max"] = max(cpu)
         row["node_runqueue_wait_s"] = [
-            round(after[i]["wait_s"] - before.get(i, {}).get("wait_s", 0.0), 2)
+            round(max(0.0, after[i]["wait_s"] - before.get(i, {}).get("wait_s", 0.0)), 2)
             for i in sorted(after)]  # fmt: skip
     return row
 
