@@ -230,3 +230,25 @@ async def test_the_owner_killed_mid_fill_the_next_resumes_from_the_upstream_with
     assert nodes[successor].p2p.swarm_stats.handed_over == 1
     for node in others:
         assert node.blobs.has(digest)
+
+
+async def test_an_owner_that_holds_the_blob_unadvertised_serves_as_a_second_seed(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    """Once anyone pulled a blob its owner holds it too, before gossip says so: a puller takes
+    pieces from it as well as from the advertised holder, and nothing comes from upstream."""
+    names = ["a", "b", "c"]
+    nodes = {n: await cluster.add_node(n) for n in names}
+    owner_served = []
+    for seed in range(4):
+        data, digest = payload(8 * PIECE, seed=100 + seed)
+        upstream.add(data)
+        owner = owner_of(str(digest), names)
+        holder, puller = (n for n in names if n != owner)
+        await nodes[owner].blobs.put_bytes(data, digest)  # not advertised
+        await nodes[holder].blobs.put_bytes(data, digest)
+        nodes[holder].membership.advertise_have(str(digest))
+        before = nodes[owner].p2p.server.stats.served["piece"]
+        assert await nodes[puller].get_blob(REPO, str(digest)) == (200, data)
+        owner_served.append(nodes[owner].p2p.server.stats.served["piece"] - before)
+        assert upstream.blob_gets[str(digest)] == 0
+    assert any(n > 0 for n in owner_served), owner_served
