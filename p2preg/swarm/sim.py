@@ -1,29 +1,34 @@
 """A deterministic data-plane simulator: many hosts pulling the same blobs over a flow network.
 
-Owns: ``SwarmSim`` (the event loop), ``Topology`` (link capacities and latency), ``HostResult``
-and ``SimResult`` (what a run measured), and the ``Downloader``/``Uploader`` interfaces the loop
-drives, with the star baseline (``StarDownloader``/``StarUploader``: every host streams the whole
-blob from the digest's owner, today's design) next to them.
+Owns: ``SwarmSim`` (the event loop), ``Topology`` (link capacities and latency), ``BlobSpec``,
+``HostResult`` and ``SimResult`` (what a run measured), the ``Downloader``/``Uploader``
+interfaces the loop drives, their implementations by the node's own policies
+(``SchedulerDownloader`` over ``swarm.scheduler.Scheduler``, ``PolicyUploader`` over
+``swarm.uploads.UploadPolicy``; ``swarm()`` builds such a run) and today's star design as the
+baseline (``StarDownloader``/``StarUploader``, ``star()``: every host streams the whole blob
+from the digest's owner).
 
-The model, sans-I/O like ``p2preg.gossip.sim``: a fake clock (a float), one ``random.Random``
-per run, one thread.
+The model, sans-I/O like ``p2preg.gossip.sim``: a fake clock (a float), every random choice
+from one seeded ``random.Random``, one thread.
 - Every host has an uplink and a downlink (``FlowNetwork`` links); the origin has an uplink.
   A piece transfer is one flow over the sender's uplink and the receiver's downlink; every link
   is shared max-min fairly; rates are recomputed once per batch of events that fall within
-  ``batch_s`` of each other (a flow's rate change is late by at most ``batch_s``).
+  ``batch_s`` of the batch's first (a rate change is late by at most ``batch_s``).
 - The owner of a digest (``routing.owner_of`` over the host names) streams it from the origin
-  sequentially, one flow per piece back to back (one TCP stream), starting ``rtt_s`` in.
+  sequentially, one flow per piece back to back (one TCP stream), from ``origin_rtt_s`` on.
 - Any other host asks peers for pieces as its ``Downloader`` says. A request reaches the peer
-  ``rtt_s / 2`` later; the peer's ``Uploader`` decides there: serve (a flow starts at once),
-  busy with hints, or missing; those two answers reach the asker another ``rtt_s / 2`` later.
-  A peer that lacks the piece parks the request when it is the owner (long-poll, served when the
-  piece arrives), and answers missing at once otherwise.
-- Every answer carries the peer's availability (contiguous prefix plus the other pieces held).
-- A host is done with a blob when it holds every piece; bytes sent by each host and by the
-  origin are counted per link.
+  ``rtt_s / 2`` later (the per-hop start latency: a served piece starts flowing then); the
+  peer's ``Uploader`` decides: serve, or busy with hints. A peer that lacks the piece parks the
+  request when it is the owner (long-poll: decided when the piece arrives) and answers missing
+  at once otherwise. Busy and missing answers reach the asker ``rtt_s / 2`` after the decision.
+- Every answer (a piece, busy, missing) carries the peer's availability at that moment.
+- A request the downloader gives up (stalled) is withdrawn: its flow is cancelled (the upload
+  released as not completed) or its long-poll dropped.
+- A host is done with a blob when it holds every piece. Bytes sent by each host and by the
+  origin are what crossed their uplinks.
 
-Must not import asyncio, sockets or time; the only node code it runs is the policies it drives
-and ``p2p.routing``.
+Must not import asyncio, sockets or time; the only node code it runs is the swarm policies it
+drives and ``p2p.routing``.
 """
 
 from __future__ import annotations
@@ -38,52 +43,47 @@ from typing import Any, Protocol
 
 from p2preg.p2p.routing import owner_of
 from p2preg.swarm.flows import Flow, FlowNetwork
+from p2preg.swarm.pieces import Have, Layout
+from p2preg.swarm.scheduler import (
+    ROLE_MEMBER,
+    ROLE_OWNER,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+)
+from p2preg.swarm.uploads import Ticket, UploadConfig, UploadPolicy
 
 SERVE, BUSY, MISSING = "serve", "busy", "missing"
 
 
-@dataclass(frozen=True, slots=True)
-class SimRequest:
-    """Ask ``peer`` for ``piece`` (``last_resort``: the asker has no other source)."""
-
-    peer: str
-    piece: int
-    last_resort: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Availability:
-    """What a peer holds of one blob: pieces ``[0, prefix)`` plus ``extra``."""
-
-    prefix: int
-    extra: frozenset[int] = frozenset()
-
-    def has(self, piece: int) -> bool:
-        return piece < self.prefix or piece in self.extra
-
-
 class Downloader(Protocol):
-    """The download side of one host for one blob (the node's scheduler, adapted)."""
+    """The download side of one host for one blob."""
 
-    def next_requests(self, now: float) -> list[SimRequest]: ...
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+        """``(requests to send, requests given up)``; the sim withdraws the given-up ones."""
+        ...
+
     def next_deadline(self) -> float | None: ...
-    def on_piece(self, peer: str, piece: int, have: Availability, now: float) -> None: ...
+    def on_progress(self, peer: str, piece: int, now: float) -> None: ...
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None: ...
     def on_busy(
-        self, peer: str, piece: int, hints: Sequence[str], have: Availability, now: float
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
     ) -> None: ...
-    def on_missing(self, peer: str, piece: int, have: Availability, now: float) -> None: ...
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None: ...
 
 
 class Uploader(Protocol):
-    """The upload side of one host, for every digest (the node's upload policy, adapted)."""
+    """The upload side of one host, for every digest."""
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, now: float
-    ) -> tuple[str, Sequence[str]]:
-        """``(SERVE|BUSY, hints)`` for a piece this host holds."""
+    ) -> tuple[bool, Sequence[str]]:
+        """``(serve?, hints)`` for a piece this host holds."""
         ...
 
-    def on_upload_done(self, digest: str, piece: int, requester: str, now: float) -> None: ...
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +100,15 @@ class Topology:
 
 @dataclass(frozen=True, slots=True)
 class BlobSpec:
+    """A blob every host pulls, cut into pieces of ``piece_bytes`` (the model's granularity)."""
+
     digest: str
     size: int
     piece_bytes: int
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.size, self.piece_bytes)
 
     @property
     def count(self) -> int:
@@ -110,6 +116,15 @@ class BlobSpec:
 
     def length(self, piece: int) -> int:
         return min(self.piece_bytes, self.size - piece * self.piece_bytes)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request on its way or being served: ``token`` tells stale events from live ones."""
+
+    token: int
+    peer: str
+    flow: Flow | None = None
 
 
 @dataclass(slots=True)
@@ -121,16 +136,18 @@ class _Fill:
     prefix: int = 0
     done_at: float | None = None
     downloader: Downloader | None = None
-    parked: dict[int, list[tuple[str, bool]]] = field(default_factory=dict)
-    """Owner only: long-polled requests by piece, ``(requester, last_resort)``."""
+    flights: dict[int, _Flight] = field(default_factory=dict)
+    """This host's requests by piece."""
+    parked: dict[int, list[tuple[str, bool, int]]] = field(default_factory=dict)
+    """Owner only: long-polled requests by piece, ``(asker, last_resort, token)``."""
 
     def add(self, piece: int) -> None:
         self.held.add(piece)
         while self.prefix in self.held:
             self.prefix += 1
 
-    def availability(self) -> Availability:
-        return Availability(self.prefix, frozenset(p for p in self.held if p >= self.prefix))
+    def availability(self) -> Have:
+        return Have(self.prefix, frozenset(p for p in self.held if p >= self.prefix))
 
 
 @dataclass(slots=True)
@@ -140,7 +157,6 @@ class _Host:
     down: int
     uploader: Uploader
     fills: dict[str, _Fill] = field(default_factory=dict)
-    sent_bytes: float = 0.0
     wake_at: float = math.inf
 
 
@@ -178,12 +194,13 @@ class SimResult:
 
 
 DownloaderFactory = Callable[[str, BlobSpec, str, Sequence[str], random.Random], Downloader]
-"""``(host, blob, owner, all host names, rng) -> Downloader`` for a non-owner host."""
+"""``(host, blob, owner, every host name, rng) -> Downloader`` for a host that is not the
+blob's owner."""
 UploaderFactory = Callable[[str, random.Random], Uploader]
 
 
 class SwarmSim:
-    """Hosts pulling ``blobs`` at time 0 over ``topology``, driven by the given policies."""
+    """Hosts pulling ``blobs`` from time 0 over ``topology``, driven by the given policies."""
 
     def __init__(
         self,
@@ -216,8 +233,11 @@ class SwarmSim:
         self.owners = {b.digest: owner_of(b.digest, names) or "" for b in self.blobs}
         self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
+        self._tokens = itertools.count(1)
         self._dirty: set[str] = set()
         self.events = 0
+        self.answers: dict[str, int] = dict.fromkeys(("served", BUSY, MISSING, "parked"), 0)
+        """How requests were answered (``parked``: long-polled at the owner first)."""
         for host in self.hosts.values():
             for blob in self.blobs:
                 fill = host.fills[blob.digest] = _Fill(blob)
@@ -284,8 +304,16 @@ class SwarmSim:
                 d = fill.downloader
                 if d is None or fill.done_at is not None:
                     continue
-                for req in d.next_requests(self.now):
-                    self._push(self.now + rtt_half, self._arrive, name, digest, req)
+                for piece, flight in fill.flights.items():
+                    if flight.flow is not None:
+                        d.on_progress(flight.peer, piece, self.now)
+                send, gave_up = d.next_requests(self.now)
+                for req in gave_up:
+                    self._withdraw(host, fill, req)
+                for req in send:
+                    token = next(self._tokens)
+                    fill.flights[req.piece] = _Flight(token, req.peer)
+                    self._push(self.now + rtt_half, self._arrive, name, digest, req, token)
                 deadline = d.next_deadline()
                 if deadline is not None:
                     wake = min(wake, max(deadline, self.now))
@@ -300,6 +328,21 @@ class SwarmSim:
             host.wake_at = math.inf
         self._dirty.add(name)
 
+    def _withdraw(self, host: _Host, fill: _Fill, req: Request) -> None:
+        flight = fill.flights.get(req.piece)
+        if flight is None or flight.peer != req.peer:
+            return
+        del fill.flights[req.piece]
+        if flight.flow is not None and flight.flow.active:
+            self.net.cancel(flight.flow)
+            self.hosts[req.peer].uploader.on_upload_end(
+                fill.blob.digest, req.piece, host.name, False, self.now
+            )
+
+    def _live(self, asker: str, digest: str, piece: int, token: int) -> _Flight | None:
+        flight = self.hosts[asker].fills[digest].flights.get(piece)
+        return flight if flight is not None and flight.token == token else None
+
     # -- upstream: the owner streams from the origin ---------------------------------------------
 
     def _origin_piece(self, digest: str, piece: int) -> None:
@@ -311,38 +354,52 @@ class SwarmSim:
 
     # -- serving ---------------------------------------------------------------------------------
 
-    def _arrive(self, asker: str, digest: str, req: SimRequest) -> None:
+    def _arrive(self, asker: str, digest: str, req: Request, token: int) -> None:
+        if self._live(asker, digest, req.piece, token) is None:
+            return  # withdrawn on the way
         server = self.hosts[req.peer]
         fill = server.fills[digest]
         if req.piece not in fill.held:
             if self.owners[digest] == server.name or self.long_poll_everywhere:
-                fill.parked.setdefault(req.piece, []).append((asker, req.last_resort))
+                fill.parked.setdefault(req.piece, []).append((asker, req.last_resort, token))
+                self.answers["parked"] += 1
             else:
-                self._reply(asker, digest, req, MISSING, (), fill.availability())
+                self.answers[MISSING] += 1
+                self._reply(asker, digest, req, token, MISSING, (), fill.availability())
             return
-        self._decide(server, fill, asker, req)
+        self._decide(server, fill, asker, req, token)
 
-    def _decide(self, server: _Host, fill: _Fill, asker: str, req: SimRequest) -> None:
+    def _decide(self, server: _Host, fill: _Fill, asker: str, req: Request, token: int) -> None:
         digest = fill.blob.digest
-        verdict, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort, self.now)
-        if verdict == SERVE:
-            self.net.start([server.up, self.hosts[asker].down], fill.blob.length(req.piece),
-                           ("peer", digest, req.piece, asker, server.name))  # fmt: skip
+        flight = self._live(asker, digest, req.piece, token)
+        if flight is None:
+            return
+        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort, self.now)
+        self.answers["served" if serve else BUSY] += 1
+        if serve:
+            flight.flow = self.net.start(
+                [server.up, self.hosts[asker].down], fill.blob.length(req.piece),
+                ("peer", digest, req.piece, asker, server.name, token),
+            )
         else:
-            self._reply(asker, digest, req, verdict, tuple(hints), fill.availability())
+            self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability())
 
     def _reply(
-        self, asker: str, digest: str, req: SimRequest, verdict: str, hints: tuple[str, ...],
-        have: Availability,
+        self, asker: str, digest: str, req: Request, token: int, verdict: str,
+        hints: tuple[str, ...], have: Have,
     ) -> None:
         self._push(self.now + self.topology.rtt_s / 2, self._answer,
-                   asker, digest, req, verdict, hints, have)  # fmt: skip
+                   asker, digest, req, token, verdict, hints, have)  # fmt: skip
 
     def _answer(
-        self, asker: str, digest: str, req: SimRequest, verdict: str, hints: tuple[str, ...],
-        have: Availability,
+        self, asker: str, digest: str, req: Request, token: int, verdict: str,
+        hints: tuple[str, ...], have: Have,
     ) -> None:
-        d = self.hosts[asker].fills[digest].downloader
+        fill = self.hosts[asker].fills[digest]
+        if self._live(asker, digest, req.piece, token) is None:
+            return
+        del fill.flights[req.piece]
+        d = fill.downloader
         assert d is not None
         if verdict == BUSY:
             d.on_busy(req.peer, req.piece, hints, have, self.now)
@@ -360,25 +417,26 @@ class SwarmSim:
             self._received(owner, digest, piece)
             self._origin_piece(digest, piece + 1)
             return
-        _, digest, piece, asker, server_name = tag
+        _, digest, piece, asker, server_name, token = tag
         server = self.hosts[server_name]
-        server.sent_bytes += flow.size
-        server.uploader.on_upload_done(digest, piece, asker, self.now)
-        fill = self._received(asker, digest, piece)
+        server.uploader.on_upload_end(digest, piece, asker, True, self.now)
+        fill = self.hosts[asker].fills[digest]
+        if self._live(asker, digest, piece, token) is not None:
+            del fill.flights[piece]
+        self._received(asker, digest, piece)
         d = fill.downloader
         if d is not None:
             d.on_piece(server_name, piece, server.fills[digest].availability(), self.now)
         self._dirty.add(asker)
 
-    def _received(self, name: str, digest: str, piece: int) -> _Fill:
+    def _received(self, name: str, digest: str, piece: int) -> None:
         host = self.hosts[name]
         fill = host.fills[digest]
         fill.add(piece)
         if fill.done_at is None and fill.prefix >= fill.blob.count:
             fill.done_at = self.now
-        for asker, last_resort in fill.parked.pop(piece, ()):
-            self._decide(host, fill, asker, SimRequest(name, piece, last_resort))
-        return fill
+        for asker, last_resort, token in fill.parked.pop(piece, ()):
+            self._decide(host, fill, asker, Request(name, piece, last_resort), token)
 
     # -- results ---------------------------------------------------------------------------------
 
@@ -398,52 +456,148 @@ class SwarmSim:
         )
 
 
+# -- the node's policies -------------------------------------------------------------------------
+
+
+class SchedulerDownloader:
+    """A non-owner's fill driven by the node's ``Scheduler``.
+
+    It knows the owner from the start and ``known_fetchers`` other hosts as fetchers (what
+    gossip may have told it; 0 by default), and learns every other peer from busy answers'
+    hints: a hinted peer joins its peer set as a plain member, as the node does."""
+
+    def __init__(self, host: str, blob: BlobSpec, owner: str, known: Sequence[str],
+                 config: SchedulerConfig | None, rng: random.Random) -> None:
+        self.scheduler = Scheduler(blob.layout, self_name=host, config=config, rng=rng)
+        self.owner = owner
+        self.peers: dict[str, str] = {owner: ROLE_OWNER}
+        for name in known:
+            self.peers.setdefault(name, "fetcher")
+        self.scheduler.set_peers(self.peers, owner)
+
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+        stalled = self.scheduler.expire(now)
+        return self.scheduler.next_requests(now), stalled
+
+    def next_deadline(self) -> float | None:
+        return self.scheduler.next_deadline()
+
+    def on_progress(self, peer: str, piece: int, now: float) -> None:
+        self.scheduler.on_progress(peer, piece, now)
+
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None:
+        self.scheduler.on_availability(peer, have, now)
+        self.scheduler.on_piece(peer, piece, now)
+
+    def on_busy(
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+    ) -> None:
+        new = [h for h in hints if h not in self.peers]
+        if new:
+            self.peers.update(dict.fromkeys(new, ROLE_MEMBER))
+            self.scheduler.set_peers(self.peers, self.owner)
+        self.scheduler.on_availability(peer, have, now)
+        self.scheduler.on_busy(peer, piece, hints, now)
+
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
+        self.scheduler.on_missing(peer, piece, have, now)
+
+
+class PolicyUploader:
+    """A host's upload side driven by the node's ``UploadPolicy``."""
+
+    def __init__(self, config: UploadConfig | None, rng: random.Random) -> None:
+        self.policy = UploadPolicy(config, rng)
+        self._tickets: dict[tuple[str, int, str], Ticket] = {}
+
+    def decide(
+        self, digest: str, piece: int, requester: str, last_resort: bool, now: float
+    ) -> tuple[bool, Sequence[str]]:
+        admission = self.policy.admit(digest, piece, requester, now=now, last_resort=last_resort)
+        if admission.ticket is None:
+            return False, admission.hints
+        self._tickets[(digest, piece, requester)] = admission.ticket
+        return True, ()
+
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None:
+        ticket = self._tickets.pop((digest, piece, requester), None)
+        if ticket is not None:
+            self.policy.release(ticket, completed=completed, now=now)
+
+
+def swarm(
+    seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
+    scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
+    known_fetchers: int = 0, batch_s: float = 0.0005,
+) -> SwarmSim:
+    """A simulation of the piece swarm with the node's own scheduler and upload policy."""
+
+    def downloader(
+        host: str, blob: BlobSpec, owner: str, names: Sequence[str], rng: random.Random
+    ) -> Downloader:
+        others = [n for n in names if n not in (host, owner)]
+        known = rng.sample(others, min(known_fetchers, len(others)))
+        return SchedulerDownloader(host, blob, owner, known, scheduler, rng)
+
+    return SwarmSim(
+        seed, hosts, topology, blobs, downloader,
+        lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s,
+    )  # fmt: skip
+
+
 # -- today's star design: the baseline the swarm is measured against ----------------------------
 
 
 class StarDownloader:
-    """Today's non-owner: streams the blob in order from the owner only (two pieces in flight,
-    i.e. one pipelined stream that follows the owner's growing file)."""
+    """Today's non-owner: streams the blob in order from one source (two pieces in flight,
+    i.e. one pipelined stream that follows the source's growing file)."""
 
     def __init__(self, blob: BlobSpec, source: str, in_flight: int = 2) -> None:
-        self.owner = source
+        self.source = source
         self.count = blob.count
         self.in_flight = in_flight
         self.next_piece = 0
         self.pending = 0
 
-    def next_requests(self, now: float) -> list[SimRequest]:
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
         out = []
         while self.pending < self.in_flight and self.next_piece < self.count:
-            out.append(SimRequest(self.owner, self.next_piece))
+            out.append(Request(self.source, self.next_piece))
             self.next_piece += 1
             self.pending += 1
-        return out
+        return out, []
 
     def next_deadline(self) -> float | None:
         return None
 
-    def on_piece(self, peer: str, piece: int, have: Availability, now: float) -> None:
+    def on_progress(self, peer: str, piece: int, now: float) -> None:
+        return None
+
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.pending -= 1
 
     def on_busy(
-        self, peer: str, piece: int, hints: Sequence[str], have: Availability, now: float
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
     ) -> None:
-        raise AssertionError("the star owner never says busy")
+        raise AssertionError("a star source never says busy")
 
-    def on_missing(self, peer: str, piece: int, have: Availability, now: float) -> None:
-        raise AssertionError("the star owner long-polls")
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
+        raise AssertionError("a star source long-polls")
 
 
 class StarUploader:
-    """Today's owner: serves every asker, no cap."""
+    """Today's source: serves every asker, no cap."""
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, now: float
-    ) -> tuple[str, Sequence[str]]:
-        return SERVE, ()
+    ) -> tuple[bool, Sequence[str]]:
+        return True, ()
 
-    def on_upload_done(self, digest: str, piece: int, requester: str, now: float) -> None:
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None:
         return None
 
 
@@ -454,15 +608,15 @@ def star(
     """A simulation of today's star design: every non-owner streams from the owner, or, with
     ``owner_followers=k``, only k of them do and the others follow the first of those k (the
     fetcher they happened to see in time, as the lab measured)."""
-    followers: dict[str, str] = {}
+    sources: dict[str, str] = {}
 
     def source(host: str, owner: str, names: Sequence[str]) -> str:
-        if not followers:
+        if not sources:
             others = [n for n in names if n != owner]
             k = len(others) if owner_followers is None else owner_followers
             for i, name in enumerate(others):
-                followers[name] = owner if i < k else others[0]
-        return followers[host]
+                sources[name] = owner if i < k else others[0]
+        return sources[host]
 
     return SwarmSim(
         seed, hosts, topology, blobs,
