@@ -81,7 +81,8 @@ def _row(scenario: str, design: str, nodes: int, piece: int, one_s: float, resul
     )
 
 
-def lab(seed: int, sched: SchedulerConfig, up: UploadConfig) -> list[Row]:
+def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
+        settings: dict[str, float]) -> list[Row]:
     rows = []
     for n, (host, origin, size, lab_s) in LAB.items():
         topo = Topology(host * MBIT, host * MBIT, origin * MBIT, rtt_s=0.001)
@@ -91,15 +92,17 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig) -> list[Row]:
         for design in ("star", "swarm"):
             t = time.process_time()
             sim = star(seed, n, topo, blob) if design == "star" else \
-                swarm(seed, n, topo, blob, scheduler=sched, uploads=up)
+                swarm(seed, n, topo, blob, scheduler=sched, uploads=up, missing_covers_window=mcw)
             result = sim.run(until_s=600)
             rows.append(_row("lab", design, n, piece, one, result, sim.answers,
-                             time.process_time() - t, lab_s=lab_s if design == "star" else None))
+                             time.process_time() - t, lab_s=lab_s if design == "star" else None,
+                             settings={} if design == "star" else settings))
     return rows
 
 
 def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: SchedulerConfig,
-           up: UploadConfig, scenario: str = "kraken") -> list[Row]:
+           up: UploadConfig, mcw: bool, settings: dict[str, float],
+           scenario: str = "kraken") -> list[Row]:
     topo = Topology(KRAKEN_LINK, KRAKEN_LINK, KRAKEN_LINK, rtt_s=0.001)
     one = 2 * KRAKEN_LAYER / KRAKEN_LINK
     rows = []
@@ -108,10 +111,11 @@ def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: Schedule
             piece = int(mib * (1 << 20))
             blobs = [BlobSpec("sha256:" + c * 64, KRAKEN_LAYER, piece) for c in "ab"]
             t = time.process_time()
-            sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up)
+            sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up,
+                        missing_covers_window=mcw)
             result = sim.run(until_s=20 * one)
             rows.append(_row(scenario, "swarm", n, piece, one, result, sim.answers,
-                             time.process_time() - t))
+                             time.process_time() - t, settings=settings))
             print(_line(rows[-1]), flush=True)
     return rows
 
@@ -125,15 +129,19 @@ def _line(r: Row) -> str:
     per_piece = req.get("missing", 0) / max(1, req.get("served", 0))
     return (f"| {r.scenario} | {r.design} | {r.nodes} | {r.piece_mib:g} | {x(r.p50_s)} | "
             f"{x(r.p99_s)} | {x(r.max_s)} | {r.max_upload_copies:.2f} | {r.origin_copies:.2f} | "
-            f"{lab} | {per_piece:.1f} | {r.cpu_s:.0f} |")
+            f"{lab} | {per_piece:.1f} | {_knobs(r.settings)} | {r.cpu_s:.0f} |")
 
 
-def markdown(rows: list[Row], command: str, settings: dict[str, float]) -> str:
+def _knobs(settings: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in settings.items()) or "defaults"
+
+
+def markdown(rows: list[Row], command: str) -> str:
     head = ("| scenario | design | N | piece MiB | p50 | p99 | max (all done) | max upload "
-            "(copies) | origin egress (copies) | lab all done | 404s per served piece | CPU s |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    note = (f"Command: `{command}` (Python {platform.python_version()}, one thread). "
-            f"Scheduler/upload settings different from the defaults: {settings or 'none'}.")
+            "(copies) | origin egress (copies) | lab all done | 404s per served piece | settings | "
+            "CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    note = (f"Commands: {command} (Python {platform.python_version()}, one thread; "
+            "CPU on a shared 2-core machine).")
     return "\n".join([note, "", head, *(_line(r) for r in rows)])
 
 
@@ -189,27 +197,40 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE",
                         help="SchedulerConfig/UploadConfig fields to override")
+    parser.add_argument("--missing-covers-window", action="store_true",
+                        help="a 404 backs the peer off for every window piece it lacks")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in the JSON (runs with other settings)")
     args = parser.parse_args()
     settings = _settings(args.set)
+    mcw = args.missing_covers_window
+    if mcw:
+        settings["missing_covers_window"] = 1
     sched_keys = set(SchedulerConfig.__dataclass_fields__)
     sched = SchedulerConfig(**{k: (int(v) if isinstance(getattr(SchedulerConfig(), k), int)
                                    else v) for k, v in settings.items() if k in sched_keys})
     up = UploadConfig(**{k: (int(v) if isinstance(getattr(UploadConfig(), k), int) else v)
-                         for k, v in settings.items() if k not in sched_keys})
-    rows: list[Row] = []
+                         for k, v in settings.items() if k not in sched_keys
+                         and k != "missing_covers_window"})
+    old = json.loads(JSON_OUT.read_text()) if args.append and JSON_OUT.exists() else {}
+    rows: list[Row] = [Row(**r) for r in old.get("rows", [])]
     for scenario in args.scenario or ["lab"]:
         if scenario == "lab":
-            rows += lab(args.seed, sched, up)
+            rows += lab(args.seed, sched, up, mcw, settings)
         elif scenario == "kraken":
-            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up)
+            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, mcw, settings)
         else:
-            rows += kraken(args.seed, args.sizes, [8.0, *args.piece_mib], sched, up, "pieces")
-    command = "benchmarks/swarm_sim.py " + " ".join(
+            rows += kraken(args.seed, args.sizes, [8.0, *args.piece_mib], sched, up, mcw,
+                           settings, "pieces")
+    command = "`benchmarks/swarm_sim.py " + " ".join(
         f"--scenario {s}" for s in args.scenario or ["lab"]
     ) + (f" --sizes {' '.join(map(str, args.sizes))} --piece-mib "
          f"{' '.join(f'{p:g}' for p in args.piece_mib)}" if args.scenario != ["lab"] else "") + (
-        f" --set {' '.join(args.set)}" if args.set else "")
-    table = markdown(rows, command, settings)
+        f" --set {' '.join(args.set)}" if args.set else "") + (
+        " --missing-covers-window" if mcw else "") + "`"
+    if old.get("command"):
+        command = f"{old['command']}, then {command}"
+    table = markdown(rows, command)
     print(table)
     JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
     JSON_OUT.write_text(json.dumps({"command": command, "rows": [asdict(r) for r in rows]},

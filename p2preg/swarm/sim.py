@@ -467,8 +467,12 @@ class SchedulerDownloader:
     hints: a hinted peer joins its peer set as a plain member, as the node does."""
 
     def __init__(self, host: str, blob: BlobSpec, owner: str, known: Sequence[str],
-                 config: SchedulerConfig | None, rng: random.Random) -> None:
+                 config: SchedulerConfig | None, rng: random.Random,
+                 missing_covers_window: bool = False) -> None:
         self.scheduler = Scheduler(blob.layout, self_name=host, config=config, rng=rng)
+        self.missing_covers_window = missing_covers_window
+        """An experiment: a 404 backs the peer off for every piece of the window it lacks
+        (its ``Have`` says so), not only for the piece asked."""
         self.owner = owner
         self.peers: dict[str, str] = {owner: ROLE_OWNER}
         for name in known:
@@ -501,6 +505,12 @@ class SchedulerDownloader:
 
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.scheduler.on_missing(peer, piece, have, now)
+        if self.missing_covers_window:
+            s = self.scheduler
+            end = min(s.layout.count, s.prefix + s.config.window_pieces)
+            for other in range(s.prefix, end):
+                if other != piece and not have.has(other):
+                    s.on_missing(peer, other, have, now)
 
 
 class PolicyUploader:
@@ -530,7 +540,7 @@ class PolicyUploader:
 def swarm(
     seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
-    known_fetchers: int = 0, batch_s: float = 0.0005,
+    known_fetchers: int = 0, batch_s: float = 0.0005, missing_covers_window: bool = False,
 ) -> SwarmSim:
     """A simulation of the piece swarm with the node's own scheduler and upload policy."""
 
@@ -539,7 +549,8 @@ def swarm(
     ) -> Downloader:
         others = [n for n in names if n not in (host, owner)]
         known = rng.sample(others, min(known_fetchers, len(others)))
-        return SchedulerDownloader(host, blob, owner, known, scheduler, rng)
+        return SchedulerDownloader(host, blob, owner, known, scheduler, rng,
+                                   missing_covers_window)
 
     return SwarmSim(
         seed, hosts, topology, blobs, downloader,
