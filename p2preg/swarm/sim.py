@@ -76,9 +76,10 @@ class Uploader(Protocol):
     """The upload side of one host, for every digest."""
 
     def decide(
-        self, digest: str, piece: int, requester: str, last_resort: bool, now: float
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
     ) -> tuple[bool, Sequence[str]]:
-        """``(serve?, hints)`` for a piece this host holds."""
+        """``(serve?, hints)`` for a piece this host holds (``seed``: it holds the whole blob)."""
         ...
 
     def on_upload_end(
@@ -374,7 +375,8 @@ class SwarmSim:
         flight = self._live(asker, digest, req.piece, token)
         if flight is None:
             return
-        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort, self.now)
+        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
+                                              fill.done_at is not None, self.now)
         self.answers["served" if serve else BUSY] += 1
         if serve:
             flight.flow = self.net.start(
@@ -521,9 +523,11 @@ class PolicyUploader:
         self._tickets: dict[tuple[str, int, str], Ticket] = {}
 
     def decide(
-        self, digest: str, piece: int, requester: str, last_resort: bool, now: float
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
     ) -> tuple[bool, Sequence[str]]:
-        admission = self.policy.admit(digest, piece, requester, now=now, last_resort=last_resort)
+        admission = self.policy.admit(digest, piece, requester, now=now,
+                                      last_resort=last_resort, seed=seed)
         if admission.ticket is None:
             return False, admission.hints
         self._tickets[(digest, piece, requester)] = admission.ticket
@@ -602,7 +606,8 @@ class StarUploader:
     """Today's source: serves every asker, no cap."""
 
     def decide(
-        self, digest: str, piece: int, requester: str, last_resort: bool, now: float
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
     ) -> tuple[bool, Sequence[str]]:
         return True, ()
 
