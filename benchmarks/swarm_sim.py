@@ -2,7 +2,7 @@
 
 Runs ``p2preg.swarm.sim`` (a flow-level network, max-min fair links, the node's own
 ``Scheduler`` and ``UploadPolicy``) on named scenarios and writes ``docs/benchmarks/
-swarm_sim.json``, the table in ``docs/benchmarks-swarm.md`` (between the RESULTS markers) and
+swarm_sim.json``, the table in ``docs/benchmarks-swarm.md`` (its ``swarm-sim`` section) and
 ``docs/benchmarks/swarm_sim.png`` (completion CDF; bytes uploaded per host). Deterministic.
 
 Scenarios (``--scenario``, repeatable):
@@ -14,8 +14,8 @@ Scenarios (``--scenario``, repeatable):
 - ``pieces``: the kraken case at ``--sizes`` with the node's pieces and coarser ones (does the
   granularity change the result?).
 
-    .venv/bin/python benchmarks/swarm_sim.py --scenario lab
-    .venv/bin/python benchmarks/swarm_sim.py --scenario kraken --sizes 100 --piece-mib 32 \\
+    .venv/bin/python -m benchmarks.swarm_sim --scenario lab
+    .venv/bin/python -m benchmarks.swarm_sim --scenario kraken --sizes 100 --piece-mib 32 \\
         --set missing_backoff_s=0.5
 
 Not a test: nothing is asserted here. Must not import asyncio or sockets.
@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.common import machine_info, update_docs_section, write_results
 from p2preg.swarm.pieces import piece_bytes
 from p2preg.swarm.scheduler import SchedulerConfig
 from p2preg.swarm.sim import BlobSpec, SimResult, Topology, star, swarm
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 JSON_OUT = ROOT / "docs" / "benchmarks" / "swarm_sim.json"
 PNG_OUT = ROOT / "docs" / "benchmarks" / "swarm_sim.png"
 MD_OUT = ROOT / "docs" / "benchmarks-swarm.md"
-BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
+SECTION = "swarm-sim"
 MBIT = 1e6 / 8
 LAB = {8: (128, 64, 32 << 20, 13.4), 16: (64, 32, 16 << 20, 28.8)}
 """N -> (host Mbit/s, origin Mbit/s, blob bytes, lab's all-done seconds with today's star)."""
@@ -87,7 +88,7 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
     for n, (host, origin, size, lab_s) in LAB.items():
         topo = Topology(host * MBIT, host * MBIT, origin * MBIT, rtt_s=0.001)
         piece = piece_bytes(size)
-        blob = [BlobSpec("sha256:" + "1a" * 32, size, piece)]
+        blob = [BlobSpec.of("sha256:" + "1a" * 32, size, piece)]
         one = size / (origin * MBIT)
         for design in ("star", "swarm"):
             t = time.process_time()
@@ -109,7 +110,7 @@ def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: Schedule
     for n in sizes:
         for mib in pieces_mib:
             piece = int(mib * (1 << 20))
-            blobs = [BlobSpec("sha256:" + c * 64, KRAKEN_LAYER, piece) for c in "ab"]
+            blobs = [BlobSpec.of("sha256:" + c * 64, KRAKEN_LAYER, piece) for c in "ab"]
             t = time.process_time()
             sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up,
                         missing_covers_window=mcw)
@@ -143,15 +144,6 @@ def markdown(rows: list[Row], command: str) -> str:
     note = (f"Commands: {command} (Python {platform.python_version()}, one thread; "
             "CPU on a shared 2-core machine).")
     return "\n".join([note, "", head, *(_line(r) for r in rows)])
-
-
-def write_markdown(table: str) -> None:
-    text = MD_OUT.read_text() if MD_OUT.exists() else "# Swarm simulation benchmark\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    MD_OUT.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def plot(rows: list[Row]) -> None:
@@ -232,10 +224,9 @@ def main() -> None:
         command = f"{old['command']}, then {command}"
     table = markdown(rows, command)
     print(table)
-    JSON_OUT.parent.mkdir(parents=True, exist_ok=True)
-    JSON_OUT.write_text(json.dumps({"command": command, "rows": [asdict(r) for r in rows]},
-                                   indent=1, default=str))
-    write_markdown(table)
+    write_results(JSON_OUT, {"command": command, "machine": machine_info(),
+                             "rows": [asdict(r) for r in rows]})
+    update_docs_section(MD_OUT, SECTION, table)
     plot(rows)
 
 

@@ -101,22 +101,14 @@ class Topology:
 
 @dataclass(frozen=True, slots=True)
 class BlobSpec:
-    """A blob every host pulls, cut into pieces of ``piece_bytes`` (the model's granularity)."""
+    """A blob every host pulls, cut as ``layout`` says (the model's piece granularity)."""
 
     digest: str
-    size: int
-    piece_bytes: int
+    layout: Layout
 
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.size, self.piece_bytes)
-
-    @property
-    def count(self) -> int:
-        return -(-self.size // self.piece_bytes)
-
-    def length(self, piece: int) -> int:
-        return min(self.piece_bytes, self.size - piece * self.piece_bytes)
+    @classmethod
+    def of(cls, digest: str, size: int, piece_bytes: int) -> BlobSpec:
+        return cls(digest, Layout(size, piece_bytes))
 
 
 @dataclass(slots=True)
@@ -349,8 +341,8 @@ class SwarmSim:
     def _origin_piece(self, digest: str, piece: int) -> None:
         owner = self.hosts[self.owners[digest]]
         blob = owner.fills[digest].blob
-        if piece < blob.count:
-            self.net.start([self._origin, owner.down], blob.length(piece),
+        if piece < blob.layout.count:
+            self.net.start([self._origin, owner.down], blob.layout.length(piece),
                            ("origin", digest, piece, owner.name))  # fmt: skip
 
     # -- serving ---------------------------------------------------------------------------------
@@ -380,7 +372,7 @@ class SwarmSim:
         self.answers["served" if serve else BUSY] += 1
         if serve:
             flight.flow = self.net.start(
-                [server.up, self.hosts[asker].down], fill.blob.length(req.piece),
+                [server.up, self.hosts[asker].down], fill.blob.layout.length(req.piece),
                 ("peer", digest, req.piece, asker, server.name, token),
             )
         else:
@@ -435,7 +427,7 @@ class SwarmSim:
         host = self.hosts[name]
         fill = host.fills[digest]
         fill.add(piece)
-        if fill.done_at is None and fill.prefix >= fill.blob.count:
+        if fill.done_at is None and fill.prefix >= fill.blob.layout.count:
             fill.done_at = self.now
         for asker, last_resort, token in fill.parked.pop(piece, ()):
             self._decide(host, fill, asker, Request(name, piece, last_resort), token)
@@ -451,7 +443,7 @@ class SwarmSim:
         return SimResult(
             hosts=tuple(hosts),
             origin_bytes=self.net.carried("origin"),
-            blob_bytes=sum(b.size for b in self.blobs),
+            blob_bytes=sum(b.layout.size for b in self.blobs),
             end_s=self.now,
             reallocations=self.net.reallocations,
             events=self.events,
@@ -571,7 +563,7 @@ class StarDownloader:
 
     def __init__(self, blob: BlobSpec, source: str, in_flight: int = 2) -> None:
         self.source = source
-        self.count = blob.count
+        self.count = blob.layout.count
         self.in_flight = in_flight
         self.next_piece = 0
         self.pending = 0

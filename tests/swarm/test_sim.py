@@ -14,7 +14,7 @@ N = 8
 SIZE = 8 << 20
 # The lab's N=8 shape: hosts at 128 Mbit/s both ways, the origin at half that.
 TOPOLOGY = Topology(128 * MBIT, 128 * MBIT, 64 * MBIT, rtt_s=0.001)
-BLOB = BlobSpec("sha256:" + "5a" * 32, SIZE, piece_bytes(SIZE))
+BLOB = BlobSpec.of("sha256:" + "5a" * 32, SIZE, piece_bytes(SIZE))
 ONE_ORIGIN_TRANSFER_S = SIZE / (64 * MBIT)
 
 
