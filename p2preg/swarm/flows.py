@@ -1,0 +1,202 @@
+"""A flow-level network: links with a capacity, flows across links, max-min fair rates.
+
+Owns: ``FlowNetwork`` and ``Flow``. A *link* is one direction of one host's access link (its
+uplink or its downlink) or the origin's uplink, with a capacity in bytes per second. A *flow*
+is one transfer of a known number of bytes over a fixed set of links (a piece from a peer:
+the sender's uplink and the receiver's downlink). Every link is shared max-min fairly among
+the flows that cross it (progressive filling, also called water-filling): the link whose fair
+share ``remaining capacity / unfixed flows`` is the smallest is the bottleneck of those flows,
+they get that share, their other links lose it, and so on until every flow has a rate.
+
+Time is a float passed in by the caller (no clock is read). Rates are recomputed only when the
+flow set changed (``reallocate``, called by the driver once per batch of events), so a flow
+started between two reallocations transfers nothing until the next one. Bytes are tracked
+lazily: a flow remembers its bytes at the last reallocation and its rate since then.
+
+Pure computation: must not import asyncio, sockets, time or anything of the node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+_EPS_BYTES = 1e-6
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    """One transfer of ``size`` bytes over ``links``; ``tag`` is the driver's own data."""
+
+    id: int
+    links: tuple[int, ...]
+    size: float
+    tag: object = None
+    done: float = 0.0
+    """Bytes transferred up to ``since``."""
+    rate: float = 0.0
+    """Bytes per second since ``since`` (0 until the first reallocation after the start)."""
+    since: float = 0.0
+    finish_at: float = float("inf")
+    active: bool = True
+
+    def bytes_at(self, now: float) -> float:
+        return min(self.size, self.done + self.rate * (now - self.since))
+
+
+@dataclass(slots=True)
+class _Link:
+    name: Hashable
+    capacity: float
+    flows: set[Flow] = field(default_factory=set)
+    sent: float = 0.0
+    """Bytes of completed or cancelled flows that crossed the link (see ``FlowNetwork.carried``)."""
+
+
+class FlowNetwork:
+    """Links with capacities and the flows across them, with max-min fair rates."""
+
+    def __init__(self) -> None:
+        self._links: list[_Link] = []
+        self._by_name: dict[Hashable, int] = {}
+        self._flows: set[Flow] = set()
+        self._ids = itertools.count()
+        self._finish: list[tuple[float, int, Flow]] = []
+        self.now = 0.0
+        self.dirty = False
+        """True when the flow set changed since the last ``reallocate``."""
+        self.reallocations = 0
+
+    # -- topology --------------------------------------------------------------------------------
+
+    def add_link(self, name: Hashable, capacity_bytes_s: float) -> int:
+        """Add a link (``name`` must be new) and return its index."""
+        if name in self._by_name:
+            raise ValueError(f"link {name!r} exists")
+        if capacity_bytes_s <= 0:
+            raise ValueError("capacity must be positive")
+        self._by_name[name] = len(self._links)
+        self._links.append(_Link(name, float(capacity_bytes_s)))
+        return self._by_name[name]
+
+    def link(self, name: Hashable) -> int:
+        return self._by_name[name]
+
+    def carried(self, name: Hashable) -> float:
+        """Bytes that crossed link ``name`` so far (finished flows, plus progress of live ones)."""
+        link = self._links[self._by_name[name]]
+        return link.sent + sum(f.bytes_at(self.now) for f in link.flows)
+
+    @property
+    def flows(self) -> frozenset[Flow]:
+        return frozenset(self._flows)
+
+    # -- flows -----------------------------------------------------------------------------------
+
+    def start(self, links: Iterable[int], size_bytes: float, tag: object = None) -> Flow:
+        """Start a flow now; it gets a rate at the next ``reallocate``."""
+        link_ids = tuple(dict.fromkeys(links))
+        if not link_ids:
+            raise ValueError("a flow crosses at least one link")
+        flow = Flow(next(self._ids), link_ids, float(size_bytes), tag, since=self.now)
+        self._flows.add(flow)
+        for i in link_ids:
+            self._links[i].flows.add(flow)
+        self.dirty = True
+        return flow
+
+    def cancel(self, flow: Flow) -> float:
+        """Stop ``flow`` now; returns the bytes it had transferred."""
+        if not flow.active:
+            return flow.done
+        flow.done = flow.bytes_at(self.now)
+        self._remove(flow)
+        return flow.done
+
+    def _remove(self, flow: Flow) -> None:
+        flow.active = False
+        flow.rate = 0.0
+        flow.since = self.now
+        self._flows.discard(flow)
+        for i in flow.links:
+            link = self._links[i]
+            link.flows.discard(flow)
+            link.sent += flow.done
+        self.dirty = True
+
+    def next_finish(self) -> float | None:
+        """When the next flow completes at the current rates (None: no flow is moving)."""
+        heap = self._finish
+        while heap and not (heap[0][2].active and heap[0][0] == heap[0][2].finish_at):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def advance(self, now: float) -> list[Flow]:
+        """Move time to ``now``; return the flows that completed by then (removed, in order)."""
+        if now < self.now:
+            raise ValueError("time goes forward")
+        self.now = now
+        done: list[Flow] = []
+        heap = self._finish
+        while heap and heap[0][0] <= now:
+            at, _, flow = heapq.heappop(heap)
+            if not flow.active or at != flow.finish_at:
+                continue
+            flow.done = flow.size
+            self._remove(flow)
+            done.append(flow)
+        return done
+
+    # -- max-min fair rates ----------------------------------------------------------------------
+
+    def reallocate(self) -> None:
+        """Recompute every flow's max-min fair rate (progressive filling) as of ``self.now``."""
+        now = self.now
+        self.reallocations += 1
+        self.dirty = False
+        for flow in self._flows:
+            flow.done = flow.bytes_at(now)
+            flow.since = now
+            flow.rate = -1.0  # not fixed yet
+        remaining: dict[int, float] = {}
+        unfixed: dict[int, int] = {}
+        heap: list[tuple[float, int]] = []
+        for i, link in enumerate(self._links):
+            if link.flows:
+                remaining[i] = link.capacity
+                unfixed[i] = len(link.flows)
+                heap.append((link.capacity / len(link.flows), i))
+        heapq.heapify(heap)
+        links = self._links
+        while heap:
+            share, i = heapq.heappop(heap)
+            n = unfixed.get(i, 0)
+            if n == 0 or share != max(remaining[i], 0.0) / n:
+                continue  # stale entry
+            unfixed[i] = 0
+            for flow in links[i].flows:
+                if flow.rate >= 0:
+                    continue
+                flow.rate = share
+                for j in flow.links:
+                    if j == i:
+                        continue
+                    remaining[j] -= share
+                    unfixed[j] -= 1
+                    if unfixed[j]:
+                        heapq.heappush(heap, (max(remaining[j], 0.0) / unfixed[j], j))
+        finish: list[tuple[float, int, Flow]] = []
+        for flow in self._flows:
+            left = flow.size - flow.done
+            if left <= _EPS_BYTES:
+                flow.finish_at = now
+            elif flow.rate > 0:
+                flow.finish_at = now + left / flow.rate
+            else:
+                flow.finish_at = float("inf")
+                continue
+            finish.append((flow.finish_at, flow.id, flow))
+        heapq.heapify(finish)
+        self._finish = finish

@@ -1,0 +1,634 @@
+"""A deterministic data-plane simulator: many hosts pulling the same blobs over a flow network.
+
+Owns: ``SwarmSim`` (the event loop), ``Topology`` (link capacities and latency), ``BlobSpec``,
+``HostResult`` and ``SimResult`` (what a run measured), the ``Downloader``/``Uploader``
+interfaces the loop drives, their implementations by the node's own policies
+(``SchedulerDownloader`` over ``swarm.scheduler.Scheduler``, ``PolicyUploader`` over
+``swarm.uploads.UploadPolicy``; ``swarm()`` builds such a run) and today's star design as the
+baseline (``StarDownloader``/``StarUploader``, ``star()``: every host streams the whole blob
+from the digest's owner).
+
+The model, sans-I/O like ``p2preg.gossip.sim``: a fake clock (a float), every random choice
+from one seeded ``random.Random``, one thread.
+- Every host has an uplink and a downlink (``FlowNetwork`` links); the origin has an uplink.
+  A piece transfer is one flow over the sender's uplink and the receiver's downlink; every link
+  is shared max-min fairly; rates are recomputed once per batch of events that fall within
+  ``batch_s`` of the batch's first (a rate change is late by at most ``batch_s``).
+- The owner of a digest (``routing.owner_of`` over the host names) streams it from the origin
+  sequentially, one flow per piece back to back (one TCP stream), from ``origin_rtt_s`` on.
+- Any other host asks peers for pieces as its ``Downloader`` says. A request reaches the peer
+  ``rtt_s / 2`` later (the per-hop start latency: a served piece starts flowing then); the
+  peer's ``Uploader`` decides: serve, or busy with hints. A peer that lacks the piece parks the
+  request when it is the owner (long-poll: decided when the piece arrives) and answers missing
+  at once otherwise. Busy and missing answers reach the asker ``rtt_s / 2`` after the decision.
+- Every answer (a piece, busy, missing) carries the peer's availability at that moment.
+- A request the downloader gives up (stalled) is withdrawn: its flow is cancelled (the upload
+  released as not completed) or its long-poll dropped.
+- A host is done with a blob when it holds every piece. Bytes sent by each host and by the
+  origin are what crossed their uplinks.
+
+Must not import asyncio, sockets or time; the only node code it runs is the swarm policies it
+drives and ``p2p.routing``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from p2preg.p2p.routing import owner_of
+from p2preg.swarm.flows import Flow, FlowNetwork
+from p2preg.swarm.pieces import Have, Layout
+from p2preg.swarm.scheduler import (
+    ROLE_MEMBER,
+    ROLE_OWNER,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+)
+from p2preg.swarm.uploads import Ticket, UploadConfig, UploadPolicy
+
+SERVE, BUSY, MISSING = "serve", "busy", "missing"
+
+
+class Downloader(Protocol):
+    """The download side of one host for one blob."""
+
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+        """``(requests to send, requests given up)``; the sim withdraws the given-up ones."""
+        ...
+
+    def next_deadline(self) -> float | None: ...
+    def on_progress(self, peer: str, piece: int, now: float) -> None: ...
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None: ...
+    def on_busy(
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+    ) -> None: ...
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None: ...
+
+
+class Uploader(Protocol):
+    """The upload side of one host, for every digest."""
+
+    def decide(
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
+    ) -> tuple[bool, Sequence[str]]:
+        """``(serve?, hints)`` for a piece this host holds (``seed``: it holds the whole blob)."""
+        ...
+
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Link capacities (bytes per second) and the request round trip between two hosts."""
+
+    host_up_bps: float
+    host_down_bps: float
+    origin_up_bps: float
+    rtt_s: float = 0.001
+    origin_rtt_s: float | None = None
+    """Round trip to the origin (default ``rtt_s``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSpec:
+    """A blob every host pulls, cut as ``layout`` says (the model's piece granularity)."""
+
+    digest: str
+    layout: Layout
+
+    @classmethod
+    def of(cls, digest: str, size: int, piece_bytes: int) -> BlobSpec:
+        return cls(digest, Layout(size, piece_bytes))
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request on its way or being served: ``token`` tells stale events from live ones."""
+
+    token: int
+    peer: str
+    flow: Flow | None = None
+
+
+@dataclass(slots=True)
+class _Fill:
+    """One host's state for one blob."""
+
+    blob: BlobSpec
+    held: set[int] = field(default_factory=set)
+    prefix: int = 0
+    done_at: float | None = None
+    downloader: Downloader | None = None
+    flights: dict[int, _Flight] = field(default_factory=dict)
+    """This host's requests by piece."""
+    parked: dict[int, list[tuple[str, bool, int]]] = field(default_factory=dict)
+    """Owner only: long-polled requests by piece, ``(asker, last_resort, token)``."""
+
+    def add(self, piece: int) -> None:
+        self.held.add(piece)
+        while self.prefix in self.held:
+            self.prefix += 1
+
+    def availability(self) -> Have:
+        return Have(self.prefix, frozenset(p for p in self.held if p >= self.prefix))
+
+
+@dataclass(slots=True)
+class _Host:
+    name: str
+    up: int
+    down: int
+    uploader: Uploader
+    fills: dict[str, _Fill] = field(default_factory=dict)
+    wake_at: float = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class HostResult:
+    name: str
+    done_s: float | None
+    """When the host held every blob (None: not by the end of the run)."""
+    uploaded_bytes: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    hosts: tuple[HostResult, ...]
+    origin_bytes: float
+    blob_bytes: int
+    """Total size of the blobs every host pulls."""
+    end_s: float
+    reallocations: int
+    events: int
+
+    def completion(self) -> list[float]:
+        return sorted(h.done_s if h.done_s is not None else math.inf for h in self.hosts)
+
+    def quantile(self, q: float) -> float:
+        """Completion time at quantile ``q`` (nearest rank)."""
+        times = self.completion()
+        return times[min(len(times) - 1, max(0, math.ceil(q * len(times)) - 1))]
+
+    def max_upload_copies(self) -> float:
+        return max(h.uploaded_bytes for h in self.hosts) / self.blob_bytes
+
+    def origin_copies(self) -> float:
+        return self.origin_bytes / self.blob_bytes
+
+
+DownloaderFactory = Callable[[str, BlobSpec, str, Sequence[str], random.Random], Downloader]
+"""``(host, blob, owner, every host name, rng) -> Downloader`` for a host that is not the
+blob's owner."""
+UploaderFactory = Callable[[str, random.Random], Uploader]
+
+
+class SwarmSim:
+    """Hosts pulling ``blobs`` from time 0 over ``topology``, driven by the given policies."""
+
+    def __init__(
+        self,
+        seed: int,
+        hosts: int | Sequence[str],
+        topology: Topology,
+        blobs: Sequence[BlobSpec],
+        downloader: DownloaderFactory,
+        uploader: UploaderFactory,
+        *,
+        batch_s: float = 0.0005,
+        long_poll_everywhere: bool = False,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.topology = topology
+        self.blobs = list(blobs)
+        self.batch_s = batch_s
+        self.long_poll_everywhere = long_poll_everywhere
+        """Every host (not only the owner) parks a request for a piece it lacks (today's
+        fetchers, which follow a growing file)."""
+        self.now = 0.0
+        self.net = FlowNetwork()
+        self._origin = self.net.add_link("origin", topology.origin_up_bps)
+        names = [f"h{i:04d}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
+        self.hosts: dict[str, _Host] = {}
+        for name in names:
+            up = self.net.add_link((name, "up"), topology.host_up_bps)
+            down = self.net.add_link((name, "down"), topology.host_down_bps)
+            self.hosts[name] = _Host(name, up, down, uploader(name, self._child_rng()))
+        self.owners = {b.digest: owner_of(b.digest, names) or "" for b in self.blobs}
+        self._heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._seq = itertools.count()
+        self._tokens = itertools.count(1)
+        self._dirty: set[str] = set()
+        self.events = 0
+        self.answers: dict[str, int] = dict.fromkeys(("served", BUSY, MISSING, "parked"), 0)
+        """How requests were answered (``parked``: long-polled at the owner first)."""
+        for host in self.hosts.values():
+            for blob in self.blobs:
+                fill = host.fills[blob.digest] = _Fill(blob)
+                if self.owners[blob.digest] != host.name:
+                    fill.downloader = downloader(
+                        host.name, blob, self.owners[blob.digest], names, self._child_rng()
+                    )
+                    self._dirty.add(host.name)
+        origin_rtt = topology.origin_rtt_s if topology.origin_rtt_s is not None else topology.rtt_s
+        for blob in self.blobs:
+            self._push(origin_rtt, self._origin_piece, blob.digest, 0)
+
+    def _child_rng(self) -> random.Random:
+        return random.Random(self.rng.getrandbits(64))
+
+    def _push(self, at: float, fn: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), fn, args))
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, until_s: float = 3600.0) -> SimResult:
+        """Run until every host holds every blob, nothing can move, or ``until_s``."""
+        net = self.net
+        self._pump()
+        while not self._all_done():
+            t_ev = self._heap[0][0] if self._heap else math.inf
+            t_fl = net.next_finish()
+            start = min(t_ev, math.inf if t_fl is None else t_fl)
+            if start > until_s or start == math.inf:
+                break
+            horizon = start + self.batch_s
+            while True:
+                t_ev = self._heap[0][0] if self._heap else math.inf
+                t_fl = net.next_finish()
+                t_fl = math.inf if t_fl is None else t_fl
+                t = min(t_ev, t_fl)
+                if t > horizon:
+                    break
+                self.now = max(self.now, t)
+                if t_fl <= t_ev:
+                    for flow in net.advance(self.now):
+                        self._flow_done(flow)
+                else:
+                    net.advance(self.now)
+                    _, _, fn, args = heapq.heappop(self._heap)
+                    fn(*args)
+                self.events += 1
+            self._pump()
+            if net.dirty:
+                net.reallocate()
+        return self._result()
+
+    def _all_done(self) -> bool:
+        return all(f.done_at is not None for h in self.hosts.values() for f in h.fills.values())
+
+    def _pump(self) -> None:
+        """Let every host touched in this batch send its next requests; re-arm its wake-up."""
+        dirty, self._dirty = self._dirty, set()
+        rtt_half = self.topology.rtt_s / 2
+        for name in sorted(dirty):
+            host = self.hosts[name]
+            wake = math.inf
+            for digest, fill in host.fills.items():
+                d = fill.downloader
+                if d is None or fill.done_at is not None:
+                    continue
+                for piece, flight in fill.flights.items():
+                    if flight.flow is not None:
+                        d.on_progress(flight.peer, piece, self.now)
+                send, gave_up = d.next_requests(self.now)
+                for req in gave_up:
+                    self._withdraw(host, fill, req)
+                for req in send:
+                    token = next(self._tokens)
+                    fill.flights[req.piece] = _Flight(token, req.peer)
+                    self._push(self.now + rtt_half, self._arrive, name, digest, req, token)
+                deadline = d.next_deadline()
+                if deadline is not None:
+                    wake = min(wake, max(deadline, self.now))
+            if wake < host.wake_at or host.wake_at <= self.now:
+                host.wake_at = wake
+                if wake < math.inf:
+                    self._push(wake, self._wake, name)
+
+    def _wake(self, name: str) -> None:
+        host = self.hosts[name]
+        if host.wake_at <= self.now:
+            host.wake_at = math.inf
+        self._dirty.add(name)
+
+    def _withdraw(self, host: _Host, fill: _Fill, req: Request) -> None:
+        flight = fill.flights.get(req.piece)
+        if flight is None or flight.peer != req.peer:
+            return
+        del fill.flights[req.piece]
+        if flight.flow is not None and flight.flow.active:
+            self.net.cancel(flight.flow)
+            self.hosts[req.peer].uploader.on_upload_end(
+                fill.blob.digest, req.piece, host.name, False, self.now
+            )
+
+    def _live(self, asker: str, digest: str, piece: int, token: int) -> _Flight | None:
+        flight = self.hosts[asker].fills[digest].flights.get(piece)
+        return flight if flight is not None and flight.token == token else None
+
+    # -- upstream: the owner streams from the origin ---------------------------------------------
+
+    def _origin_piece(self, digest: str, piece: int) -> None:
+        owner = self.hosts[self.owners[digest]]
+        blob = owner.fills[digest].blob
+        if piece < blob.layout.count:
+            self.net.start([self._origin, owner.down], blob.layout.length(piece),
+                           ("origin", digest, piece, owner.name))  # fmt: skip
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def _arrive(self, asker: str, digest: str, req: Request, token: int) -> None:
+        if self._live(asker, digest, req.piece, token) is None:
+            return  # withdrawn on the way
+        server = self.hosts[req.peer]
+        fill = server.fills[digest]
+        if req.piece not in fill.held:
+            if self.owners[digest] == server.name or self.long_poll_everywhere:
+                fill.parked.setdefault(req.piece, []).append((asker, req.last_resort, token))
+                self.answers["parked"] += 1
+            else:
+                self.answers[MISSING] += 1
+                self._reply(asker, digest, req, token, MISSING, (), fill.availability())
+            return
+        self._decide(server, fill, asker, req, token)
+
+    def _decide(self, server: _Host, fill: _Fill, asker: str, req: Request, token: int) -> None:
+        digest = fill.blob.digest
+        flight = self._live(asker, digest, req.piece, token)
+        if flight is None:
+            return
+        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
+                                              fill.done_at is not None, self.now)
+        self.answers["served" if serve else BUSY] += 1
+        if serve:
+            flight.flow = self.net.start(
+                [server.up, self.hosts[asker].down], fill.blob.layout.length(req.piece),
+                ("peer", digest, req.piece, asker, server.name, token),
+            )
+        else:
+            self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability())
+
+    def _reply(
+        self, asker: str, digest: str, req: Request, token: int, verdict: str,
+        hints: tuple[str, ...], have: Have,
+    ) -> None:
+        self._push(self.now + self.topology.rtt_s / 2, self._answer,
+                   asker, digest, req, token, verdict, hints, have)  # fmt: skip
+
+    def _answer(
+        self, asker: str, digest: str, req: Request, token: int, verdict: str,
+        hints: tuple[str, ...], have: Have,
+    ) -> None:
+        fill = self.hosts[asker].fills[digest]
+        if self._live(asker, digest, req.piece, token) is None:
+            return
+        del fill.flights[req.piece]
+        d = fill.downloader
+        assert d is not None
+        if verdict == BUSY:
+            d.on_busy(req.peer, req.piece, hints, have, self.now)
+        else:
+            d.on_missing(req.peer, req.piece, have, self.now)
+        self._dirty.add(asker)
+
+    # -- arrivals --------------------------------------------------------------------------------
+
+    def _flow_done(self, flow: Flow) -> None:
+        tag = flow.tag
+        assert isinstance(tag, tuple)
+        if tag[0] == "origin":
+            _, digest, piece, owner = tag
+            self._received(owner, digest, piece)
+            self._origin_piece(digest, piece + 1)
+            return
+        _, digest, piece, asker, server_name, token = tag
+        server = self.hosts[server_name]
+        server.uploader.on_upload_end(digest, piece, asker, True, self.now)
+        fill = self.hosts[asker].fills[digest]
+        if self._live(asker, digest, piece, token) is not None:
+            del fill.flights[piece]
+        self._received(asker, digest, piece)
+        d = fill.downloader
+        if d is not None:
+            d.on_piece(server_name, piece, server.fills[digest].availability(), self.now)
+        self._dirty.add(asker)
+
+    def _received(self, name: str, digest: str, piece: int) -> None:
+        host = self.hosts[name]
+        fill = host.fills[digest]
+        fill.add(piece)
+        if fill.done_at is None and fill.prefix >= fill.blob.layout.count:
+            fill.done_at = self.now
+        for asker, last_resort, token in fill.parked.pop(piece, ()):
+            self._decide(host, fill, asker, Request(name, piece, last_resort), token)
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _result(self) -> SimResult:
+        hosts = []
+        for host in self.hosts.values():
+            times = [f.done_at for f in host.fills.values()]
+            done = None if any(t is None for t in times) else max(t for t in times if t is not None)
+            hosts.append(HostResult(host.name, done, self.net.carried((host.name, "up"))))
+        return SimResult(
+            hosts=tuple(hosts),
+            origin_bytes=self.net.carried("origin"),
+            blob_bytes=sum(b.layout.size for b in self.blobs),
+            end_s=self.now,
+            reallocations=self.net.reallocations,
+            events=self.events,
+        )
+
+
+# -- the node's policies -------------------------------------------------------------------------
+
+
+class SchedulerDownloader:
+    """A non-owner's fill driven by the node's ``Scheduler``.
+
+    It knows the owner from the start and ``known_fetchers`` other hosts as fetchers (what
+    gossip may have told it; 0 by default), and learns every other peer from busy answers'
+    hints: a hinted peer joins its peer set as a plain member, as the node does."""
+
+    def __init__(self, host: str, blob: BlobSpec, owner: str, known: Sequence[str],
+                 config: SchedulerConfig | None, rng: random.Random,
+                 missing_covers_window: bool = False) -> None:
+        self.scheduler = Scheduler(blob.layout, self_name=host, config=config, rng=rng)
+        self.missing_covers_window = missing_covers_window
+        """An experiment: a 404 backs the peer off for every piece of the window it lacks
+        (its ``Have`` says so), not only for the piece asked."""
+        self.owner = owner
+        self.peers: dict[str, str] = {owner: ROLE_OWNER}
+        for name in known:
+            self.peers.setdefault(name, "fetcher")
+        self.scheduler.set_peers(self.peers, owner)
+
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+        stalled = self.scheduler.expire(now)
+        return self.scheduler.next_requests(now), stalled
+
+    def next_deadline(self) -> float | None:
+        return self.scheduler.next_deadline()
+
+    def on_progress(self, peer: str, piece: int, now: float) -> None:
+        self.scheduler.on_progress(peer, piece, now)
+
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None:
+        self.scheduler.on_availability(peer, have, now)
+        self.scheduler.on_piece(peer, piece, now)
+
+    def on_busy(
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+    ) -> None:
+        new = [h for h in hints if h not in self.peers]
+        if new:
+            self.peers.update(dict.fromkeys(new, ROLE_MEMBER))
+            self.scheduler.set_peers(self.peers, self.owner)
+        self.scheduler.on_availability(peer, have, now)
+        self.scheduler.on_busy(peer, piece, hints, now)
+
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
+        self.scheduler.on_missing(peer, piece, have, now)
+        if self.missing_covers_window:
+            s = self.scheduler
+            end = min(s.layout.count, s.prefix + s.config.window_pieces)
+            for other in range(s.prefix, end):
+                if other != piece and not have.has(other):
+                    s.on_missing(peer, other, have, now)
+
+
+class PolicyUploader:
+    """A host's upload side driven by the node's ``UploadPolicy``."""
+
+    def __init__(self, config: UploadConfig | None, rng: random.Random) -> None:
+        self.policy = UploadPolicy(config, rng)
+        self._tickets: dict[tuple[str, int, str], Ticket] = {}
+
+    def decide(
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
+    ) -> tuple[bool, Sequence[str]]:
+        admission = self.policy.admit(digest, piece, requester, now=now,
+                                      last_resort=last_resort, seed=seed)
+        if admission.ticket is None:
+            return False, admission.hints
+        self._tickets[(digest, piece, requester)] = admission.ticket
+        return True, ()
+
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None:
+        ticket = self._tickets.pop((digest, piece, requester), None)
+        if ticket is not None:
+            self.policy.release(ticket, completed=completed, now=now)
+
+
+def swarm(
+    seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
+    scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
+    known_fetchers: int = 0, batch_s: float = 0.0005, missing_covers_window: bool = False,
+) -> SwarmSim:
+    """A simulation of the piece swarm with the node's own scheduler and upload policy."""
+
+    def downloader(
+        host: str, blob: BlobSpec, owner: str, names: Sequence[str], rng: random.Random
+    ) -> Downloader:
+        others = [n for n in names if n not in (host, owner)]
+        known = rng.sample(others, min(known_fetchers, len(others)))
+        return SchedulerDownloader(host, blob, owner, known, scheduler, rng,
+                                   missing_covers_window)
+
+    return SwarmSim(
+        seed, hosts, topology, blobs, downloader,
+        lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s,
+    )  # fmt: skip
+
+
+# -- today's star design: the baseline the swarm is measured against ----------------------------
+
+
+class StarDownloader:
+    """Today's non-owner: streams the blob in order from one source (two pieces in flight,
+    i.e. one pipelined stream that follows the source's growing file)."""
+
+    def __init__(self, blob: BlobSpec, source: str, in_flight: int = 2) -> None:
+        self.source = source
+        self.count = blob.layout.count
+        self.in_flight = in_flight
+        self.next_piece = 0
+        self.pending = 0
+
+    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+        out = []
+        while self.pending < self.in_flight and self.next_piece < self.count:
+            out.append(Request(self.source, self.next_piece))
+            self.next_piece += 1
+            self.pending += 1
+        return out, []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_progress(self, peer: str, piece: int, now: float) -> None:
+        return None
+
+    def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None:
+        self.pending -= 1
+
+    def on_busy(
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+    ) -> None:
+        raise AssertionError("a star source never says busy")
+
+    def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
+        raise AssertionError("a star source long-polls")
+
+
+class StarUploader:
+    """Today's source: serves every asker, no cap."""
+
+    def decide(
+        self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
+        now: float,
+    ) -> tuple[bool, Sequence[str]]:
+        return True, ()
+
+    def on_upload_end(
+        self, digest: str, piece: int, requester: str, completed: bool, now: float
+    ) -> None:
+        return None
+
+
+def star(
+    seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
+    owner_followers: int | None = None,
+) -> SwarmSim:
+    """A simulation of today's star design: every non-owner streams from the owner, or, with
+    ``owner_followers=k``, only k of them do and the others follow the first of those k (the
+    fetcher they happened to see in time, as the lab measured)."""
+    sources: dict[str, str] = {}
+
+    def source(host: str, owner: str, names: Sequence[str]) -> str:
+        if not sources:
+            others = [n for n in names if n != owner]
+            k = len(others) if owner_followers is None else owner_followers
+            for i, name in enumerate(others):
+                sources[name] = owner if i < k else others[0]
+        return sources[host]
+
+    return SwarmSim(
+        seed, hosts, topology, blobs,
+        lambda host, blob, owner, names, rng: StarDownloader(blob, source(host, owner, names)),
+        lambda host, rng: StarUploader(),
+        long_poll_everywhere=True,
+    )  # fmt: skip

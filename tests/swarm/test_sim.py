@@ -1,0 +1,51 @@
+"""The data-plane simulator driving the node's Scheduler and UploadPolicy: the swarm spreads a
+blob in about one transfer with about piece_cap copies per host, where today's star needs the
+owner to upload N-1 copies. Deterministic: seeded, fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2preg.swarm.pieces import piece_bytes
+from p2preg.swarm.sim import BlobSpec, SimResult, Topology, star, swarm
+
+MBIT = 1e6 / 8
+N = 8
+SIZE = 8 << 20
+# The lab's N=8 shape: hosts at 128 Mbit/s both ways, the origin at half that.
+TOPOLOGY = Topology(128 * MBIT, 128 * MBIT, 64 * MBIT, rtt_s=0.001)
+BLOB = BlobSpec.of("sha256:" + "5a" * 32, SIZE, piece_bytes(SIZE))
+ONE_ORIGIN_TRANSFER_S = SIZE / (64 * MBIT)
+
+
+def _swarm(seed: int) -> SimResult:
+    return swarm(seed, N, TOPOLOGY, [BLOB]).run(until_s=120)
+
+
+def test_the_swarm_finishes_in_about_one_origin_transfer() -> None:
+    result = _swarm(1)
+    assert all(h.done_s is not None for h in result.hosts)
+    assert result.quantile(1.0) <= 1.3 * ONE_ORIGIN_TRANSFER_S
+    assert result.origin_copies() == pytest.approx(1.0)
+
+
+def test_no_host_uploads_more_than_piece_cap_copies_plus_slack() -> None:
+    result = _swarm(1)
+    assert result.max_upload_copies() <= 2.5
+    # Everyone but the last to finish helped: the load is spread, not concentrated.
+    assert sum(h.uploaded_bytes > 0 for h in result.hosts) >= N // 2
+
+
+def test_same_seed_same_run() -> None:
+    a, b = _swarm(3), _swarm(3)
+    assert a.completion() == b.completion()
+    assert [h.uploaded_bytes for h in a.hosts] == [h.uploaded_bytes for h in b.hosts]
+
+
+def test_the_star_baseline_fails_both_bounds() -> None:
+    result = star(1, N, TOPOLOGY, [BLOB]).run(until_s=120)
+    # The owner's uplink carries N-1 copies and serialises the cluster.
+    assert result.max_upload_copies() == pytest.approx(N - 1)
+    expected = (N - 1) * SIZE / (128 * MBIT)
+    assert result.quantile(1.0) == pytest.approx(expected, rel=0.05)
+    assert result.quantile(1.0) > 1.3 * ONE_ORIGIN_TRANSFER_S
