@@ -174,8 +174,12 @@ class BlobFetcher:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a source that broke while closing: the fill is gone anyway
+                log.debug("fill task ended with an error while closing", exc_info=True)
 
     # -- the fill task ---------------------------------------------------------------------------
 

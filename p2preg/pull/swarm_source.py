@@ -527,6 +527,8 @@ class SwarmStream:
         except aiohttp.ClientError as exc:
             src.on_failure(peer, str(exc))
             return _Answer("failed", reason=f"{type(exc).__name__}: {exc}")
+        except RuntimeError as exc:  # aiohttp: "Connection closed." (the session was closed)
+            return _Answer("failed", reason=f"{type(exc).__name__}: {exc}", connection=True)
         finally:
             feed.finish(False)  # no-op when the piece arrived whole
             if feed.failed and piece is not None and self._receiving.get(piece) is feed:

@@ -147,7 +147,13 @@ def test_skopeo_inspect_and_list_tags_through_the_mirror(
     assert sorted(document["RepoTags"]) == ["1.0", "2.0"]
     listed = skopeo("list-tags", "--tls-verify=false", f"docker://{node.host}/library/tagged")
     assert sorted(json.loads(listed.stdout)["Tags"]) == ["1.0", "2.0"]
-    # Both answers came from the node, passed through to the docker.io upstream.
-    tag_lists = [e for e in node.access_log() if e["path"] == "/v2/library/tagged/tags/list"]
+    # Both answers came from the node, passed through to the docker.io upstream (the access
+    # line follows the last byte: wait for it, bounded, as assert_served_everything does).
+    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
+    while True:
+        tag_lists = [e for e in node.access_log() if e["path"] == "/v2/library/tagged/tags/list"]
+        if len(tag_lists) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(tag_lists) == 2
     assert all(e["status"] == 200 and e.get("upstream") == "docker.io" for e in tag_lists)
