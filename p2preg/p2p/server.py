@@ -279,8 +279,11 @@ class P2PServer:
                                f"{ROUTE_HEADER} must be one of {sorted(ROLES)}", status=400)
         try:
             spec = parse_range_header(request.headers.get("Range"))
-        except RegistryError:
+        except RegistryError as exc:
             self.stats.rejected["bad_range"] += 1
+            known = self._blobs.size(digest)
+            if known is not None:  # 416 names the size when it is known (as /v2 does)
+                exc.headers["Content-Range"] = f"bytes */{known}"
             raise
         want_body = request.method != "HEAD"
         if request.headers.get(SWARM_HEADER) == "1" and want_body and spec is not None:

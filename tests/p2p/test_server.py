@@ -208,6 +208,15 @@ async def test_bad_requests_get_oci_errors_and_are_counted(
     assert served.server.stats.rejected[reason] == 1
 
 
+async def test_a_bad_range_for_a_held_blob_names_its_size(served: Served) -> None:
+    data, digest = payload(300)
+    await served.blobs.put_bytes(data, digest)
+    url = f"http://{served.host}/p2p/v1/blobs/{digest}"
+    async with served.http.get(url, headers={NODE_HEADER: "c", "Range": "bytes=a-b"}) as resp:
+        assert resp.status == 416
+        assert resp.headers["Content-Range"] == "bytes */300"
+
+
 # -- signatures over HTTP --------------------------------------------------------------------
 
 
