@@ -90,6 +90,11 @@ def _rows() -> list[tuple[str, list[dict[str, Any]]]]:
                    [(f"sum by (source, outcome) (rate(p2preg_blob_fills_total{{{SEL}}}"
                      f"[{RATE}]))", "{{source}} {{outcome}}")],
                    "ops"),
+            _panel("timeseries", "Fills in progress",
+                   "Blob fills running now, by node.",
+                   [(f"sum by (instance) (p2preg_blob_fills_in_progress{{{SEL}}})",
+                     "{{instance}}")],
+                   "short"),
             _panel("timeseries", "Stale tags served",
                    "Tags answered from the last known digest while the upstream was down.",
                    [(f"sum by (source) (rate(p2preg_stale_tags_served_total{{{SEL}}}[{RATE}]))",

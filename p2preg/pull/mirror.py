@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.config import Config
@@ -724,9 +724,9 @@ def create_mirror(
 
     With ``metrics``, upstream requests and cache lookups are counted there and fills are
     counted as ``p2preg_blob_fills_total{source, outcome}`` (``ok``, ``wrong_bytes``,
-    ``failed``) and tags served during an outage as
-    ``p2preg_stale_tags_served_total{source="local|peer"}``. Raises ``UpstreamConfigError``
-    for a bad upstream setting. Call ``close()`` at shutdown.
+    ``failed``; the running ones as ``p2preg_blob_fills_in_progress``) and tags served
+    during an outage as ``p2preg_stale_tags_served_total{source="local|peer"}``. Raises
+    ``UpstreamConfigError`` for a bad upstream setting. Call ``close()`` at shutdown.
     """
     observer = None
     if metrics is not None:
@@ -763,6 +763,13 @@ def create_mirror(
     pool = UpstreamPool(upstreams_from_config(config), clock=clock, rng=rng, metrics=metrics)
     fetcher = BlobFetcher(blobs, clock=clock, observer=observer,
                           received=metrics.fill_bytes_received if metrics is not None else None)
+    if metrics is not None:
+        in_progress = Gauge(
+            "p2preg_blob_fills_in_progress",
+            "Blob fills running on this node now (from peers or an upstream).",
+            registry=metrics.registry,
+        )
+        in_progress.set_function(lambda: len(fetcher.fills_in_flight()))
     mirror = MirrorContentSource(
         blobs, meta, pool, fetcher,
         tag_max_stale_s=config.tag_max_stale_s,
