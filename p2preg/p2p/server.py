@@ -57,6 +57,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -370,7 +371,7 @@ class P2PServer:
         completed = False
         try:
             answer = await self._send_piece(request, digest, size, byte_range, fill, in_memory,
-                                            have, feed)
+                                            have, feed, layout.span(piece)[0])
             completed = True
             return answer
         finally:
@@ -378,7 +379,8 @@ class P2PServer:
 
     async def _send_piece(self, request: web.Request, digest: Digest, size: int,
                           byte_range: ByteRange, fill: Fill | None, in_memory: bytes | None,
-                          have: Have, feed: PieceFeed | None = None) -> web.StreamResponse:
+                          have: Have, feed: PieceFeed | None, piece_start: int
+                          ) -> web.StreamResponse:
         self.stats.served["piece"] += 1
         request[SOURCE_KEY] = "local" if fill is None else fill.source_kind or "upstream"
         response = web.StreamResponse(status=206)
@@ -386,9 +388,7 @@ class P2PServer:
         _set_have(response, have, size)
         offset, count = byte_range.start, byte_range.length
         if in_memory is not None:
-            begin = (offset // Layout.for_size(size).piece_bytes) * \
-                Layout.for_size(size).piece_bytes
-            body = in_memory[offset - begin: offset - begin + count]
+            body = in_memory[offset - piece_start: offset - piece_start + count]
             request[_STARTED] = True
             response.content_length = count
             await response.prepare(request)
@@ -401,13 +401,8 @@ class P2PServer:
             return await send_chunks(request, response, feed.follow(offset, offset + count),
                                      count)
         if fill is None:
-            try:
-                fobj = await asyncio.to_thread(open, self._blobs.path(digest), "rb")
-            except FileNotFoundError:
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob unknown to this node",
-                                    {"digest": str(digest)}) from None
-            request[_STARTED] = True
-            return await send_file_slice(request, response, fobj, offset, count)
+            return await _send_file(request, response, self._blobs.path(digest), digest,
+                                    offset, count)
         # The receiver hashes the whole blob before it commits: no byte needs holding back.
         span = FollowedSpan(fill, offset, offset + count, hold_last_byte=False)
         return await send_growing_file(request, response, span, count)
@@ -456,13 +451,8 @@ class P2PServer:
             response.content_length = count
             return response
         if content.path is not None:
-            try:
-                fobj = await asyncio.to_thread(open, content.path, "rb")
-            except FileNotFoundError:
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob unknown to this node",
-                                    {"digest": str(content.digest)}) from None
-            request[_STARTED] = True
-            return await send_file_slice(request, response, fobj, offset, count)
+            return await _send_file(request, response, content.path, content.digest,
+                                    offset, count)
         if content.growing is not None:
             # Zero-copy like a committed file, range by range as the fill grows. Not marked
             # started: a fill that already failed is refused (BLOB_UNKNOWN) before any header.
@@ -471,6 +461,18 @@ class P2PServer:
             raise RegistryError(ErrorCode.UNKNOWN, "nothing to send", status=500)
         request[_STARTED] = True
         return await send_chunks(request, response, content.chunks, count)
+
+
+async def _send_file(request: web.Request, response: web.StreamResponse, path: Path,
+                     digest: Digest, offset: int, count: int) -> web.StreamResponse:
+    """Bytes ``[offset, offset + count)`` of a committed blob's file (zero-copy)."""
+    try:
+        fobj = await asyncio.to_thread(open, path, "rb")
+    except FileNotFoundError:
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob unknown to this node",
+                            {"digest": str(digest)}) from None
+    request[_STARTED] = True
+    return await send_file_slice(request, response, fobj, offset, count)
 
 
 def _origin(request: web.Request) -> BlobOrigin | None:
