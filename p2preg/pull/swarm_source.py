@@ -393,8 +393,9 @@ class SwarmStream:
 
     def _apply(self, req: Request, answer: _Answer) -> None:
         sched, now, stats = self.sched, self.src.clock.now(), self.src.stats
-        assert sched is not None
+        assert sched is not None and self.layout is not None
         self._receiving.pop(req.piece, None)
+        start = self._started.pop(req, self.layout.span(req.piece)[0])
         if answer.have is not None:
             sched.on_availability(req.peer, answer.have, now)
         if answer.kind == "piece":
@@ -402,7 +403,6 @@ class SwarmStream:
             self._conn_failures.pop(req.peer, None)
             if req.peer == self._view.owner:
                 self._owner_errors = 0
-            start = self._started.pop(req, self.layout.span(req.piece)[0])  # type: ignore[union-attr]
             self._pieces[req.piece] = (start, answer.data)
             self._progress_at = now
             sched.on_piece(req.peer, req.piece, now)
@@ -458,6 +458,7 @@ class SwarmStream:
             if r == req:
                 task.cancel()
                 del self._tasks[task]
+                self._started.pop(req, None)
 
     async def _cancel_all(self) -> None:
         tasks = list(self._tasks)
