@@ -140,6 +140,11 @@ class Node:
             log.warning("serving /v2 and the peer API on one non-loopback listener (%s): set "
                         "--listen 127.0.0.1:PORT and --peer-listen HOST:PORT to keep /v2 local",
                         config.listen)
+        peer_tls: ssl.SSLContext | None = None
+        if config.tls_cert:  # a TLS cluster: peers are fetched from over HTTPS too
+            from p2preg.tlsconfig import client_context
+
+            peer_tls = client_context(config.peer_ca)
         keyring = None
         if config.gossip_listen:
             from p2preg.gossip.service import load_keyring
@@ -170,11 +175,6 @@ class Node:
             if self.gossip is not None:
                 from p2preg.p2p.node_glue import P2P
 
-                peer_tls = None
-                if config.tls_cert:  # a TLS cluster: peers are fetched from over HTTPS too
-                    from p2preg.tlsconfig import client_context
-
-                    peer_tls = client_context(config.peer_ca)
                 self.p2p = P2P(self.gossip, blobs, keyring=keyring,
                                clock=self.clock, wall_clock=self.wall_clock, peer_tls=peer_tls,
                                verify_blob=self.scrubber.verify_now)
@@ -219,7 +219,7 @@ class Node:
             from p2preg.registry.namespace import namespace_middleware
 
             middlewares.append(namespace_middleware)
-        self.operate = self._operate(ctx.content, blobs, meta, keyring)
+        self.operate = self._operate(ctx.content, blobs, meta, keyring, peer_tls)
         if peer_sock is None:  # /p2p is served here: its uploads are listed on /ui
             middlewares.append(self.operate.uploads.middleware)
         if config.htpasswd:
@@ -319,17 +319,12 @@ class Node:
         return app
 
     def _operate(self, content: ContentSource, blobs: BlobStore, meta: MetadataStore,
-                 keyring: Any) -> Any:
+                 keyring: Any, peer_ssl: ssl.SSLContext | None) -> Any:
         """Cluster pulls and the status page (``p2preg.operate``)."""
         from p2preg.operate.wiring import Operate
 
         config = self.config
         fetcher = self._fetcher
-        peer_ssl = None
-        if config.tls_cert:
-            from p2preg.tlsconfig import client_context
-
-            peer_ssl = client_context(config.peer_ca)
         return Operate(
             mode=config.mode, content=content, blobs=blobs, meta=meta,
             metrics=self.metrics.registry, clock=self.clock, wall_clock=self.wall_clock,
