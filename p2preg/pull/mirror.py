@@ -343,24 +343,29 @@ class MirrorContentSource:
         self, client: UpstreamClient, repo: str, cache_repo: str, tag: str
     ) -> ManifestContent:
         started = asyncio.get_running_loop().time()
-        stale = await self._stale_tag(cache_repo, tag)
+        usable = self._fresh_confirmation(cache_repo, tag) is not None
         refresh = self._refresh(client, repo, cache_repo, tag)
         try:
-            if stale is None:
+            if not usable:
                 return await asyncio.shield(refresh)
-            # A last known digest is ready: the upstream gets until the revalidation deadline
+            # A last known digest may be ready: the upstream gets until the revalidation deadline
             # (counted from when this refresh started, so a client arriving during a refresh that
             # is already late gets its answer at once); the refresh goes on in the background.
+            # The last known manifest is read (and verified) only when it is served: a prompt
+            # upstream reads the cached manifest once, in the refresh.
             late_by = self._tag_revalidate_s - (self._clock.now() - self._refresh_started[
                 (cache_repo, tag)])
             done, _ = await asyncio.wait({refresh}, timeout=max(0.0, late_by))
-            if refresh not in done:
-                log.warning("serving %s:%s as last known %s: upstream %s did not answer within "
-                            "%.1fs (still asking in the background)", cache_repo, tag,
-                            stale.digest, client.config.registry, self._tag_revalidate_s)
-                self._stale_served("local")
-                return stale
-            return refresh.result()
+            if refresh in done:
+                return refresh.result()
+            stale = await self._stale_tag(cache_repo, tag)
+            if stale is None:  # its manifest is gone (or was rotten): wait for the upstream
+                return await asyncio.shield(refresh)
+            log.warning("serving %s:%s as last known %s: upstream %s did not answer within "
+                        "%.1fs (still asking in the background)", cache_repo, tag,
+                        stale.digest, client.config.registry, self._tag_revalidate_s)
+            self._stale_served("local")
+            return stale
         except UpstreamNotFound as exc:
             raise exc.to_registry_error(ErrorCode.MANIFEST_UNKNOWN) from exc
         except (UpstreamUnavailable, UpstreamProtocolError) as exc:
@@ -504,10 +509,17 @@ class MirrorContentSource:
         return ManifestContent(record.media_type, digest, body)
 
     async def _stale_tag(self, cache_repo: str, tag: str) -> ManifestContent | None:
+        confirmation = self._fresh_confirmation(cache_repo, tag)
+        if confirmation is None:
+            return None
+        return await self._cached_manifest(cache_repo, parse_digest(confirmation.digest))
+
+    def _fresh_confirmation(self, cache_repo: str, tag: str) -> TagConfirmation | None:
+        """The last confirmation of the tag when still within ``tag_max_stale_s``."""
         confirmation = self._last_confirmation(cache_repo, tag)
         if confirmation is None or not self._fresh(confirmation.confirmed_at):
             return None
-        return await self._cached_manifest(cache_repo, parse_digest(confirmation.digest))
+        return confirmation
 
     def _fresh(self, confirmed_at: float) -> bool:
         return self._wall.now() - confirmed_at <= self._tag_max_stale_s
