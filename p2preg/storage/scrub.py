@@ -213,13 +213,14 @@ class Scrubber:
                     delay = pacer.after(self.clock.now(), nbytes)
                     if delay >= MIN_SLEEP_S:
                         await self.clock.sleep(delay)
+            self.stats.blobs += 1
+            if job.hexdigest() == digest.hex:
+                return "ok"
+            # still open: its inode number cannot be reused by another file meanwhile (Rehash)
+            await self.blobs.quarantine(digest, inode=job.inode, found_by="scrub")
+            return "corrupt"
         finally:
             job.close()
-        self.stats.blobs += 1
-        if job.hexdigest() == digest.hex:
-            return "ok"
-        await self.blobs.quarantine(digest, inode=job.inode, found_by="scrub")
-        return "corrupt"
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(_ScrubCollector(self))
