@@ -262,8 +262,12 @@ class Node:
         await site.start()
         scheme = "https" if ssl_context else "http"
         if peer_sock is not None:
-            self._peer_runner = web.AppRunner(peer_app, access_log_class=AccessLogger,
-                                              handle_signals=False)
+            # the same connection layer as /v2: the header deadline (--header-timeout-s)
+            # matters most on the listener other hosts reach
+            self._peer_runner = RegistryRunner(
+                peer_app, header_timeout_s=config.header_timeout_s,
+                access_log_class=AccessLogger, handle_signals=False,
+            )
             await self._peer_runner.setup()
             await web.SockSite(self._peer_runner, peer_sock, ssl_context=ssl_context).start()
             self.peer_url = f"{scheme}://{_format_addr(*peer_sock.getsockname()[:2])}"

@@ -5,6 +5,7 @@ listeners use 127.0.0.2, so each listener has an address of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -203,3 +204,25 @@ async def test_without_peer_listen_one_listener_serves_both_as_before(
                 if node is a:
                     await until(lambda: any(m.name == "a" for m in b.gossip.holders(digest)))
         assert upstream.blob_gets[digest] == 1
+
+
+async def test_the_peer_listener_drops_a_connection_without_a_request_head_in_time(
+    tmp_path: Path, upstream: CountingUpstream,
+) -> None:
+    """--header-timeout-s bounds the peer listener too (slowloris from the network)."""
+    node = Node(Config(
+        mode="mirror", listen="127.0.0.1:0", data_dir=str(tmp_path / "n0"),
+        upstream=(f"docker.io=http://{upstream.host}",), gossip_listen="127.0.0.1:0",
+        node_name="n0", peer_listen=f"{PEER_HOST}:0", header_timeout_s=0.3,
+    ))  # fmt: skip
+    await node.start()
+    try:
+        host, port = node.peer_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /p2p/v1/blobs/x HTTP/1.1\r\nHost: x\r\n")  # never completed
+        await writer.drain()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # closed by the server, nothing answered
+        writer.close()
+    finally:
+        await node.stop()
