@@ -103,9 +103,10 @@ def signed_routes(path: str, verifier: RequestVerifier | None, *,
 
 async def signed_json(session: aiohttp.ClientSession, signer: RequestSigner, method: str,
                       base_url: str, path: str, *, sender: str, body: Any = None,
-                      timeout_s: float = 10.0) -> Any:
-    """Send one signed request; return the JSON answer of a 2xx, else raise
-    ``SignedClientError`` with the status and the OCI error's message."""
+                      timeout_s: float = 10.0) -> dict[str, Any]:
+    """Send one signed request; return the JSON object a 2xx answered, else raise
+    ``SignedClientError`` with the status and the OCI error's message (status 0: no answer,
+    or an answer that is not a JSON object)."""
     headers = {NODE_HEADER: sender}
     headers.update(signer.sign(method, path, headers))
     data = None
@@ -119,11 +120,14 @@ async def signed_json(session: aiohttp.ClientSession, signer: RequestSigner, met
             text = await resp.text()
             if resp.status // 100 != 2:
                 raise SignedClientError(resp.status, _error_message(resp.status, text))
-            return json.loads(text)
+            answer = json.loads(text)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise SignedClientError(0, f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
     except ValueError as exc:
         raise SignedClientError(0, f"not JSON: {exc}") from None
+    if not isinstance(answer, dict):
+        raise SignedClientError(0, f"not a JSON object: {type(answer).__name__}")
+    return answer
 
 
 def _error_message(status: int, text: str) -> str:
