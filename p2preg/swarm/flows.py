@@ -8,6 +8,14 @@ the flows that cross it (progressive filling, also called water-filling): the li
 share ``remaining capacity / unfixed flows`` is the smallest is the bottleneck of those flows,
 they get that share, their other links lose it, and so on until every flow has a rate.
 
+A flow may be **fed** by another (``start(..., feeder=f)``): a relay that passes on bytes it is
+still receiving (cut-through). Its rate never exceeds its feeder's while the feeder runs (the
+constraint ``rate(relay) <= rate(feeder)`` is part of the max-min fair allocation: a feeder
+fixed at share ``s`` fixes its unfixed relays at ``s`` too), so, started later with nothing,
+a relay never gets ahead of the bytes it has and never finishes before its feeder. A feeder
+that completes frees its relays of the constraint; one that is cancelled leaves them to the
+caller (``followers``).
+
 Time is a float passed in by the caller (no clock is read). Rates are recomputed only when the
 flow set changed (``reallocate``, called by the driver once per batch of events), so a flow
 started between two reallocations transfers nothing until the next one. Bytes are tracked
@@ -18,6 +26,7 @@ Pure computation: must not import asyncio, sockets, time or anything of the node
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections.abc import Hashable, Iterable
@@ -41,6 +50,10 @@ class Flow:
     since: float = 0.0
     finish_at: float = float("inf")
     active: bool = True
+    feeder: Flow | None = None
+    """The flow this one relays (None: the sender holds the bytes)."""
+    followers: list[Flow] = field(default_factory=list)
+    """The flows relaying this one while it runs."""
 
     def bytes_at(self, now: float) -> float:
         return min(self.size, self.done + self.rate * (now - self.since))
@@ -95,12 +108,17 @@ class FlowNetwork:
 
     # -- flows -----------------------------------------------------------------------------------
 
-    def start(self, links: Iterable[int], size_bytes: float, tag: object = None) -> Flow:
-        """Start a flow now; it gets a rate at the next ``reallocate``."""
+    def start(self, links: Iterable[int], size_bytes: float, tag: object = None,
+              feeder: Flow | None = None) -> Flow:
+        """Start a flow now; it gets a rate at the next ``reallocate``. ``feeder``: the running
+        flow whose bytes this one passes on (module docstring)."""
         link_ids = tuple(dict.fromkeys(links))
         if not link_ids:
             raise ValueError("a flow crosses at least one link")
         flow = Flow(next(self._ids), link_ids, float(size_bytes), tag, since=self.now)
+        if feeder is not None and feeder.active:
+            flow.feeder = feeder
+            feeder.followers.append(flow)
         self._flows.add(flow)
         for i in link_ids:
             self._links[i].flows.add(flow)
@@ -117,6 +135,13 @@ class FlowNetwork:
 
     def _remove(self, flow: Flow) -> None:
         flow.active = False
+        if flow.feeder is not None:
+            with contextlib.suppress(ValueError):
+                flow.feeder.followers.remove(flow)
+            flow.feeder = None
+        for follower in flow.followers:
+            follower.feeder = None
+        flow.followers = []
         flow.rate = 0.0
         flow.since = self.now
         self._flows.discard(flow)
@@ -179,14 +204,18 @@ class FlowNetwork:
             for flow in links[i].flows:
                 if flow.rate >= 0:
                     continue
-                flow.rate = share
-                for j in flow.links:
-                    if j == i:
-                        continue
-                    remaining[j] -= share
-                    unfixed[j] -= 1
-                    if unfixed[j]:
-                        heapq.heappush(heap, (max(remaining[j], 0.0) / unfixed[j], j))
+                fix = [flow]
+                while fix:
+                    f = fix.pop()
+                    f.rate = share
+                    fix += [r for r in f.followers if r.rate < 0]
+                    for j in f.links:
+                        if j == i:
+                            continue
+                        remaining[j] -= share
+                        unfixed[j] -= 1
+                        if unfixed[j]:
+                            heapq.heappush(heap, (max(remaining[j], 0.0) / unfixed[j], j))
         finish: list[tuple[float, int, Flow]] = []
         for flow in self._flows:
             left = flow.size - flow.done

@@ -21,6 +21,15 @@ from one seeded ``random.Random``, one thread.
   peer's ``Uploader`` decides: serve, or busy with hints. A peer that lacks the piece parks the
   request when it is the owner (long-poll: decided when the piece arrives) and answers missing
   at once otherwise. Busy and missing answers reach the asker ``rtt_s / 2`` after the decision.
+- **Cut-through** (``p2p.server``'s rules, ``cut_through=True``): a host asked for a piece it
+  is receiving (its own request for it is out) passes it on: never to the peer it receives
+  that piece from (404), and only once its first byte came (the request was served); it waits
+  at most ``CUT_THROUGH_WAIT_S`` (``ROOT_FEED_WAIT_S`` when its source is the owner), then
+  404. The owner serves a piece from the moment its origin flow starts (its growing file). A
+  relay is a flow *fed* by the one it passes on (``FlowNetwork``: its rate never exceeds the
+  feeder's, so it never finishes first); a feeder cancelled breaks its relays (the askers
+  count a failure of the relay). Availability (``Have``) lists whole pieces only, as the
+  node's; a relay's place in the upload policy makes it a hint as soon as it is admitted.
 - Every answer (a piece, busy, missing) carries the peer's availability at that moment.
 - A request the downloader gives up (stalled) is withdrawn: its flow is cancelled (the upload
   released as not completed) or its long-poll dropped.
@@ -54,6 +63,10 @@ from p2preg.swarm.scheduler import (
 from p2preg.swarm.uploads import Ticket, UploadConfig, UploadPolicy
 
 SERVE, BUSY, MISSING = "serve", "busy", "missing"
+#: ``p2p.server``'s bounded first-byte waits of a cut-through relay (its source a peer / the
+#: digest's root); not imported (the server pulls in aiohttp), a test checks they agree.
+CUT_THROUGH_WAIT_S = 0.5
+ROOT_FEED_WAIT_S = 2.0
 
 
 class Downloader(Protocol):
@@ -70,6 +83,9 @@ class Downloader(Protocol):
         self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
     ) -> None: ...
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None: ...
+    def on_failed(self, peer: str, piece: int, now: float) -> None:
+        """A piece answer broke off (the relay's own source failed)."""
+        ...
 
 
 class Uploader(Protocol):
@@ -118,6 +134,9 @@ class _Flight:
     token: int
     peer: str
     flow: Flow | None = None
+    waiters: list[tuple[str, Request, int]] = field(default_factory=list)
+    """Requests from other hosts for this piece waiting for its first byte (cut-through):
+    ``(asker, request, token)``."""
 
 
 @dataclass(slots=True)
@@ -133,6 +152,9 @@ class _Fill:
     """This host's requests by piece."""
     parked: dict[int, list[tuple[str, bool, int]]] = field(default_factory=dict)
     """Owner only: long-polled requests by piece, ``(asker, last_resort, token)``."""
+    upstream: dict[int, Flow] = field(default_factory=dict)
+    """Owner only: the origin flow of each piece that started (the owner serves a piece from
+    its growing file: its bytes as they arrive from the origin)."""
 
     def add(self, piece: int) -> None:
         self.held.add(piece)
@@ -206,6 +228,9 @@ class SwarmSim:
         *,
         batch_s: float = 0.0005,
         long_poll_everywhere: bool = False,
+        cut_through: bool = True,
+        cut_through_wait_s: float = CUT_THROUGH_WAIT_S,
+        root_feed_wait_s: float = ROOT_FEED_WAIT_S,
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -214,6 +239,10 @@ class SwarmSim:
         self.long_poll_everywhere = long_poll_everywhere
         """Every host (not only the owner) parks a request for a piece it lacks (today's
         fetchers, which follow a growing file)."""
+        self.cut_through = cut_through
+        """A host passes on a piece it is receiving (``p2p.server``'s rule; module docstring)."""
+        self.cut_through_wait_s = cut_through_wait_s
+        self.root_feed_wait_s = root_feed_wait_s
         self.now = 0.0
         self.net = FlowNetwork()
         self._origin = self.net.add_link("origin", topology.origin_up_bps)
@@ -229,7 +258,8 @@ class SwarmSim:
         self._tokens = itertools.count(1)
         self._dirty: set[str] = set()
         self.events = 0
-        self.answers: dict[str, int] = dict.fromkeys(("served", BUSY, MISSING, "parked"), 0)
+        self.answers: dict[str, int] = dict.fromkeys(
+            ("served", BUSY, MISSING, "parked", "cut_through", "waited", "broken"), 0)
         """How requests were answered (``parked``: long-polled at the owner first)."""
         for host in self.hosts.values():
             for blob in self.blobs:
@@ -325,12 +355,38 @@ class SwarmSim:
         flight = fill.flights.get(req.piece)
         if flight is None or flight.peer != req.peer:
             return
-        del fill.flights[req.piece]
+        self._end_flight(host.name, fill, req.piece)
         if flight.flow is not None and flight.flow.active:
-            self.net.cancel(flight.flow)
-            self.hosts[req.peer].uploader.on_upload_end(
-                fill.blob.digest, req.piece, host.name, False, self.now
-            )
+            self._cancel(flight.flow)
+
+    def _cancel(self, flow: Flow) -> None:
+        """Cancel a peer's piece flow and, after it, every relay it fed (their answers break
+        off: the askers count a failure of the relay and ask elsewhere)."""
+        followers = list(flow.followers)
+        self.net.cancel(flow)
+        tag: tuple[str, str, int, str, str, int] = flow.tag  # type: ignore[assignment]
+        _, digest, piece, asker, server, _token = tag
+        self.hosts[server].uploader.on_upload_end(digest, piece, asker, False, self.now)
+        for relay in followers:
+            if not relay.active:
+                continue
+            rtag: tuple[str, str, int, str, str, int] = relay.tag  # type: ignore[assignment]
+            _, digest, piece, asker, server, token = rtag
+            self._cancel(relay)
+            self.answers["broken"] += 1
+            fill = self.hosts[asker].fills[digest]
+            if self._live(asker, digest, piece, token) is not None:
+                self._end_flight(asker, fill, piece)
+                d = fill.downloader
+                assert d is not None
+                d.on_failed(server, piece, self.now)
+                self._dirty.add(asker)
+
+    def _end_flight(self, name: str, fill: _Fill, piece: int) -> None:
+        """``name``'s request for ``piece`` ended: who waited for its first byte is told 404."""
+        flight = fill.flights.pop(piece)
+        for asker, req, token in flight.waiters:
+            self._missing(name, fill, asker, req, token)
 
     def _live(self, asker: str, digest: str, piece: int, token: int) -> _Flight | None:
         flight = self.hosts[asker].fills[digest].flights.get(piece)
@@ -342,8 +398,14 @@ class SwarmSim:
         owner = self.hosts[self.owners[digest]]
         blob = owner.fills[digest].blob
         if piece < blob.layout.count:
-            self.net.start([self._origin, owner.down], blob.layout.length(piece),
-                           ("origin", digest, piece, owner.name))  # fmt: skip
+            fill = owner.fills[digest]
+            flow = fill.upstream[piece] = self.net.start(
+                [self._origin, owner.down], blob.layout.length(piece),
+                ("origin", digest, piece, owner.name))
+            if self.cut_through:
+                for asker, last_resort, token in fill.parked.pop(piece, ()):
+                    self._decide(owner, fill, asker, Request(owner.name, piece, last_resort),
+                                 token, flow)
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -353,16 +415,51 @@ class SwarmSim:
         server = self.hosts[req.peer]
         fill = server.fills[digest]
         if req.piece not in fill.held:
-            if self.owners[digest] == server.name or self.long_poll_everywhere:
+            root = self.owners[digest] == server.name
+            if self.cut_through and root:
+                upstream = fill.upstream.get(req.piece)
+                if upstream is not None and upstream.active:
+                    self._decide(server, fill, asker, req, token, upstream)
+                    return
+            own = fill.flights.get(req.piece) if self.cut_through else None
+            if own is not None and own.peer != asker:
+                # Cut-through: this host is receiving the piece; its bytes are passed on.
+                if own.flow is not None:
+                    self._decide(server, fill, asker, req, token, own.flow)
+                    return
+                own.waiters.append((asker, req, token))
+                self.answers["waited"] += 1
+                wait = (self.root_feed_wait_s if own.peer == self.owners[digest]
+                        else self.cut_through_wait_s)
+                self._push(self.now + wait, self._first_byte_timeout,
+                           server.name, digest, req.piece, own.token, asker, token)
+            elif root or self.long_poll_everywhere:
                 fill.parked.setdefault(req.piece, []).append((asker, req.last_resort, token))
                 self.answers["parked"] += 1
             else:
-                self.answers[MISSING] += 1
-                self._reply(asker, digest, req, token, MISSING, (), fill.availability())
+                self._missing(server.name, fill, asker, req, token)
             return
         self._decide(server, fill, asker, req, token)
 
-    def _decide(self, server: _Host, fill: _Fill, asker: str, req: Request, token: int) -> None:
+    def _missing(self, server: str, fill: _Fill, asker: str, req: Request, token: int) -> None:
+        self.answers[MISSING] += 1
+        self._reply(asker, fill.blob.digest, req, token, MISSING, (), fill.availability())
+
+    def _first_byte_timeout(self, server: str, digest: str, piece: int, own_token: int,
+                            asker: str, token: int) -> None:
+        """No first byte of a piece ``server`` receives within the bounded wait: 404."""
+        fill = self.hosts[server].fills[digest]
+        own = fill.flights.get(piece)
+        if own is None or own.token != own_token or own.flow is not None:
+            return
+        for i, (name, req, tok) in enumerate(own.waiters):
+            if name == asker and tok == token:
+                del own.waiters[i]
+                self._missing(server, fill, asker, req, token)
+                return
+
+    def _decide(self, server: _Host, fill: _Fill, asker: str, req: Request, token: int,
+                feeder: Flow | None = None) -> None:
         digest = fill.blob.digest
         flight = self._live(asker, digest, req.piece, token)
         if flight is None:
@@ -371,10 +468,16 @@ class SwarmSim:
                                               fill.done_at is not None, self.now)
         self.answers["served" if serve else BUSY] += 1
         if serve:
+            if feeder is not None and feeder.active:
+                self.answers["cut_through"] += 1
             flight.flow = self.net.start(
                 [server.up, self.hosts[asker].down], fill.blob.layout.length(req.piece),
-                ("peer", digest, req.piece, asker, server.name, token),
+                ("peer", digest, req.piece, asker, server.name, token), feeder=feeder,
             )
+            for waiter, wreq, wtoken in flight.waiters:
+                self._decide(self.hosts[asker], self.hosts[asker].fills[digest], waiter, wreq,
+                             wtoken, flight.flow)
+            flight.waiters.clear()
         else:
             self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability())
 
@@ -392,7 +495,7 @@ class SwarmSim:
         fill = self.hosts[asker].fills[digest]
         if self._live(asker, digest, req.piece, token) is None:
             return
-        del fill.flights[req.piece]
+        self._end_flight(asker, fill, req.piece)
         d = fill.downloader
         assert d is not None
         if verdict == BUSY:
@@ -416,7 +519,7 @@ class SwarmSim:
         server.uploader.on_upload_end(digest, piece, asker, True, self.now)
         fill = self.hosts[asker].fills[digest]
         if self._live(asker, digest, piece, token) is not None:
-            del fill.flights[piece]
+            self._end_flight(asker, fill, piece)
         self._received(asker, digest, piece)
         d = fill.downloader
         if d is not None:
@@ -496,6 +599,9 @@ class SchedulerDownloader:
             self.scheduler.set_peers(self.peers, self.owner)
         self.scheduler.on_availability(peer, have, now)
         self.scheduler.on_busy(peer, piece, hints, now)
+
+    def on_failed(self, peer: str, piece: int, now: float) -> None:
+        self.scheduler.on_failed(peer, piece, now)
 
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.scheduler.on_missing(peer, piece, have, now)
@@ -592,6 +698,9 @@ class StarDownloader:
 
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         raise AssertionError("a star source long-polls")
+
+    def on_failed(self, peer: str, piece: int, now: float) -> None:
+        raise AssertionError("a star source never relays")
 
 
 class StarUploader:

@@ -49,3 +49,11 @@ def test_the_star_baseline_fails_both_bounds() -> None:
     expected = (N - 1) * SIZE / (128 * MBIT)
     assert result.quantile(1.0) == pytest.approx(expected, rel=0.05)
     assert result.quantile(1.0) > 1.3 * ONE_ORIGIN_TRANSFER_S
+
+
+def test_the_cut_through_waits_are_the_servers() -> None:
+    from p2preg.p2p import server
+    from p2preg.swarm import sim
+
+    assert (sim.CUT_THROUGH_WAIT_S, sim.ROOT_FEED_WAIT_S) == \
+        (server.CUT_THROUGH_WAIT_S, server.ROOT_FEED_WAIT_S)

@@ -109,3 +109,29 @@ def test_capacity_is_never_exceeded_on_a_random_mesh() -> None:
             and all(g.rate <= f.rate * (1 + 1e-9) for g in net._links[i].flows)
             for i in f.links
         )
+
+
+def test_a_relay_never_outruns_its_feeder() -> None:
+    # a -> b at 10 (a's uplink); b relays to c over b's uplink of 100: capped at 10, and the
+    # 90 left on b's uplink goes to b's other upload.
+    net, ln = _net(a_up=10, b_down=1000, b_up=100, c_down=1000, d_down=1000)
+    feed = net.start([ln["a_up"], ln["b_down"]], 100)
+    relay = net.start([ln["b_up"], ln["c_down"]], 100, feeder=feed)
+    other = net.start([ln["b_up"], ln["d_down"]], 1000)
+    net.reallocate()
+    assert (feed.rate, relay.rate, other.rate) == pytest.approx((10, 10, 90))
+    assert relay.feeder is feed and feed.followers == [relay]
+
+
+def test_a_relay_is_free_once_its_feeder_completes() -> None:
+    net, ln = _net(a_up=10, b_down=1000, b_up=100, c_down=1000)
+    feed = net.start([ln["a_up"], ln["b_down"]], 10)
+    net.reallocate()
+    net.advance(0.5)
+    relay = net.start([ln["b_up"], ln["c_down"]], 100, feeder=feed)
+    net.reallocate()
+    assert relay.rate == pytest.approx(10)
+    assert net.advance(1.0) == [feed]
+    assert relay.feeder is None
+    net.reallocate()
+    assert relay.rate == pytest.approx(100)
