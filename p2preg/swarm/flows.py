@@ -63,7 +63,9 @@ class Flow:
 class _Link:
     name: Hashable
     capacity: float
-    flows: set[Flow] = field(default_factory=set)
+    flows: dict[Flow, None] = field(default_factory=dict)
+    """The flows across the link, in start order (a dict: iteration order is deterministic,
+    a set of flows would iterate in memory-address order and runs would not repeat)."""
     sent: float = 0.0
     """Bytes of completed or cancelled flows that crossed the link (see ``FlowNetwork.carried``)."""
 
@@ -74,7 +76,7 @@ class FlowNetwork:
     def __init__(self) -> None:
         self._links: list[_Link] = []
         self._by_name: dict[Hashable, int] = {}
-        self._flows: set[Flow] = set()
+        self._flows: dict[Flow, None] = {}
         self._ids = itertools.count()
         self._finish: list[tuple[float, int, Flow]] = []
         self.now = 0.0
@@ -119,9 +121,9 @@ class FlowNetwork:
         if feeder is not None and feeder.active:
             flow.feeder = feeder
             feeder.followers.append(flow)
-        self._flows.add(flow)
+        self._flows[flow] = None
         for i in link_ids:
-            self._links[i].flows.add(flow)
+            self._links[i].flows[flow] = None
         self.dirty = True
         return flow
 
@@ -144,10 +146,10 @@ class FlowNetwork:
         flow.followers = []
         flow.rate = 0.0
         flow.since = self.now
-        self._flows.discard(flow)
+        self._flows.pop(flow, None)
         for i in flow.links:
             link = self._links[i]
-            link.flows.discard(flow)
+            link.flows.pop(flow, None)
             link.sent += flow.done
         self.dirty = True
 

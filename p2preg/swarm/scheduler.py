@@ -31,7 +31,11 @@ and, through ``expire(now)``, which requests stalled. The rules, in order:
    peer in turn, and on a loaded machine each answer costs both ends CPU).
 5. **Backoff.** Busy -> that peer is not asked for that piece for ``busy_backoff_s``, doubled
    with each busy answer for that piece (at most 16x: its places stay taken); missing
-   (it answered 404 with its availability) -> not for ``missing_backoff_s``; failed -> the
+   (it answered 404 with its availability) -> not for ``missing_backoff_s``, and it is no
+   longer a hint for that piece (a peer hinted as receiving it that could not pass it on:
+   without this, relays hinted to each other asked one another in a cycle, each 404 after
+   the bounded first-byte wait, while holders of the piece sat idle; seen in the simulator,
+   Kraken's case N=20); failed -> the
    peer is not asked at all for ``failure_backoff_s``. A piece refused busy for
    ``last_resort_after_s`` with no other source is asked with ``last_resort`` of a peer that
    has it, was hinted for it, or the owner (busy backoff ignored, failure backoff kept).
@@ -236,6 +240,9 @@ class Scheduler:
         if have is not None:
             self._learn(peer, state, have)
         state.piece_until[piece] = self._timer(now + self.config.missing_backoff_s)
+        hinted = self._hinted.get(piece)
+        if hinted is not None:
+            hinted.pop(peer, None)  # its hint is stale: it neither has nor passes on the piece
 
     def on_failed(self, peer: str, piece: int | None, now: float) -> None:
         """A request to ``peer`` failed (refused, broke off, wrong answer, stalled)."""
@@ -422,7 +429,7 @@ class Scheduler:
         hinted = self._hinted.get(piece, {})
         keyed = [(self._peers[n].in_flight, -hinted.get(n, 0),
                   _ROLE_RANK.get(self._peers[n].role, 0), self._rng.random(), n)
-                 for n in names]
+                 for n in sorted(names)]  # sorted: a seeded run repeats across processes
         return min(keyed)[-1]
 
     def _fallback(self, piece: int, now: float) -> Request | None:
