@@ -8,7 +8,8 @@ swarm_sim.json``, the table in ``docs/benchmarks-swarm.md`` (its ``swarm-sim`` s
 Scenarios (``--scenario``, repeatable):
 - ``lab``: the lab's shapes (issue 9): N=8, 128/64 Mbit/s, 32 MiB; N=16, 64/32 Mbit/s,
   16 MiB; the swarm and today's star design (the star checks the network model against the
-  lab's measured 13.4 s and 28.8 s).
+  lab's measured 13.4 s and 28.8 s), create phase, and the swarm's update phase (the owner
+  and one host hold the blob, the others pull at once; x one transfer at the host link).
 - ``kraken``: 3 GB in two 1.5 GB layers (different owners), 300 MB/s links both ways and at the
   origin, for ``--sizes``; ``--piece-mib`` models coarser pieces than the node's 8 MiB.
 - ``pieces``: the kraken case at ``--sizes`` with the node's pieces and coarser ones (does the
@@ -90,12 +91,16 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
         piece = piece_bytes(size)
         blob = [BlobSpec.of("sha256:" + "1a" * 32, size, piece)]
         one = size / (origin * MBIT)
-        for design in ("star", "swarm"):
+        for design in ("star", "swarm", "swarm update"):
             t = time.process_time()
             sim = star(seed, n, topo, blob) if design == "star" else \
-                swarm(seed, n, topo, blob, scheduler=sched, uploads=up, missing_covers_window=mcw)
+                swarm(seed, n, topo, blob, scheduler=sched, uploads=up, missing_covers_window=mcw,
+                      holders=2 if design == "swarm update" else 0)
             result = sim.run(until_s=600)
-            rows.append(_row("lab", design, n, piece, one, result, sim.answers,
+            # The update phase (the owner and one host hold the blob, the others pull) is
+            # measured against one transfer at the host link, as the lab's update rows are.
+            one_s = size / (host * MBIT) if design == "swarm update" else one
+            rows.append(_row("lab", design, n, piece, one_s, result, sim.answers,
                              time.process_time() - t, lab_s=lab_s if design == "star" else None,
                              settings={} if design == "star" else settings))
     return rows

@@ -54,6 +54,7 @@ from p2preg.p2p.routing import owner_of
 from p2preg.swarm.flows import Flow, FlowNetwork
 from p2preg.swarm.pieces import Have, Layout
 from p2preg.swarm.scheduler import (
+    ROLE_HOLDER,
     ROLE_MEMBER,
     ROLE_OWNER,
     Request,
@@ -231,6 +232,7 @@ class SwarmSim:
         cut_through: bool = True,
         cut_through_wait_s: float = CUT_THROUGH_WAIT_S,
         root_feed_wait_s: float = ROOT_FEED_WAIT_S,
+        held_by: dict[str, set[str]] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -261,17 +263,24 @@ class SwarmSim:
         self.answers: dict[str, int] = dict.fromkeys(
             ("served", BUSY, MISSING, "parked", "cut_through", "waited", "broken"), 0)
         """How requests were answered (``parked``: long-polled at the owner first)."""
+        held_by = held_by or {}
+        """The update phase: digest -> hosts holding the whole blob at time 0 (seeds)."""
         for host in self.hosts.values():
             for blob in self.blobs:
                 fill = host.fills[blob.digest] = _Fill(blob)
-                if self.owners[blob.digest] != host.name:
+                if host.name in held_by.get(blob.digest, ()):
+                    for piece in range(blob.layout.count):
+                        fill.add(piece)
+                    fill.done_at = 0.0
+                elif self.owners[blob.digest] != host.name:
                     fill.downloader = downloader(
                         host.name, blob, self.owners[blob.digest], names, self._child_rng()
                     )
                     self._dirty.add(host.name)
         origin_rtt = topology.origin_rtt_s if topology.origin_rtt_s is not None else topology.rtt_s
         for blob in self.blobs:
-            self._push(origin_rtt, self._origin_piece, blob.digest, 0)
+            if self.owners[blob.digest] not in held_by.get(blob.digest, ()):
+                self._push(origin_rtt, self._origin_piece, blob.digest, 0)
 
     def _child_rng(self) -> random.Random:
         return random.Random(self.rng.getrandbits(64))
@@ -565,7 +574,7 @@ class SchedulerDownloader:
 
     def __init__(self, host: str, blob: BlobSpec, owner: str, known: Sequence[str],
                  config: SchedulerConfig | None, rng: random.Random,
-                 missing_covers_window: bool = False) -> None:
+                 missing_covers_window: bool = False, holders: Sequence[str] = ()) -> None:
         self.scheduler = Scheduler(blob.layout, self_name=host, config=config, rng=rng)
         self.missing_covers_window = missing_covers_window
         """An experiment: a 404 backs the peer off for every piece of the window it lacks
@@ -574,6 +583,9 @@ class SchedulerDownloader:
         self.peers: dict[str, str] = {owner: ROLE_OWNER}
         for name in known:
             self.peers.setdefault(name, "fetcher")
+        for name in holders:
+            if name != owner:
+                self.peers[name] = ROLE_HOLDER
         self.scheduler.set_peers(self.peers, owner)
 
     def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
@@ -643,8 +655,19 @@ def swarm(
     seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
     known_fetchers: int = 0, batch_s: float = 0.0005, missing_covers_window: bool = False,
+    holders: int = 0,
 ) -> SwarmSim:
-    """A simulation of the piece swarm with the node's own scheduler and upload policy."""
+    """A simulation of the piece swarm with the node's own scheduler and upload policy.
+
+    ``holders=k`` (the update phase): the owner and ``k - 1`` other hosts hold every blob at
+    time 0 (the owner served the first puller: both are seeds), the others know them as
+    holders (gossip's advertisement) and pull at once; no origin traffic."""
+    names = [f"h{i:04d}" for i in range(hosts)]
+    held_by: dict[str, set[str]] = {}
+    if holders > 0:
+        for blob in blobs:
+            owner = owner_of(blob.digest, names) or ""
+            held_by[blob.digest] = {owner, *[n for n in names if n != owner][:holders - 1]}
 
     def downloader(
         host: str, blob: BlobSpec, owner: str, names: Sequence[str], rng: random.Random
@@ -652,11 +675,12 @@ def swarm(
         others = [n for n in names if n not in (host, owner)]
         known = rng.sample(others, min(known_fetchers, len(others)))
         return SchedulerDownloader(host, blob, owner, known, scheduler, rng,
-                                   missing_covers_window)
+                                   missing_covers_window,
+                                   sorted(held_by.get(blob.digest, ())))
 
     return SwarmSim(
-        seed, hosts, topology, blobs, downloader,
-        lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s,
+        seed, names, topology, blobs, downloader,
+        lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
     )  # fmt: skip
 
 

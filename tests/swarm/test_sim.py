@@ -57,3 +57,14 @@ def test_the_cut_through_waits_are_the_servers() -> None:
 
     assert (sim.CUT_THROUGH_WAIT_S, sim.ROOT_FEED_WAIT_S) == \
         (server.CUT_THROUGH_WAIT_S, server.ROOT_FEED_WAIT_S)
+
+
+def test_the_update_phase_spreads_over_both_seeds_without_the_origin() -> None:
+    # The owner and one host hold the blob; the 6 others pull at once.
+    sim = swarm(1, N, TOPOLOGY, [BLOB], holders=2)
+    result = sim.run(until_s=120)
+    one_host_transfer = SIZE / (128 * MBIT)
+    assert all(h.done_s is not None for h in result.hosts)
+    assert result.quantile(1.0) <= 1.5 * one_host_transfer
+    assert result.origin_copies() == 0
+    assert result.max_upload_copies() <= 1.5  # not one seed serving everyone (6 copies)
