@@ -233,6 +233,7 @@ class SwarmSim:
         cut_through_wait_s: float = CUT_THROUGH_WAIT_S,
         root_feed_wait_s: float = ROOT_FEED_WAIT_S,
         held_by: dict[str, set[str]] | None = None,
+        balance_copies: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -242,6 +243,10 @@ class SwarmSim:
         """Every host (not only the owner) parks a request for a piece it lacks (today's
         fetchers, which follow a growing file)."""
         self.cut_through = cut_through
+        self.balance_copies = balance_copies
+        """An experiment (not the node's rule): a host that has uploaded more than this many
+        times the bytes it holds answers busy, hinting the peers it gave the piece to (the
+        digest's owner and last-resort askers excepted)."""
         """A host passes on a piece it is receiving (``p2p.server``'s rule; module docstring)."""
         self.cut_through_wait_s = cut_through_wait_s
         self.root_feed_wait_s = root_feed_wait_s
@@ -473,8 +478,15 @@ class SwarmSim:
         flight = self._live(asker, digest, req.piece, token)
         if flight is None:
             return
-        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
-                                              fill.done_at is not None, self.now)
+        if self.balance_copies is not None and not req.last_resort \
+                and self.owners[digest] != server.name and self._over_share(server) \
+                and isinstance(server.uploader, PolicyUploader):
+            serve = False
+            hints: Sequence[str] = [
+                n for n in server.uploader.policy.served_to(digest, req.piece) if n != asker]
+        else:
+            serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
+                                                  fill.done_at is not None, self.now)
         self.answers["served" if serve else BUSY] += 1
         if serve:
             if feeder is not None and feeder.active:
@@ -489,6 +501,11 @@ class SwarmSim:
             flight.waiters.clear()
         else:
             self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability())
+
+    def _over_share(self, host: _Host) -> bool:
+        assert self.balance_copies is not None
+        held = sum(f.blob.layout.piece_bytes * len(f.held) for f in host.fills.values())
+        return self.net.carried((host.name, "up")) > self.balance_copies * max(held, 1)
 
     def _reply(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
@@ -655,7 +672,7 @@ def swarm(
     seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
     known_fetchers: int = 0, batch_s: float = 0.0005, missing_covers_window: bool = False,
-    holders: int = 0,
+    holders: int = 0, balance_copies: float | None = None,
 ) -> SwarmSim:
     """A simulation of the piece swarm with the node's own scheduler and upload policy.
 
@@ -681,6 +698,7 @@ def swarm(
     return SwarmSim(
         seed, names, topology, blobs, downloader,
         lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
+        balance_copies=balance_copies,
     )  # fmt: skip
 
 
