@@ -129,7 +129,11 @@ async def test_a_node_takes_pieces_from_several_holders_at_once(
 
 async def test_busy_answers_send_a_puller_to_the_peers_that_have_the_piece(
         cluster: Cluster, upstream: CountingUpstream) -> None:
-    cluster.p2p_config = P2PConfig(uploads=UploadConfig(piece_cap=1))
+    # Caps that always bind: no idle exemption for the seed and no place freed during the test
+    # (on loopback a piece takes microseconds, so with the defaults whether the seed ever says
+    # busy depended on how the requests happened to overlap).
+    cluster.p2p_config = P2PConfig(uploads=UploadConfig(
+        piece_cap=1, seed_piece_cap=1, seed_idle_below=0, seed_served_ttl_s=120.0))
     data, digest = payload(6 * PIECE)
     upstream.add(data)
     names = ["seed", "a", "b", "c", "d"]
