@@ -18,6 +18,7 @@ from aiohttp import web
 
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.config import Config, ConfigError, resolve_cache_max_bytes, split_host_port
+from p2preg.gossip.config import format_host_port
 from p2preg.listeners import (
     OPEN_MIRROR_FIX_SEPARATOR,
     is_loopback_host,
@@ -131,11 +132,11 @@ class Node:
         # Bind the HTTP sockets first: gossip advertises the real peer address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)
         host, port = listen_sock.getsockname()[:2]
-        http_addr = _format_addr(host, port)
+        http_addr = format_host_port(host, port)
         peer_sock: socket.socket | None = None
         if config.peer_listen:
             peer_sock = self._bind_listener(*split_host_port(config.peer_listen, "--peer-listen"))
-            http_addr = _format_addr(*peer_sock.getsockname()[:2])
+            http_addr = format_host_port(*peer_sock.getsockname()[:2])
         elif config.gossip_listen and not is_loopback_host(config.listen_host):
             log.warning("serving /v2 and the peer API on one non-loopback listener (%s): set "
                         "--listen 127.0.0.1:PORT and --peer-listen HOST:PORT to keep /v2 local",
@@ -270,7 +271,7 @@ class Node:
             )
             await self._peer_runner.setup()
             await web.SockSite(self._peer_runner, peer_sock, ssl_context=ssl_context).start()
-            self.peer_url = f"{scheme}://{_format_addr(*peer_sock.getsockname()[:2])}"
+            self.peer_url = f"{scheme}://{format_host_port(*peer_sock.getsockname()[:2])}"
         self.maintenance.start()
         self.scrubber.start()
         if self.gossip is not None:
@@ -280,7 +281,7 @@ class Node:
                   gossip=str(self.gossip.bound_address), advertise=config.advertise or http_addr)
         if self.p2p is not None:
             await self.p2p.start()
-        self.url = f"{scheme}://{http_addr if peer_sock is None else _format_addr(host, port)}"
+        self.url = f"{scheme}://{http_addr if peer_sock is None else format_host_port(host, port)}"
         self.observability.health.set_ready()
         if self.peer_url:
             event(log, "listening", url=self.url, mode=config.mode, peer_url=self.peer_url)
@@ -380,7 +381,3 @@ class Node:
             self._lock.release()
             self._lock = None
         event(log, "stopped")
-
-
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

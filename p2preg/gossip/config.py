@@ -1,7 +1,7 @@
 """Tunables of the gossip core: one frozen dataclass, every default documented in docs/gossip.md.
 
-Owns: ``GossipConfig`` and the ``Addr`` alias. Must not import asyncio, sockets or any other
-p2preg module; the driver builds one of these from ``p2preg.config``.
+Owns: ``GossipConfig``, the ``Addr`` alias and ``format_host_port``. Must not import asyncio,
+sockets or any other p2preg module; the driver builds one of these from ``p2preg.config``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 
 Addr = tuple[str, int]
 """A gossip (UDP/TCP) address: host and port. The core never resolves or connects it."""
+
+
+def format_host_port(host: str, port: int) -> str:
+    """``host:port``, with IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from p2preg.clock import Clock
+from p2preg.gossip.config import format_host_port
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,6 @@ class SeedAddress:
 
     def __str__(self) -> str:
         return format_host_port(self.host, self.port)
-
-
-def format_host_port(host: str, port: int) -> str:
-    """``host:port``, with IPv6 literals in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _parse_port(text: str, flag: str, value: str, allow_zero: bool) -> int:

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from p2preg.clock import Clock, MonotonicClock
 from p2preg.config import ConfigError
-from p2preg.gossip.config import Addr, GossipConfig
+from p2preg.gossip.config import Addr, GossipConfig, format_host_port
 from p2preg.gossip.core import GossipCore
 from p2preg.gossip.discovery import (
     DiscoveryConfigError,
@@ -52,7 +52,6 @@ from p2preg.gossip.discovery import (
     SeedPoller,
     SeedSource,
     StaticSeeds,
-    format_host_port,
     parse_host_port,
     system_resolver,
 )

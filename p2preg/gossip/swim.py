@@ -47,7 +47,7 @@ from typing import Any
 from p2preg.gossip import messages as msgs
 from p2preg.gossip.awareness import Awareness
 from p2preg.gossip.broadcast import BroadcastQueue
-from p2preg.gossip.config import Addr, GossipConfig
+from p2preg.gossip.config import Addr, GossipConfig, format_host_port
 from p2preg.gossip.events import (
     Event,
     LocalRefuted,
@@ -69,11 +69,6 @@ VERIFY_AT = (0.25, 0.5, 0.75)
 _STATUS_CODE = {MemberStatus(s): i for i, s in enumerate(msgs.STATUS_CODES)}
 _MAX_CONFLICT_ADDRS = 64
 """Conflicting addresses remembered per node (a bound on what a flood of claims can cost)."""
-
-
-def _format_addr(addr: Addr) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class MemberState:
@@ -358,8 +353,8 @@ class MemberTable:
             refuted_with = self._conflict_refuted_with
             if refuted_with is not None and m.incarnation > refuted_with:
                 self._events.append(NameConflict(
-                    self.config.name, _format_addr(self.config.gossip_addr),
-                    _format_addr(theirs), m.incarnation))
+                    self.config.name, format_host_port(*self.config.gossip_addr),
+                    format_host_port(*theirs), m.incarnation))
         # Refuted even when seen before (a push-pull brings the other node's claim back), but
         # at most once per interval: a bounded-rate exchange, never a war.
         if self.leaving or m.incarnation < self.incarnation or now < self._conflict_refute_at:
