@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from p2preg.gossip.config import format_host_port
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.oci.errors import ErrorCode, RegistryError
 
@@ -41,16 +42,12 @@ class MembersSource(Protocol):
     def members(self) -> list[Member]: ...
 
 
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def member_to_json(member: Member) -> dict[str, Any]:
     """One member as ``GET /p2p/v1/members`` shows it."""
     rtt = member.rtt_estimate_s
     return {
         "name": member.name,
-        "address": _format_addr(*member.gossip_addr),
+        "address": format_host_port(*member.gossip_addr),
         "advertise": member.http_addr,
         "status": member.status.value,
         "zone": member.zone,
