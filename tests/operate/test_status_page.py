@@ -88,14 +88,17 @@ async def test_the_page_shows_members_and_a_live_transfer_with_no_console_errors
                                 .fills_in_flight()))
         for node in (n1, n2):  # both from n0, the peer that is filling it
             clients.append(asyncio.create_task(read_blob(node.url + blob_path)))
-        await until(lambda: bool(n1.operate.status.fetcher().fills_in_flight()))
+        # n1's fill has bytes from its source (a swarm fill is in flight before any answer)
+        await until(lambda: any(f.received > 0 for f in n1.operate.status.fetcher()
+                                .fills_in_flight()))
         await until(lambda: all(n in n1.gossip.coordinates() for n in names))
         try:
             async with chromium_page() as page:
                 await page.navigate(n1.url + "/ui")
                 await page.wait_for("document.body && document.body.dataset.loaded === 'yes' && "
                                     "document.querySelectorAll('#fills tr.fill').length > 0 && "
-                                    "document.querySelectorAll('#map circle').length === 3")
+                                    "document.querySelector('#fills').innerText.includes('peer') "
+                                    "&& document.querySelectorAll('#map circle').length === 3")
                 await asyncio.sleep(1.5)  # one more refresh: a moved bar
                 members = await page.evaluate("document.querySelector('#members').innerText")
                 fills = await page.evaluate("document.querySelector('#fills').innerText")
