@@ -67,6 +67,8 @@ ROLE_FETCHER = "fetcher"
 ROLE_OWNER = "owner"
 #: A live member with no known relation to the digest (it may be named in hints).
 ROLE_MEMBER = "member"
+#: Float rounding between a backoff's timer and the comparison it stands for (``_pick``).
+_MARGIN_S = 1e-9
 _ROLE_RANK = {ROLE_FETCHER: 0, ROLE_MEMBER: 0, ROLE_HOLDER: 1, ROLE_OWNER: 1}
 
 
@@ -145,12 +147,17 @@ class Scheduler:
         #: backoff expiries, a heap (stale entries only cost a spurious wake-up)
         self._timers: list[float] = []
         self._now = -math.inf
+        #: A pick found nothing to ask and nothing changed since: no pick finds anything before
+        #: this time (the next backoff expiry). Every method that changes what ``_pick`` reads
+        #: resets it to -inf (``_changed``).
+        self._quiet_until = -math.inf
 
     # -- what the caller tells it ------------------------------------------------------------
 
     def set_peers(self, peers: Mapping[str, str], owner: str | None) -> list[Request]:
         """The live peers with their roles (``ROLE_*``) and the digest's owner (None: none;
         the owner may be this node). Returns the requests to peers that left (cancel them)."""
+        self._changed()
         self._owner = owner if owner != self.self_name else None
         dropped: list[Request] = []
         for name in list(self._peers):
@@ -178,6 +185,7 @@ class Scheduler:
     def on_availability(self, peer: str, have: Have, now: float) -> None:
         """``peer`` reported ``have`` (from any answer's ``P2preg-Have``)."""
         self._now = max(self._now, now)
+        self._changed()
         state = self._peers.get(peer)
         if state is not None:
             self._learn(peer, state, have)
@@ -188,11 +196,13 @@ class Scheduler:
         flight = self._flights.get(piece)
         if flight is not None and flight.request.peer == peer:
             flight.deadline = now + self.config.stall_s
-            self._refused_since.pop(piece, None)
+            if self._refused_since.pop(piece, None) is not None:
+                self._changed()
 
     def on_piece(self, peer: str, piece: int, now: float) -> None:
         """``piece`` arrived whole from ``peer`` (or from anywhere: ``peer`` may be "")."""
         self._now = max(self._now, now)
+        self._changed()
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is not None:
@@ -213,6 +223,7 @@ class Scheduler:
     def on_busy(self, peer: str, piece: int, hints: Iterable[str], now: float) -> None:
         """``peer`` refused ``piece`` as busy and named ``hints`` (peers to try instead)."""
         self._now = max(self._now, now)
+        self._changed()
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is not None:
@@ -233,6 +244,7 @@ class Scheduler:
     def on_missing(self, peer: str, piece: int, have: Have | None, now: float) -> None:
         """``peer`` does not have ``piece`` yet (404 with its availability ``have``)."""
         self._now = max(self._now, now)
+        self._changed()
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is None:
@@ -247,6 +259,7 @@ class Scheduler:
     def on_failed(self, peer: str, piece: int | None, now: float) -> None:
         """A request to ``peer`` failed (refused, broke off, wrong answer, stalled)."""
         self._now = max(self._now, now)
+        self._changed()
         if piece is not None:
             self._end_flight(piece, peer)
         state = self._peers.get(peer)
@@ -323,7 +336,11 @@ class Scheduler:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _changed(self) -> None:
+        self._quiet_until = -math.inf
+
     def _start(self, req: Request, now: float) -> None:
+        self._changed()
         state = self._peers[req.peer]
         state.in_flight += 1
         wait = self.config.stall_s
@@ -359,26 +376,41 @@ class Scheduler:
         return state.piece_until.get(piece, -math.inf) <= now
 
     def _pick(self, now: float) -> Request | None:
+        if now < self._quiet_until:
+            return None  # nothing changed since a pick found nothing, no backoff expired
+        req = self._pick_now(now)
+        if req is None:
+            # Until the next backoff expiry: every time rules 3-5 compare ``now`` with is one
+            # of ``_timers``, up to float rounding (a probe's ``now - probed < interval`` can
+            # still hold at its timer ``probed + interval``), hence the margin both ways.
+            timers = self._timers
+            while timers and timers[0] <= now - _MARGIN_S:
+                heapq.heappop(timers)
+            self._quiet_until = timers[0] - _MARGIN_S if timers else math.inf
+        return req
+
+    def _pick_now(self, now: float) -> Request | None:
         pieces = self._window()
         # Rule 5 first: a piece refused long enough with no free source blocks the window.
         for piece in pieces:
             since = self._refused_since.get(piece)
             if since is not None and now - since >= self.config.last_resort_after_s \
-                    and not self._sources(piece, now) and self._fallback(piece, now) is None:
+                    and not self._has_source(piece, now) and self._fallback(piece, now) is None:
                 req = self._last_resort(piece, now)
                 if req is not None:
                     return req
-        # Rules 2-3: pieces some eligible peer is known to have.
-        sourced = [(p, names) for p in pieces if (names := self._sources(p, now))]
+        # Rules 2-3: pieces some eligible peer is known to have (the peers looked up for the
+        # chosen piece only).
+        sourced = [p for p in pieces if self._has_source(p, now)]
         if sourced:
             zone = set(self._missing_in_window()[:self.config.in_order_pieces])
-            first = [t for t in sourced if t[0] in zone]
-            rest = [t for t in sourced if t[0] not in zone]
-            rarity = {p: len(self._avail.get(p, ())) for p, _ in rest}
-            keyed = [(p, names, self._rng.random()) for p, names in rest]
-            keyed.sort(key=lambda t: (rarity[t[0]], t[2]))
-            piece, names = first[0] if first else (keyed[0][0], keyed[0][1])
-            return Request(self._best_peer(names, piece), piece)
+            first = [p for p in sourced if p in zone]
+            rest = [p for p in sourced if p not in zone]
+            rarity = {p: len(self._avail.get(p, ())) for p in rest}
+            keyed = [(p, self._rng.random()) for p in rest]
+            keyed.sort(key=lambda t: (rarity[t[0]], t[1]))
+            piece = first[0] if first else keyed[0][0]
+            return Request(self._best_peer(self._sources(piece, now), piece), piece)
         # Rule 4: nobody known to have them; the owner, then hints.
         for piece in pieces:
             req = self._fallback(piece, now)
@@ -401,6 +433,18 @@ class Scheduler:
             names = names | hinted.keys()
         return [n for n in names if (s := self._usable(n, now)) is not None
                 and self._free_for(s, piece, now)]
+
+    def _has_source(self, piece: int, now: float) -> bool:
+        """Whether ``_sources(piece, now)`` is not empty (stops at the first usable one)."""
+        per_peer = self.config.per_peer
+        peers = self._peers
+        for names in (self._avail.get(piece, ()), self._full, self._hinted.get(piece, ())):
+            for name in names:
+                s = peers.get(name)
+                if s is not None and s.in_flight < per_peer and s.failed_until <= now \
+                        and s.piece_until.get(piece, -math.inf) <= now:
+                    return True
+        return False
 
     def _has(self, peer: str, piece: int) -> bool:
         return peer in self._full or peer in self._avail.get(piece, ())
