@@ -77,6 +77,8 @@ class FlowNetwork:
         self._links: list[_Link] = []
         self._by_name: dict[Hashable, int] = {}
         self._flows: dict[Flow, None] = {}
+        self._busy: dict[int, None] = {}
+        """The links some flow crosses (a reallocation looks at these only)."""
         self._ids = itertools.count()
         self._finish: list[tuple[float, int, Flow]] = []
         self.now = 0.0
@@ -124,6 +126,7 @@ class FlowNetwork:
         self._flows[flow] = None
         for i in link_ids:
             self._links[i].flows[flow] = None
+            self._busy[i] = None
         self.dirty = True
         return flow
 
@@ -151,6 +154,8 @@ class FlowNetwork:
             link = self._links[i]
             link.flows.pop(flow, None)
             link.sent += flow.done
+            if not link.flows:
+                self._busy.pop(i, None)
         self.dirty = True
 
     def next_finish(self) -> float | None:
@@ -184,19 +189,19 @@ class FlowNetwork:
         self.reallocations += 1
         self.dirty = False
         for flow in self._flows:
-            flow.done = flow.bytes_at(now)
+            flow.done = min(flow.size, flow.done + flow.rate * (now - flow.since))
             flow.since = now
             flow.rate = -1.0  # not fixed yet
         remaining: dict[int, float] = {}
         unfixed: dict[int, int] = {}
         heap: list[tuple[float, int]] = []
-        for i, link in enumerate(self._links):
-            if link.flows:
-                remaining[i] = link.capacity
-                unfixed[i] = len(link.flows)
-                heap.append((link.capacity / len(link.flows), i))
-        heapq.heapify(heap)
         links = self._links
+        for i in self._busy:
+            link = links[i]
+            remaining[i] = link.capacity
+            unfixed[i] = len(link.flows)
+            heap.append((link.capacity / len(link.flows), i))
+        heapq.heapify(heap)
         while heap:
             share, i = heapq.heappop(heap)
             n = unfixed.get(i, 0)

@@ -157,13 +157,19 @@ class _Fill:
     """Owner only: the origin flow of each piece that started (the owner serves a piece from
     its growing file: its bytes as they arrive from the origin)."""
 
+    have: Have | None = None
+    """``availability()`` until the next ``add``."""
+
     def add(self, piece: int) -> None:
         self.held.add(piece)
+        self.have = None
         while self.prefix in self.held:
             self.prefix += 1
 
     def availability(self) -> Have:
-        return Have(self.prefix, frozenset(p for p in self.held if p >= self.prefix))
+        if self.have is None:
+            self.have = Have(self.prefix, frozenset(p for p in self.held if p >= self.prefix))
+        return self.have
 
 
 @dataclass(slots=True)
@@ -252,6 +258,8 @@ class SwarmSim:
         self.root_feed_wait_s = root_feed_wait_s
         self.now = 0.0
         self.net = FlowNetwork()
+        self._pending = 0
+        """Fills not done yet (the run ends at 0)."""
         self._origin = self.net.add_link("origin", topology.origin_up_bps)
         names = [f"h{i:04d}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
         self.hosts: dict[str, _Host] = {}
@@ -277,7 +285,9 @@ class SwarmSim:
                     for piece in range(blob.layout.count):
                         fill.add(piece)
                     fill.done_at = 0.0
-                elif self.owners[blob.digest] != host.name:
+                    continue
+                self._pending += 1
+                if self.owners[blob.digest] != host.name:
                     fill.downloader = downloader(
                         host.name, blob, self.owners[blob.digest], names, self._child_rng()
                     )
@@ -328,7 +338,7 @@ class SwarmSim:
         return self._result()
 
     def _all_done(self) -> bool:
-        return all(f.done_at is not None for h in self.hosts.values() for f in h.fills.values())
+        return self._pending == 0
 
     def _pump(self) -> None:
         """Let every host touched in this batch send its next requests; re-arm its wake-up."""
@@ -558,6 +568,7 @@ class SwarmSim:
         fill.add(piece)
         if fill.done_at is None and fill.prefix >= fill.blob.layout.count:
             fill.done_at = self.now
+            self._pending -= 1
         for asker, last_resort, token in fill.parked.pop(piece, ()):
             self._decide(host, fill, asker, Request(name, piece, last_resort), token)
 
