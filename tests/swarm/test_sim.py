@@ -68,3 +68,32 @@ def test_the_update_phase_spreads_over_both_seeds_without_the_origin() -> None:
     assert result.quantile(1.0) <= 1.5 * one_host_transfer
     assert result.origin_copies() == 0
     assert result.max_upload_copies() <= 1.5  # not one seed serving everyone (6 copies)
+
+
+def test_the_schedulers_remembered_idle_picks_change_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Kraken's shape in small (links at the origin's rate, two layers, busy answers, probes
+    # and 404s): the scheduler's "nothing to ask until the next backoff expiry" shortcut
+    # must give the run it gives without it, to the bit.
+    from p2preg.swarm.scheduler import Scheduler
+
+    topology = Topology(300e6, 300e6, 300e6, rtt_s=0.001)
+    blobs = [BlobSpec.of("sha256:" + c * 64, 96 << 20, 1 << 20) for c in "ab"]
+    hits = 0
+    pick = Scheduler._pick
+
+    def counted(self: Scheduler, now: float) -> object:
+        nonlocal hits
+        hits += now < self._quiet_until
+        return pick(self, now)
+
+    monkeypatch.setattr(Scheduler, "_pick", counted)
+    sim = swarm(1, 12, topology, blobs)
+    fast = sim.run(until_s=60)
+    assert hits > 1000  # the shortcut was taken
+    assert sim.answers["missing"] > 1000 and sim.answers["busy"] > 1000
+    monkeypatch.setattr(Scheduler, "_pick", lambda self, now: self._pick_now(now))
+    slow_sim = swarm(1, 12, topology, blobs)
+    assert slow_sim.run(until_s=60) == fast
+    assert slow_sim.answers == sim.answers
