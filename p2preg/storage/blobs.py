@@ -586,6 +586,8 @@ class BlobWriter:
             raise self._disk_error(exc) from exc
 
     def _disk_error(self, exc: OSError) -> RegistryError:
+        """The error for a failed write, flush or commit (the writer has failed already): a full
+        disk refuses the digest for a while (``storage/room.py``, rule 3) and is a 507."""
         if is_disk_full(exc) and self.expected is not None:
             self._store.room.refuse(self.expected, None)  # no retry loop filling the disk
         return storage_error(exc, self._store.layout.root)
@@ -646,7 +648,7 @@ class BlobWriter:
             await self._sink.drain()
         except OSError as exc:
             await self._fail()
-            raise storage_error(exc, self._store.layout.root) from exc
+            raise self._disk_error(exc) from exc
         chunks = self._sink.take_buffer()
         fd, self._fd = self._fd, -1
         hasher = self._sink.hasher
@@ -683,14 +685,14 @@ class BlobWriter:
             raise _mismatch_error(expected, exc.actual) from None
         except OSError as exc:
             await self._fail()
-            raise storage_error(exc, self._store.layout.root) from exc
+            raise self._disk_error(exc) from exc
         self.verified = True
         self._sink.advance(written)  # wakes the readers: the whole blob may be released now
         try:
             placed = await asyncio.to_thread(make_durable, digest)
-        except OSError as exc:
+        except OSError as exc:  # e.g. no inode left for the blob's link or its directory
             await self._fail()
-            raise storage_error(exc, self._store.layout.root) from exc
+            raise self._disk_error(exc) from exc
         self.digest = digest
         self.done = True
         store._account(placed, self.size)

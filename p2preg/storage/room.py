@@ -15,7 +15,8 @@ Rules:
 3. Still short: ``InsufficientStorage`` (507: free and needed bytes in the detail) before a byte is
    written, and the digest is *refused* for ``refuse_for_s``: ``check(digest)`` (called when a
    writer for it is created) raises the same error at once, so clients retrying do not make the
-   node ask its upstream again and again. A disk that filled up mid-write refuses the digest too.
+   node ask its upstream again and again. A disk that filled up mid-write, or at the commit (no
+   room for the blob's link or directory), refuses the digest too.
 4. ``release(writer)`` when the writer commits or fails.
 
 Time is ``clock()`` (monotonic seconds; injected in tests). Must not import aiohttp, sqlite3 or

@@ -12,12 +12,16 @@ from tests.conftest import require_root
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
-    """Mount a ``size_bytes`` tmpfs on ``path`` (created) for the duration of the block."""
+def small_tmpfs(path: Path, size_bytes: int, *, inodes: int | None = None) -> Iterator[Path]:
+    """Mount a ``size_bytes`` tmpfs on ``path`` (created) for the duration of the block.
+
+    ``inodes`` caps its inodes: a tmpfs charges one for every file, directory and hard link, so
+    a full inode table makes ``link``/``mkdir`` fail with ``ENOSPC`` (a commit on a full disk).
+    """
     require_root()
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs",
-                    str(path)], check=True)
+    options = f"size={size_bytes},mode=0700" + ("" if inodes is None else f",nr_inodes={inodes}")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
