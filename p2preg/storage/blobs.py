@@ -222,20 +222,6 @@ class BlobStore:
             if digest is not None:
                 yield digest
 
-    async def verify(self, digest: Digest) -> bool:
-        """Re-hash a committed blob (an fsck); False when absent or its bytes do not match."""
-        path = self.layout.blob_path(digest)
-
-        def rehash() -> bool:
-            try:
-                with open(path, "rb") as f:
-                    actual = hashlib.file_digest(f, digest.algorithm).hexdigest()
-            except FileNotFoundError:
-                return False
-            return actual == digest.hex
-
-        return await asyncio.to_thread(rehash)
-
     # -- integrity -------------------------------------------------------------------------------
 
     def open_rehash(self, digest: Digest) -> Rehash | None:

@@ -330,14 +330,15 @@ async def test_recover_refuses_to_run_under_active_writers(blobs: BlobStore) -> 
     await writer.abort()
 
 
-async def test_verify_detects_corruption_on_disk(blobs: BlobStore) -> None:
+async def test_check_detects_corruption_on_disk_and_takes_the_blob_out(blobs: BlobStore) -> None:
     digest = await blobs.put_bytes(b"pristine")
-    assert await blobs.verify(digest)
+    assert await blobs.check(digest, found_by="scrub") == "ok"
     path = blobs.path(digest)
     os.chmod(path, 0o644)
     path.write_bytes(b"bitrot!!")
-    assert not await blobs.verify(digest)
-    assert not await blobs.verify(sha256(b"absent"))
+    assert await blobs.check(digest, found_by="scrub") == "corrupt"
+    assert not blobs.has(digest) and blobs.corrupt_total["scrub"] == 1
+    assert await blobs.check(sha256(b"absent"), found_by="scrub") == "absent"
 
 
 async def test_abort_from_another_task_stops_a_writer_mid_flush(
