@@ -17,7 +17,8 @@ Rules:
    mirror mode a gossip ``drop``; the next pull fetches the blob again).
 3. ``verify_now`` joins a check of the same digest already running and answers ``ok`` without
    hashing again for ``report_cooldown_s`` after a check found it good (many peers reporting one
-   blob cost one re-hash).
+   blob cost one re-hash). The shared check runs in its own task: a reporter that goes away
+   (cancelled) leaves it running for the others; ``stop`` cancels it.
 
 Time comes from the injected clock (``FakeClock`` in tests). Must not import aiohttp, sqlite3 or
 the registry, fetch, gossip or p2p packages.
@@ -26,7 +27,6 @@ the registry, fetch, gossip or p2p packages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -114,7 +114,7 @@ class Scrubber:
         self.report_cooldown_s = report_cooldown_s
         self.stats = ScrubStats()
         self._task: asyncio.Task[None] | None = None
-        self._checking: dict[Digest, asyncio.Future[str]] = {}
+        self._checking: dict[Digest, asyncio.Task[str]] = {}
         self._recent_ok: OrderedDict[Digest, float] = OrderedDict()
 
     @property
@@ -127,11 +127,14 @@ class Scrubber:
             self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop the passes and any check of a reported blob still running."""
+        tasks: list[asyncio.Task[object]] = list(self._checking.values())
+        if self._task is not None:
+            tasks.append(self._task)
+        self._task = None
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self) -> None:
         while True:
@@ -177,20 +180,17 @@ class Scrubber:
         checked_at = self._recent_ok.get(digest)
         if checked_at is not None and self.clock.now() - checked_at < self.report_cooldown_s:
             return "ok"
-        running = self._checking.get(digest)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._checking[digest] = future
-        try:
-            verdict = await self.blobs.check(digest, found_by="peer_report")
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: joiners re-raise it, nobody else must
-            raise
-        finally:
-            del self._checking[digest]
-        future.set_result(verdict)
+        task = self._checking.get(digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._check_reported(digest))
+            self._checking[digest] = task
+            task.add_done_callback(lambda done: self._reported_checked(digest, done))
+        # The check is its own task: a reporter that leaves (cancelled, its connection closed)
+        # does not cancel it for the others waiting on it.
+        return await asyncio.shield(task)
+
+    async def _check_reported(self, digest: Digest) -> str:
+        verdict = await self.blobs.check(digest, found_by="peer_report")
         if verdict == "ok":
             self._recent_ok[digest] = self.clock.now()
             self._recent_ok.move_to_end(digest)
@@ -199,6 +199,12 @@ class Scrubber:
         else:
             self._recent_ok.pop(digest, None)
         return verdict
+
+    def _reported_checked(self, digest: Digest, task: asyncio.Task[str]) -> None:
+        if self._checking.get(digest) is task:
+            del self._checking[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters re-raise it; with none left, nobody must
 
     async def _check(self, digest: Digest, pacer: ScrubPacer | None, report: ScrubReport) -> str:
         job = await asyncio.to_thread(self.blobs.open_rehash, digest)

@@ -150,6 +150,63 @@ async def test_peer_reports_are_checked_at_once_and_share_one_rehash(blobs: Blob
     assert await scrubber.verify_now(good) == "corrupt"
 
 
+class HeldChecks:
+    """Wraps ``BlobStore.check``: every call waits for ``release`` before it re-hashes."""
+
+    def __init__(self, blobs: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        real = blobs.check
+
+        async def held(digest: Digest, *, found_by: str) -> str:
+            self.calls += 1
+            self.entered.set()
+            await self.release.wait()
+            return await real(digest, found_by=found_by)
+
+        monkeypatch.setattr(blobs, "check", held)
+
+
+async def test_a_reporter_that_leaves_does_not_cancel_the_check_the_others_wait_for(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad, _ = await put(blobs, 9, 100_000)
+    flip_byte(blobs, bad)
+    held = HeldChecks(blobs, monkeypatch)
+    scrubber = Scrubber(blobs, SleepRecordingClock(), rate_bytes_s=0, interval_s=60)
+
+    first = asyncio.create_task(scrubber.verify_now(bad))
+    await held.entered.wait()  # the first report started the shared check
+    second = asyncio.create_task(scrubber.verify_now(bad))
+    await asyncio.sleep(0)  # the second report joined it
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    held.release.set()
+
+    assert await second == "corrupt"
+    assert held.calls == 1 and blobs.corrupt_total["peer_report"] == 1
+    assert not blobs.has(bad)
+    await scrubber.stop()
+
+
+async def test_stop_cancels_a_check_nobody_waits_for_any_more(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest, _ = await put(blobs, 10, 1_000)
+    held = HeldChecks(blobs, monkeypatch)
+    scrubber = Scrubber(blobs, SleepRecordingClock(), rate_bytes_s=0, interval_s=60)
+    only = asyncio.create_task(scrubber.verify_now(digest))
+    await held.entered.wait()
+    only.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await only
+    assert scrubber._checking  # still running without its reporter
+    await scrubber.stop()
+    assert not scrubber._checking and blobs.has(digest)
+
+
 async def test_the_background_task_runs_a_pass_every_interval(blobs: BlobStore) -> None:
     bad, _ = await put(blobs, 8, 1_000)
     flip_byte(blobs, bad)
