@@ -75,6 +75,23 @@ async def test_v2_is_served_on_the_loopback_listener_and_not_on_the_peer_listene
             assert status == 404, path  # signed: still nothing but /p2p here
 
 
+async def test_the_root_of_the_local_listener_redirects_to_the_status_page(
+    cluster: list[Node],
+) -> None:
+    node = cluster[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(node.url + "/", allow_redirects=False) as response:
+            assert response.status == 302
+            assert response.headers["Location"] == "/ui"
+        async with http.get(node.url + "/") as response:  # what a browser shows
+            assert response.status == 200 and response.url.path == "/ui"
+            assert response.content_type == "text/html"
+        assert (await status_of(http, node.url + "/v2/"))[0] == 200  # OCI paths unaffected
+        assert (await status_of(http, node.url + "/v2"))[0] == 200
+        status, _ = await status_of(http, node.peer_url + "/", signed("/"))
+        assert status == 404  # the peer listener has no page
+
+
 async def test_the_peer_listener_refuses_unsigned_requests_members_list_included(
     cluster: list[Node], upstream: CountingUpstream
 ) -> None:

@@ -1,5 +1,5 @@
-"""The node's status page (``GET /ui``) and the JSON it reads (``GET /_p2preg/v1/status``,
-``GET /_p2preg/v1/cache``), served on the ``/v2`` listener.
+"""The node's status page (``GET /ui``; ``GET /`` redirects there) and the JSON it reads
+(``GET /_p2preg/v1/status``, ``GET /_p2preg/v1/cache``), served on the ``/v2`` listener.
 
 Owns: ``StatusSources`` (what the page reads from a running node), the two JSON documents
 (``status_document``, ``cache_document``; their fields are documented in docs/api.md) and
@@ -148,6 +148,11 @@ def status_routes(src: StatusSources) -> web.RouteTableDef:
     routes = web.RouteTableDef()
     page = _page()
     no_store = {"Cache-Control": "no-store"}
+
+    @routes.get("/")
+    async def root(request: web.Request) -> web.Response:
+        # An operator opening http://localhost:PORT/ in a browser lands on the page.
+        raise web.HTTPFound(UI_PATH, headers=no_store)
 
     @routes.get(UI_PATH)
     async def ui(request: web.Request) -> web.Response:
