@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)
 
+    from p2preg.operate.client import KEY_ENV, add_commands
+
     members = sub.add_parser("members", help="show the cluster as a node sees it",
                              description="Print the gossip members a node knows, as a table.")
     members.add_argument("--node", default="http://127.0.0.1:5000",
@@ -64,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--ca", metavar="FILE", default=None,
                          help="CA bundle (PEM) to verify an https:// node with (default: the "
                          "system store)")
+    members.add_argument("--cluster-key-file", default=os.environ.get(KEY_ENV), metavar="FILE",
+                         help="sign the request with this cluster key file, for a node whose "
+                         "members list is only on its signed --peer-listen (default: "
+                         f"${KEY_ENV})")
 
     mc = sub.add_parser(
         "mirror-config",
@@ -111,8 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace-s", dest="grace_s", type=float, default=None, metavar="SECONDS",
                     help="keep blobs committed, linked or read less than SECONDS ago (default: "
                     "gc_grace_s, 3600; 0 is safe offline)")
-    from p2preg.operate.client import add_commands
-
     add_commands(sub)  # preheat, fanout (p2preg/operate/client.py)
     return parser
 
@@ -315,7 +320,23 @@ class _HeldLogs:
 def _members(args: argparse.Namespace) -> int:
     import json
 
-    from p2preg.gossip.http import MembersFetchError, fetch_members, format_members_table
+    from p2preg.gossip.http import (
+        MEMBERS_PATH,
+        MembersFetchError,
+        fetch_members,
+        format_members_table,
+    )
+    from p2preg.operate.client import KEY_ENV, UsageError, load_signer
+    from p2preg.operate.signing import signed_headers
+
+    headers = None
+    if args.cluster_key_file:
+        try:
+            signer = load_signer(args.cluster_key_file)
+        except UsageError as exc:
+            print(scrub(f"p2preg: members: {exc}"), file=sys.stderr)
+            return 2
+        headers = signed_headers(signer, "GET", MEMBERS_PATH, sender="p2preg-cli")
 
     async def fetch() -> dict[str, object]:
         import aiohttp
@@ -327,7 +348,7 @@ def _members(args: argparse.Namespace) -> int:
             timeout=aiohttp.ClientTimeout(total=10.0),
             connector=aiohttp.TCPConnector(ssl=ssl_context if ssl_context else True),
         ) as session:
-            return await fetch_members(args.node, session=session)
+            return await fetch_members(args.node, session=session, headers=headers)
 
     try:
         data = asyncio.run(fetch())
@@ -335,6 +356,9 @@ def _members(args: argparse.Namespace) -> int:
         hint = ""
         if "HTTP 404" in str(exc):
             hint = " (this node runs without gossip: --gossip-listen is not set)"
+        elif "HTTP 401" in str(exc) and headers is None:
+            hint = (" (the members list on a peer listener is signed: pass --cluster-key-file "
+                    f"or set ${KEY_ENV})")
         print(scrub(f"p2preg: members: {exc}{hint}"), file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else format_members_table(data), end="")

@@ -19,7 +19,7 @@ protocol, not the other way round), nor the registry package.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -124,9 +124,13 @@ def _validate_document(doc: object) -> dict[str, Any]:
 
 
 async def fetch_members(
-    node_url: str, *, timeout_s: float = 10.0, session: aiohttp.ClientSession | None = None
+    node_url: str, *, timeout_s: float = 10.0, session: aiohttp.ClientSession | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """GET ``<node_url>/p2p/v1/members`` and return the validated JSON document.
+
+    ``headers`` are sent with it (a cluster-key signature of ``GET /p2p/v1/members``, for a
+    node whose members list is only on its signed peer listener).
 
     Raises ``MembersFetchError`` with a readable message on connection errors, non-200 answers
     (the OCI error message is quoted) or a malformed body.
@@ -135,7 +139,7 @@ async def fetch_members(
     own = session is None
     client = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
     try:
-        async with client.get(url) as resp:
+        async with client.get(url, headers=headers) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise MembersFetchError(f"{url}: HTTP {resp.status}: {_error_message(text)}")

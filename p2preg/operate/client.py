@@ -94,7 +94,9 @@ def _nodes(text: str) -> list[str] | None:
     return None if names in ([], ["all"]) else names
 
 
-def _signer(path: str | None) -> RequestSigner:
+def load_signer(path: str | None) -> RequestSigner:
+    """The signer of ``--cluster-key-file`` (the first key signs); ``UsageError`` when none is
+    given or the file is unreadable or has no key."""
     from p2preg.config import ConfigError
     from p2preg.gossip.service import load_keyring
 
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``preheat`` or ``fanout``; the exit status."""
     try:
         parse_image(args.image)
-        signer = _signer(args.cluster_key_file)
+        signer = load_signer(args.cluster_key_file)
 
         async def main() -> int:
             async with aiohttp.ClientSession() as http:

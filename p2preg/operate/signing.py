@@ -5,8 +5,9 @@ Owns: ``verify_request`` (a handler's check: ``401`` OCI error JSON when the req
 with the cluster keyring; ``503`` when the node has no key, so nobody can start pulls on it
 anonymously), ``signed_routes`` (a signed ``POST PATH`` that starts something and a signed
 ``GET PATH/<id>`` that shows it, both answering JSON or OCI error JSON), ``bad_request`` and
-``platforms_and_at`` (the body fields both start routes share), ``signed_json`` (the client side:
-one signed request, its JSON answer) and ``SignedClientError``.
+``platforms_and_at`` (the body fields both start routes share), ``signed_headers`` and
+``signed_json`` (the client side: the headers that sign a request; one signed request, its JSON
+answer) and ``SignedClientError``.
 
 Must not import the registry handlers, the mirror or gossip services.
 """
@@ -101,14 +102,21 @@ def signed_routes(path: str, verifier: RequestVerifier | None, *,
     return routes
 
 
+def signed_headers(signer: RequestSigner, method: str, path: str, *,
+                   sender: str) -> dict[str, str]:
+    """The headers that sign ``method path`` (query included) as ``sender``."""
+    headers = {NODE_HEADER: sender}
+    headers.update(signer.sign(method, path, headers))
+    return headers
+
+
 async def signed_json(session: aiohttp.ClientSession, signer: RequestSigner, method: str,
                       base_url: str, path: str, *, sender: str, body: Any = None,
                       timeout_s: float = 10.0) -> dict[str, Any]:
     """Send one signed request; return the JSON object a 2xx answered, else raise
     ``SignedClientError`` with the status and the OCI error's message (status 0: no answer,
     or an answer that is not a JSON object)."""
-    headers = {NODE_HEADER: sender}
-    headers.update(signer.sign(method, path, headers))
+    headers = signed_headers(signer, method, path, sender=sender)
     data = None
     if body is not None:
         data = json.dumps(body).encode()
