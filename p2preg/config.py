@@ -210,6 +210,8 @@ OPTIONS: tuple[Option, ...] = (
            "as peers reach it (default: the bound --peer-listen, else --listen)", "HOST:PORT"),
     Option("peer_listen", str, None, "HTTP address of the peer API (/p2p: blobs, tags, "
            "members), apart from --listen's /v2; unset: served on --listen", "HOST:PORT"),
+    Option("metrics_listen", str, None, "HTTP address serving GET /metrics only (e.g. the "
+           "node's IP for Prometheus) while /v2 stays on --listen; not a wildcard", "HOST:PORT"),
     Option("allow_open_mirror", bool, False, "let a mirror with upstream credentials serve /v2 "
            "on a non-loopback --listen without --htpasswd (anyone reaching it pulls with them)"),
     Option("peer_ca", str, None, "with --tls-cert: CA bundle that signed the peers' "
@@ -264,6 +266,7 @@ class Config:
     tombstone_grace_s: float = 3600.0
     advertise: str | None = None
     peer_listen: str | None = None
+    metrics_listen: str | None = None
     allow_open_mirror: bool = False
     peer_ca: str | None = None
 
@@ -597,6 +600,8 @@ def validate(config: Config) -> None:
     else:
         _need(not config.peer_listen, "--peer-listen", "needs --gossip-listen: without gossip "
               "no peer asks", "add --gossip-listen or drop --peer-listen")
+    if config.metrics_listen:
+        _check_metrics_listen(config)
     for peer in config.join:
         split_host_port(peer, "--join")
     _need(not (config.mdns and not config.mdns_interface), "--mdns",
@@ -605,6 +610,21 @@ def validate(config: Config) -> None:
     _need(not ((config.join or config.join_dns or config.mdns) and not config.gossip_listen),
           "--gossip-listen", "--join, --join-dns and --mdns need it",
           "add --gossip-listen HOST:PORT")
+
+
+def _check_metrics_listen(config: Config) -> None:
+    """``--metrics-listen`` is unauthenticated: one address, never every interface, and not a
+    listener the node already has."""
+    host, port = split_host_port(config.metrics_listen or "", "--metrics-listen")
+    _need(not _is_wildcard_host(host), "--metrics-listen",
+          f"the wildcard {config.metrics_listen} would serve /metrics, unauthenticated, on every "
+          "interface of the host", "give the one address Prometheus scrapes, e.g. "
+          "--metrics-listen THIS_HOST_IP:9746 ($(HOST_IP) in Kubernetes)")
+    for flag, other in (("--listen", config.listen), ("--peer-listen", config.peer_listen)):
+        if other and port != 0:
+            other_host, other_port = split_host_port(other, flag)
+            _need((host, port) != (other_host, other_port), "--metrics-listen",
+                  f"{config.metrics_listen} is also {flag}", "give /metrics a port of its own")
 
 
 AUTO_CACHE_FLOOR_BYTES = 256 * 1024 * 1024

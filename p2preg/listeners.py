@@ -12,6 +12,9 @@ The layout (docs/p2p.md, "Listeners"):
 - ``--peer-listen``: ``/p2p/...`` only (blobs, tags, members, pulls); gossip advertises its address
   (or ``--advertise``) as the one peers fetch from. With a cluster key every request must be
   signed, the members list included; anything else is ``401``.
+- ``--metrics-listen`` (unset): ``GET /metrics`` only, unauthenticated, for a Prometheus that
+  cannot reach the loopback ``--listen`` (the node's IP in a DaemonSet); never a wildcard
+  (``config.validate``). ``/metrics`` stays on ``--listen`` too.
 - Without ``--peer-listen`` both share ``--listen`` (the layout before listeners were split;
   it still works, and a node warns when that listener is not loopback).
 

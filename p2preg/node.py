@@ -2,8 +2,8 @@
 
 Owns: ``Node`` (``start``/``stop`` and the order things happen in) and nothing else; every part it
 wires is built and tested in its own package. ``cli`` runs it under a signal handler. Which API
-goes on which listener (``--listen`` for local clients, ``--peer-listen`` for peers) is the rule
-of ``p2preg.listeners``.
+goes on which listener (``--listen`` for local clients, ``--peer-listen`` for peers,
+``--metrics-listen`` for Prometheus) is the rule of ``p2preg.listeners``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class Node:
         self.observability = Observability()
         self._runner: web.AppRunner | None = None
         self._peer_runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_url = ""  # the /metrics-only listener's URL when --metrics-listen is set
         self.peer_url = ""  # the peer listener's URL when --peer-listen is set
         self._lock: DataDirLock | None = None
         self._meta: MetadataStore | None = None
@@ -141,6 +143,10 @@ class Node:
             log.warning("serving /v2 and the peer API on one non-loopback listener (%s): set "
                         "--listen 127.0.0.1:PORT and --peer-listen HOST:PORT to keep /v2 local",
                         config.listen)
+        metrics_sock: socket.socket | None = None
+        if config.metrics_listen:
+            metrics_sock = self._bind_listener(
+                *split_host_port(config.metrics_listen, "--metrics-listen"))
         peer_tls: ssl.SSLContext | None = None
         if config.tls_cert:  # a TLS cluster: peers are fetched from over HTTPS too
             from p2preg.tlsconfig import client_context
@@ -272,6 +278,15 @@ class Node:
             await self._peer_runner.setup()
             await web.SockSite(self._peer_runner, peer_sock, ssl_context=ssl_context).start()
             self.peer_url = f"{scheme}://{format_host_port(*peer_sock.getsockname()[:2])}"
+        if metrics_sock is not None:
+            self._metrics_runner = RegistryRunner(
+                self.observability.metrics_app(), header_timeout_s=config.header_timeout_s,
+                access_log_class=AccessLogger, handle_signals=False,
+            )
+            await self._metrics_runner.setup()
+            await web.SockSite(self._metrics_runner, metrics_sock, ssl_context=ssl_context).start()
+            self.metrics_url = (
+                f"{scheme}://{format_host_port(*metrics_sock.getsockname()[:2])}")
         self.maintenance.start()
         self.scrubber.start()
         if self.gossip is not None:
@@ -283,10 +298,9 @@ class Node:
             await self.p2p.start()
         self.url = f"{scheme}://{http_addr if peer_sock is None else format_host_port(host, port)}"
         self.observability.health.set_ready()
-        if self.peer_url:
-            event(log, "listening", url=self.url, mode=config.mode, peer_url=self.peer_url)
-        else:
-            event(log, "listening", url=self.url, mode=config.mode)
+        urls = {"peer_url": self.peer_url, "metrics_url": self.metrics_url}
+        event(log, "listening", url=self.url, mode=config.mode,
+              **{name: url for name, url in urls.items() if url})
 
     def _check_open_mirror(self) -> None:
         """Refuse to serve /v2 with upstream credentials to the network without logins."""
@@ -358,10 +372,10 @@ class Node:
             self.metrics.set_gossip_reading(None)
             await self.gossip.stop()
             self.gossip = None
-        for runner in (self._peer_runner, self._runner):
+        for runner in (self._metrics_runner, self._peer_runner, self._runner):
             if runner is not None:
                 await runner.cleanup()
-        self._runner = self._peer_runner = None
+        self._runner = self._peer_runner = self._metrics_runner = None
         for closer in reversed(self._closers):
             result = closer.close()
             if hasattr(result, "__await__"):

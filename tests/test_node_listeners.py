@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -243,3 +244,69 @@ async def test_the_peer_listener_drops_a_connection_without_a_request_head_in_ti
         writer.close()
     finally:
         await node.stop()
+
+
+METRICS_HOST = "127.0.0.3"
+
+
+async def test_metrics_listen_serves_only_metrics_while_v2_stays_on_loopback(
+    tmp_path: Path,
+) -> None:
+    node = Node(Config(mode="registry", listen="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                       metrics_listen=f"{METRICS_HOST}:0"))
+    await node.start()
+    try:
+        assert node.metrics_url.startswith(f"http://{METRICS_HOST}:")
+        async with aiohttp.ClientSession() as http:
+            status, body = await status_of(http, node.metrics_url + "/metrics")
+            assert status == 200 and b"p2preg_http_requests_total" in body
+            async with http.get(node.metrics_url + "/metrics",
+                                headers={"Accept": "application/openmetrics-text"}) as resp:
+                assert resp.content_type == "application/openmetrics-text"
+            for path in ("/", "/v2/", "/healthz", "/ui", "/_p2preg/v1/status",
+                         "/p2p/v1/members", "/metrics/"):
+                assert (await status_of(http, node.metrics_url + path))[0] == 404, path
+            async with http.post(node.metrics_url + "/metrics") as resp:
+                assert resp.status == 405
+            # /v2 and /metrics stay where they were; the scrapes were counted.
+            assert (await status_of(http, node.url + "/v2/"))[0] == 200
+            status, local = await status_of(http, node.url + "/metrics")
+            assert status == 200 and b'route="/metrics"' in local
+    finally:
+        await node.stop()
+    assert node.metrics_url  # and the socket is closed:
+    host, port = node.metrics_url.removeprefix("http://").rsplit(":", 1)
+    with pytest.raises(OSError):
+        await asyncio.open_connection(host, int(port))
+
+
+@pytest.mark.parametrize(("value", "other", "message"), [
+    ("0.0.0.0:9746", {}, "the wildcard 0.0.0.0:9746 would serve /metrics"),
+    ("[::]:9746", {}, "the wildcard [::]:9746 would serve /metrics"),
+    (":9746", {}, "expected HOST:PORT"),
+    ("127.0.0.1:5000", {}, "127.0.0.1:5000 is also --listen"),
+    ("10.0.0.12:5001", {"peer_listen": "10.0.0.12:5001", "gossip_listen": "127.0.0.1:0",
+                        "advertise": "10.0.0.12:5001"}, "is also --peer-listen"),
+])
+def test_metrics_listen_refuses_a_wildcard_or_a_taken_address(
+    value: str, other: dict[str, str], message: str
+) -> None:
+    from p2preg.config import validate
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        validate(Config(metrics_listen=value, **other))  # type: ignore[arg-type]
+    assert refused.value.option == "--metrics-listen"
+    validate(Config(metrics_listen="10.0.0.12:9746"))
+
+
+def test_p2preg_serve_refuses_a_wildcard_metrics_listener_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PREG_METRICS_LISTEN", "0.0.0.0:9746")
+    code = main(["serve", "--data-dir", str(tmp_path / "d")])
+    assert code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("{")]
+    assert line.startswith("p2preg: configuration error: --metrics-listen (env "
+                           "P2PREG_METRICS_LISTEN): the wildcard 0.0.0.0:9746 would serve")
+    assert " — give the one address Prometheus scrapes" in line
+    assert not (tmp_path / "d").exists()  # refused before anything was made

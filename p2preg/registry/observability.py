@@ -1,7 +1,8 @@
 """The aiohttp side of observability: per-request bookkeeping, ``/metrics`` and ``/healthz``.
 
 Owns: ``Observability`` (its ``middleware``, the ``on_response_prepare`` hook and the two endpoint
-handlers, wired by ``setup(app)``), ``AccessLogger`` (the ``AbstractAccessLogger`` subclass the
+handlers, wired by ``setup(app)``; ``metrics_app()``, the ``/metrics``-only app of
+``--metrics-listen``), ``AccessLogger`` (the ``AbstractAccessLogger`` subclass the
 node passes to ``web.AppRunner(access_log_class=AccessLogger)``), ``finish_request`` and
 ``route_label``, and the ``request[...]`` keys handlers fill in (``SOURCE_KEY`` and friends).
 
@@ -207,6 +208,14 @@ class Observability:
         app.on_response_prepare.append(self.on_response_prepare)
         app.router.add_get(METRICS_PATH, self.metrics_handler)
         app.router.add_get(HEALTHZ_PATH, self.healthz_handler)
+
+    def metrics_app(self) -> web.Application:
+        """An app serving ``GET /metrics`` and nothing else (``--metrics-listen``); its
+        scrapes are counted like every request."""
+        app = web.Application(middlewares=[self.middleware])
+        app.on_response_prepare.append(self.on_response_prepare)
+        app.router.add_get(METRICS_PATH, self.metrics_handler)
+        return app
 
     def _make_middleware(self) -> Middleware:
         @web.middleware
