@@ -12,7 +12,9 @@ Specification:
   local node first and the upstream kept as the fallback;
 - ``deploy/kubernetes/p2preg.yaml`` is what ``generate.sh`` renders now, and the chart's copy of
   the alert rules is ``deploy/prometheus/p2preg-alerts.yml``;
-- the metrics sidecar republishes a real node's ``/metrics`` and nothing else.
+- ``metrics.expose`` makes the node itself serve ``/metrics`` on the node's IP
+  (``--metrics-listen``, no sidecar): run with the chart's own args, a real node answers
+  ``/metrics`` there and nothing else, while ``/v2`` stays on loopback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import copy
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
-from tests.support.daemons import ManagedProcess, free_port, wait_for_http
+from tests.support.daemons import free_port
 from tests.support.node import REPO_ROOT, http_request, running_node
 
 CHART = REPO_ROOT / "deploy" / "helm" / "p2preg"
@@ -106,7 +107,7 @@ def test_every_rendered_object_validates_strictly(values: list[str], kube: str) 
 def test_full_values_render_every_optional_part() -> None:
     objects = render(VALUE_SETS["full"])
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "DaemonSet", "Namespace", "PrometheusRule", "Service",
+    assert kinds == ["DaemonSet", "Namespace", "PrometheusRule", "Service",
                      "ServiceMonitor"]  # existingSecret: no Secret rendered
     ds = _daemonset(objects)
     spec = ds["spec"]["template"]["spec"]
@@ -214,20 +215,43 @@ def test_static_manifest_is_generated_from_the_chart() -> None:
     assert all(o["metadata"].get("namespace", "p2preg") == "p2preg" for o in objects)
 
 
-def test_metrics_sidecar_republishes_only_metrics() -> None:
+def _metrics_listen(args: list[str]) -> list[str]:
+    return [a for a in args if a.startswith("--metrics-listen=")]
+
+
+def test_exposed_metrics_are_the_nodes_own_listener_on_the_node_ip() -> None:
+    objects = render(VALUE_SETS["full"])
+    spec = _daemonset(objects)["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["p2preg"]  # no sidecar
+    node = _container(_daemonset(objects), "p2preg")
+    assert _metrics_listen(node["args"]) == ["--metrics-listen=$(HOST_IP):9800"]
+    ports = {p["name"]: p for p in node["ports"]}
+    assert ports["metrics"] == {"name": "metrics", "containerPort": 9800, "hostPort": 9800,
+                                "protocol": "TCP"}
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    assert {"name": "metrics", "port": 9800, "protocol": "TCP"} in service["spec"]["ports"]
+    assert {v["name"] for v in spec["volumes"]} == {
+        "data", "tmp", "keys", "containerd-certs", "docker-config"}
+    # Off by default: nothing listens beyond loopback but the peer and gossip ports.
+    default = _container(_daemonset(render([])), "p2preg")
+    assert _metrics_listen(default["args"]) == []
+    assert "metrics" not in {p["name"] for p in default["ports"]}
+
+
+def test_the_charts_metrics_listener_serves_a_real_nodes_metrics_and_nothing_else() -> None:
+    node_args = _container(_daemonset(render(VALUE_SETS["full"])), "p2preg")["args"]
+    (flag,) = _metrics_listen(node_args)
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="p2p-mproxy-") as tmp, running_node() as node:
-        proxy = ManagedProcess(
-            [sys.executable, str(CHART / "files" / "metrics_proxy.py"),
-             f"--listen=127.0.0.1:{port}", f"--target={node.url}/metrics"],
-            Path(tmp) / "proxy.log")
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/metrics", proxy)
-            got = http_request("GET", f"http://127.0.0.1:{port}/metrics")
-            assert got.status == 200
-            assert b"p2preg_http_requests_total" in got.body
-            assert got.headers["content-type"].startswith("text/plain")
-            assert http_request("GET", f"http://127.0.0.1:{port}/v2/").status == 404
-            assert http_request("DELETE", f"http://127.0.0.1:{port}/metrics").status == 405
-        finally:
-            proxy.stop()
+    host = "127.0.0.3"  # stands in for $(HOST_IP): an address apart from the loopback --listen
+    arg = flag.replace("$(HOST_IP)", host).replace(":9800", f":{port}")
+    with running_node(extra_args=[arg]) as node:
+        (listening,) = [e for e in node.events() if e.get("event") == "listening"]
+        assert listening["metrics_url"] == f"http://{host}:{port}"
+        got = http_request("GET", f"http://{host}:{port}/metrics")
+        assert got.status == 200 and b"p2preg_http_requests_total" in got.body
+        assert got.headers["content-type"].startswith("text/plain")
+        for path in ("/v2/", "/healthz", "/ui"):
+            assert http_request("GET", f"http://{host}:{port}{path}").status == 404, path
+        assert http_request("DELETE", f"http://{host}:{port}/metrics").status == 405
+        assert http_request("GET", f"{node.url}/v2/").status == 200
+        assert node.url.startswith("http://127.0.0.1:")
