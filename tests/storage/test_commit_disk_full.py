@@ -5,10 +5,8 @@ file removed, the refusal counted and kept for a while. The disk is a small tmpf
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,31 +16,10 @@ from p2preg.oci.errors import RegistryError
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.diskspace import INSUFFICIENT_STORAGE
 from p2preg.storage.layout import StoreLayout
-from tests.support.smallfs import small_tmpfs
+from tests.support.smallfs import inodes_used_up, small_tmpfs
 
 FS_BYTES = 8 * 1024 * 1024
 FS_INODES = 64
-
-
-@contextlib.contextmanager
-def inodes_used_up(directory: Path) -> Iterator[int]:
-    """Create empty files in ``directory`` until the file system has no inode left; remove them
-    after the block. Yields how many it took."""
-    directory.mkdir()
-    made = 0
-    try:
-        while True:
-            try:
-                (directory / f"f{made}").touch(exist_ok=False)
-            except OSError as exc:
-                assert exc.errno == 28  # ENOSPC
-                break
-            made += 1
-        yield made
-    finally:
-        for name in os.listdir(directory):
-            os.unlink(directory / name)
-        directory.rmdir()
 
 
 def same_prefix_pair(rng: random.Random) -> tuple[bytes, bytes]:

@@ -1,9 +1,12 @@
-"""A small file system for disk-full tests: a tmpfs of a given size, mounted by the test and
-unmounted after it (root only: skipped with the reason otherwise, a failure under CI)."""
+"""A small file system for disk-full tests: a tmpfs of a given size (and inode count), mounted by
+the test and unmounted after it (root only: skipped with the reason otherwise, a failure under
+CI); ``inodes_used_up`` fills its inode table for a moment."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,3 +31,24 @@ def small_tmpfs(path: Path, size_bytes: int, *, inodes: int | None = None) -> It
         result = subprocess.run(["umount", str(path)], check=False)
         if result.returncode != 0:  # something still holds a file: detach it anyway
             subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def inodes_used_up(directory: Path) -> Iterator[int]:
+    """Create empty files in ``directory`` until the file system has no inode left; remove them
+    after the block. Yields how many it took."""
+    directory.mkdir()
+    made = 0
+    try:
+        while True:
+            try:
+                (directory / f"f{made}").touch(exist_ok=False)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+            made += 1
+        yield made
+    finally:
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        directory.rmdir()
