@@ -322,6 +322,20 @@ class Scheduler:
     def missing(self) -> list[int]:
         return [i for i in range(self._prefix, self.layout.count) if not self._complete[i]]
 
+    def source_states(self, piece: int, now: float) -> dict[str, str]:
+        """Diagnostics: the peers known to have ``piece`` or hinted for it, each with why it
+        is not asked now: ``per_peer`` (our requests to it are at the limit), ``failed``,
+        ``backoff`` (busy or missing for that piece), or ``usable``."""
+        names = self._avail.get(piece, set()) | self._full | self._hinted.get(piece, {}).keys()
+        out = {}
+        for name in sorted(names):
+            state = self._peers[name]
+            out[name] = ("per_peer" if state.in_flight >= self.config.per_peer
+                         else "failed" if state.failed_until > now
+                         else "backoff" if not self._free_for(state, piece, now)
+                         else "usable")
+        return out
+
     def contributors(self) -> frozenset[str]:
         """Peers that delivered at least one piece (blamed together if the digest is wrong)."""
         return frozenset(self._contributors)

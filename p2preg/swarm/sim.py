@@ -273,6 +273,8 @@ class SwarmSim:
         self._tokens = itertools.count(1)
         self._dirty: set[str] = set()
         self.events = 0
+        self.observers: list[Callable[[SwarmSim], None]] = []
+        """Called after every batch's reallocation (read-only: ``swarm.trace``)."""
         self.answers: dict[str, int] = dict.fromkeys(
             ("served", BUSY, MISSING, "parked", "cut_through", "waited", "broken"), 0)
         """How requests were answered (``parked``: long-polled at the owner first)."""
@@ -335,6 +337,8 @@ class SwarmSim:
             self._pump()
             if net.dirty:
                 net.reallocate()
+            for observe in self.observers:
+                observe(self)
         return self._result()
 
     def _all_done(self) -> bool:

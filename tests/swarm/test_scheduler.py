@@ -250,3 +250,18 @@ def test_a_piece_is_probed_at_most_once_per_probe_interval() -> None:
     assert s.next_deadline() is not None and s.next_deadline() <= 0.25
     again = s.next_requests(0.26)
     assert len(again) == 1 and again[0].peer in {"a", "b", "c"} - {probe[0].peer}
+
+
+def test_source_states_say_why_a_known_source_is_not_asked() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER, "c": ROLE_FETCHER},
+              per_peer=1, max_requests=4)
+    for name in ("a", "b", "c"):
+        s.on_availability(name, Have.of(0, [1, 2, 3]), 0)
+    sent = {r.peer: r.piece for r in s.next_requests(0) if r.peer in "abc"}
+    assert set(sent) == {"a", "b", "c"}  # pieces 1-3, one each (per_peer=1)
+    s.on_busy("a", sent["a"], (), 0.1)
+    s.on_failed("b", sent["b"], 0.1)
+    assert s.source_states(sent["a"], 0.2) == {"a": "backoff", "b": "failed", "c": "per_peer"}
+    s.on_piece("c", sent["c"], 0.2)
+    assert s.source_states(sent["a"], 0.3)["c"] == "usable"
+    assert s.source_states(5, 0.3) == {}  # nobody known to have piece 5
