@@ -54,7 +54,7 @@ def run(n: int, settings: dict[str, float], known_fetchers: int, seed: int,
     sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up, known_fetchers=known_fetchers)
     trace = LagTrace(sim)
     t = time.process_time()
-    result = sim.run(until_s=20 * ONE_S)
+    result = trace.run(until_s=20 * ONE_S)
     cpu = time.process_time() - t
     owners = set(sim.owners.values())
     others = [h for h in trace.hosts.values() if h.name not in owners]
@@ -67,6 +67,8 @@ def run(n: int, settings: dict[str, float], known_fetchers: int, seed: int,
         "max_upload_copies": result.max_upload_copies(),
         "origin_copies": result.origin_copies(),
         "owners_done_s": sorted(trace.hosts[o].done_s or float("inf") for o in owners),
+        "layers_at_owner_s": sorted(
+            sim.hosts[o].fills[d].done_at or float("inf") for d, o in sim.owners.items()),
         "mean_idle_s": {c: statistics.fmean(h.idle_s[c] for h in others) for c in CAUSES},
         "median_host": median.name, "median_idle_s": dict(median.idle_s),
         "up_busy_to_10s": trace.up_busy(ONE_S),
@@ -79,13 +81,15 @@ def line(label: str, s: dict[str, Any]) -> str:
     idle = " | ".join(f"{s['mean_idle_s'][c]:.2f}" for c in CAUSES)
     total = sum(s["mean_idle_s"].values())
     return (f"| {label} | {s['nodes']} | {s['p50_x']:.2f}x | {s['p99_x']:.2f}x | "
-            f"{s['max_x']:.2f}x | {s['max_upload_copies']:.2f} | {s['up_busy_to_10s']:.0%} | "
+            f"{s['max_x']:.2f}x | {s['max_upload_copies']:.2f} | "
+            f"{'/'.join(f'{t:.1f}' for t in s['layers_at_owner_s'])} | {s['up_busy_to_10s']:.0%} | "
             f"{total:.2f} | {idle} |")
 
 
-HEAD = ("| run | N | p50 | p99 | max | max upload | uplinks busy (0-10 s) | "
+HEAD = ("| run | N | p50 | p99 | max | max upload | layers at owners (s) | "
+        "uplinks busy (0-10 s) | "
         "downlink idle s (mean host) | " + " | ".join(CAUSES) + " |\n|"
-        + "---|" * (8 + len(CAUSES)))
+        + "---|" * (9 + len(CAUSES)))
 
 
 def plot(trace: LagTrace, path: Path, title: str) -> None:

@@ -352,7 +352,7 @@ class P2P:
                 signer=self._signer, origin=origin, config=self.config.client,
                 scheduler=self.config.scheduler, rng=random.Random(self._rng.random()),
                 ledger=ledger, on_failure=lambda peer, reason: self.penalties.failed(peer),
-                stats=self.swarm_stats))
+                stats=self.swarm_stats, upstream_busy=self._upstream_busy))
         for candidate in () if sources else plan.candidates:
             sources.append(PeerBlobSource(
                 self._client(), candidate, node_name=self.membership.node_name,
@@ -389,6 +389,13 @@ class P2P:
                              if p.name == owner else ROLE_FETCHER if p.name in fetchers
                              else ROLE_MEMBER)
         return SwarmView(roles, addrs, owner)
+
+    def _upstream_busy(self) -> bool:
+        """Whether a fill of this node streams from the upstream now (its swarm fills then
+        ask fewer pieces at once: ``swarm.scheduler`` rule 1)."""
+        mirror = self._mirror
+        return mirror is not None and any(
+            f.source_kind == "upstream" for f in mirror.fetcher.fills_in_flight())
 
     def _is_root(self, digest: Digest) -> bool:
         """Whether this node's fill of ``digest`` streams in order from the upstream or a

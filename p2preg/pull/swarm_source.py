@@ -164,6 +164,7 @@ class SwarmSource:
         ledger: Ledger | None = None,
         on_failure: FailureCallback | None = None,
         stats: SwarmStats | None = None,
+        upstream_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.session = session
         self.view = view
@@ -179,6 +180,8 @@ class SwarmSource:
         self.ledger = ledger or Ledger()
         self.on_failure = on_failure or (lambda peer, reason: None)
         self.stats = stats or SwarmStats()
+        #: whether this node streams a blob from its upstream now (the scheduler's rule 1)
+        self.upstream_busy = upstream_busy or (lambda: False)
 
     async def open(self, digest: Digest, offset: int) -> SwarmStream:
         stream = SwarmStream(self, digest, offset)
@@ -362,7 +365,7 @@ class SwarmStream:
         now = clock.now()
         for req in sched.expire(now):
             self._cancel(req)
-        for req in sched.next_requests(now):
+        for req in sched.next_requests(now, upstream_busy=self.src.upstream_busy()):
             start, end = self.layout.span(req.piece)
             start = max(start, pos) if req.piece == self.layout.piece_at(pos) else start
             task = asyncio.get_running_loop().create_task(

@@ -73,8 +73,11 @@ ROOT_FEED_WAIT_S = 2.0
 class Downloader(Protocol):
     """The download side of one host for one blob."""
 
-    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
-        """``(requests to send, requests given up)``; the sim withdraws the given-up ones."""
+    def next_requests(
+        self, now: float, upstream_busy: bool = False
+    ) -> tuple[list[Request], list[Request]]:
+        """``(requests to send, requests given up)``; the sim withdraws the given-up ones.
+        ``upstream_busy``: the host streams another blob from the origin now (its owner)."""
         ...
 
     def next_deadline(self) -> float | None: ...
@@ -351,6 +354,8 @@ class SwarmSim:
         for name in sorted(dirty):
             host = self.hosts[name]
             wake = math.inf
+            streaming = any(self.owners[digest] == name and fill.done_at is None
+                            for digest, fill in host.fills.items())
             for digest, fill in host.fills.items():
                 d = fill.downloader
                 if d is None or fill.done_at is not None:
@@ -358,7 +363,7 @@ class SwarmSim:
                 for piece, flight in fill.flights.items():
                     if flight.flow is not None:
                         d.on_progress(flight.peer, piece, self.now)
-                send, gave_up = d.next_requests(self.now)
+                send, gave_up = d.next_requests(self.now, streaming)
                 for req in gave_up:
                     self._withdraw(host, fill, req)
                 for req in send:
@@ -573,6 +578,7 @@ class SwarmSim:
         if fill.done_at is None and fill.prefix >= fill.blob.layout.count:
             fill.done_at = self.now
             self._pending -= 1
+            self._dirty.add(name)  # an owner's other fills may ask more now (upstream done)
         for asker, last_resort, token in fill.parked.pop(piece, ()):
             self._decide(host, fill, asker, Request(name, piece, last_resort), token)
 
@@ -620,9 +626,11 @@ class SchedulerDownloader:
                 self.peers[name] = ROLE_HOLDER
         self.scheduler.set_peers(self.peers, owner)
 
-    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+    def next_requests(
+        self, now: float, upstream_busy: bool = False
+    ) -> tuple[list[Request], list[Request]]:
         stalled = self.scheduler.expire(now)
-        return self.scheduler.next_requests(now), stalled
+        return self.scheduler.next_requests(now, upstream_busy=upstream_busy), stalled
 
     def next_deadline(self) -> float | None:
         return self.scheduler.next_deadline()
@@ -731,7 +739,9 @@ class StarDownloader:
         self.next_piece = 0
         self.pending = 0
 
-    def next_requests(self, now: float) -> tuple[list[Request], list[Request]]:
+    def next_requests(
+        self, now: float, upstream_busy: bool = False
+    ) -> tuple[list[Request], list[Request]]:
         out = []
         while self.pending < self.in_flight and self.next_piece < self.count:
             out.append(Request(self.source, self.next_piece))

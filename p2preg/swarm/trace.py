@@ -1,13 +1,14 @@
 """Where a host's downlink under-runs in a simulated swarm: a lag trace of ``swarm.sim`` runs.
 
-Owns: ``LagTrace`` (attach it to a ``SwarmSim`` before ``run``), ``HostTrace`` and the cause
+Owns: ``LagTrace`` (attach it to a ``SwarmSim``, then ``LagTrace.run``), ``HostTrace`` and the cause
 names (``CAUSES``). Every ``interval_s`` of simulated time (at the first batch end past it) it
 records, per host, the bytes received so far and the downlink's current rate, and when the
 rate is below the link's capacity it names **why**, from the host's own state and its flows:
 
 - ``frontier``: every piece that exists yet (the owner's origin stream started it) is held or
-  asked for; what is asked for runs at the rate its sources give (the origin's pace, a relay
-  chain, a shared uplink): nothing the scheduler could add.
+  asked for: ``frontier/flows`` when every request runs (at the rate its sources give: the
+  origin's pace, a relay chain, a shared uplink), ``frontier/answer`` when some request has no
+  bytes yet (on its way, waiting at a relay for its first byte, long-polled at the owner).
 - ``window``: pieces that exist are neither held nor asked for, but none is in the window
   (``window_pieces`` above the prefix): the prefix waits on a slow piece (head-of-line).
 - ``slots``: such pieces are in the window, but ``max_requests`` are out; split into
@@ -15,14 +16,16 @@ rate is below the link's capacity it names **why**, from the host's own state an
   first byte, long-polled at the owner) and ``slots/flows`` (every request is a running flow,
   held below the link rate by its sender's uplink or by the flow it relays).
 - ``source``: such pieces are in the window and a request slot is free, but the scheduler
-  asks nobody. A peer is known or hinted to have one, but ``source/per_peer``: our requests
-  to it are at ``per_peer``; ``source/backoff``: it said busy or missing for that piece;
+  asks nobody. A peer is known or hinted to have one, but ``source/owner``: the one source at
+  ``per_peer`` is the digest's owner (our requests to it long-poll for pieces it has not yet);
+  ``source/per_peer``: our requests to such a source are at ``per_peer``; ``source/backoff``:
+  it said busy or missing for that piece;
   ``source/failed``: it failed; ``source/usable``: none of those (the scheduler waits on a
   rule of its own: the probe interval, last resort). Or ``source/unknown``: nobody is known
   to have any of them.
 
 A host with two fills (two layers) splits a snapshot's deficit over the fills that are not
-at the frontier (``frontier`` when both are). The deficit of a snapshot is ``1 - rate /
+at the frontier (over both when both are). The deficit of a snapshot is ``1 - rate /
 capacity`` for the time to the next snapshot, so a host's causes add up to about the time its
 downlink was idle: in a case with no slack (link rate = origin rate) its finish over the
 ideal.
@@ -35,10 +38,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from p2preg.swarm.sim import SchedulerDownloader, SwarmSim, _Fill, _Host
+from p2preg.swarm.sim import SchedulerDownloader, SimResult, SwarmSim, _Fill, _Host
 
-CAUSES = ("frontier", "window", "slots/answer", "slots/flows", "source/per_peer",
-          "source/backoff", "source/failed", "source/usable", "source/unknown")
+CAUSES = ("frontier/flows", "frontier/answer", "window", "slots/answer", "slots/flows",
+          "source/owner", "source/per_peer", "source/backoff", "source/failed", "source/usable",
+          "source/unknown")
 _FULL = 0.99
 """A downlink above this fraction of its capacity is running full."""
 
@@ -79,6 +83,14 @@ class LagTrace:
         sim.observers.append(self._observe)
 
     # -- sampling ------------------------------------------------------------------------------
+
+    def run(self, until_s: float = 3600.0) -> SimResult:
+        """Run the simulation, then take a last sample (the state at its end)."""
+        result = self.sim.run(until_s)
+        if not self.times or self.times[-1] < self.sim.now:
+            self._next = self.sim.now
+            self._observe(self.sim)
+        return result
 
     def _observe(self, sim: SwarmSim) -> None:
         now = sim.now
@@ -123,23 +135,27 @@ class LagTrace:
             return
         causes = [c for fill in host.fills.values()
                   if (c := self._fill_cause(sim, fill)) is not None]
-        behind = [c for c in causes if c != "frontier"] or ["frontier"]
+        behind = [c for c in causes if not c.startswith("frontier")] or causes
+        # (causes is never empty: a host not done has a fill not done)
         out: dict[str, float] = {}
         for cause in behind:
             out[cause] = out.get(cause, 0.0) + deficit / len(behind)
         trace.cause.append(out)
 
     def _fill_cause(self, sim: SwarmSim, fill: _Fill) -> str | None:
-        """Why this fill does not take more of the downlink (None: it is done or upstream)."""
+        """Why this fill does not take more of the downlink (None: it is done)."""
         d = fill.downloader
-        if fill.done_at is not None or not isinstance(d, SchedulerDownloader):
+        if fill.done_at is not None:
             return None
+        if not isinstance(d, SchedulerDownloader):
+            return "frontier/flows"  # the owner's stream from the origin
         s = d.scheduler
         owner_fill = sim.hosts[sim.owners[fill.blob.digest]].fills[fill.blob.digest]
         exists = max(len(owner_fill.upstream), owner_fill.prefix)
         wanted = [p for p in s.missing() if p < exists and p not in fill.flights]
         if not wanted:
-            return "frontier"
+            waiting = any(f.flow is None or not f.flow.active for f in fill.flights.values())
+            return "frontier/answer" if waiting else "frontier/flows"
         end = s.prefix + s.config.window_pieces
         window = [p for p in wanted if p < end]
         if not window:
@@ -147,7 +163,11 @@ class LagTrace:
         if len(fill.flights) >= s.config.max_requests:
             waiting = any(f.flow is None or not f.flow.active for f in fill.flights.values())
             return "slots/answer" if waiting else "slots/flows"
-        states = {st for p in window for st in s.source_states(p, sim.now).values()}
+        per_piece = [s.source_states(p, sim.now) for p in window]
+        states = {st for names in per_piece for st in names.values()}
+        at_limit = {n for names in per_piece for n, st in names.items() if st == "per_peer"}
+        if at_limit == {s.owner}:
+            return "source/owner"
         for state in ("per_peer", "backoff", "failed", "usable"):
             if state in states:
                 return f"source/{state}"

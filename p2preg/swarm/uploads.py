@@ -53,6 +53,8 @@ class UploadConfig:
     #: A seed with fewer uploads running than this ignores its per-piece cap: its uplink
     #: would idle otherwise (the end of an update, when every piece went out once).
     seed_idle_below: int = 2
+    #: The same for a node that does not hold the whole blob (0: never; an experiment).
+    idle_below: int = 0
     upload_slots: int = 8
     last_resort_slots: int = 4
     served_ttl_s: float = 120.0
@@ -120,7 +122,7 @@ class UploadPolicy:
         if self.active >= slots:
             self.refused_slots += 1
             return Admission(None, BUSY_SLOTS, self._recent_hints(state, peer))
-        idle = seed and self.active < cfg.seed_idle_below
+        idle = self.active < (cfg.seed_idle_below if seed else cfg.idle_below)
         if peer not in places and len(places) >= cap and not last_resort and not idle:
             self.refused_piece += 1
             hints = [p for p in places if p != peer]

@@ -265,3 +265,19 @@ def test_source_states_say_why_a_known_source_is_not_asked() -> None:
     s.on_piece("c", sent["c"], 0.2)
     assert s.source_states(sent["a"], 0.3)["c"] == "usable"
     assert s.source_states(5, 0.3) == {}  # nobody known to have piece 5
+
+
+def test_with_the_owner_at_per_peer_a_piece_is_probed_only_if_configured() -> None:
+    peers = {"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}
+    plain = sched(peers, per_peer=1, max_requests=4)
+    assert plain.next_requests(0) == [Request("o", 0)]  # waits for the owner (rule 4)
+    s = sched(peers, per_peer=1, max_requests=4, probe_past_full_owner=True)
+    reqs = s.next_requests(0)
+    assert reqs[0] == Request("o", 0)
+    # pieces 1 and 2 at a and b (one each: per_peer), not at the owner (full)
+    assert sorted(r.piece for r in reqs[1:]) == [1, 2]
+    assert {r.peer for r in reqs[1:]} == {"a", "b"}
+    # a 404 backs that peer off for the piece; the piece waits for the probe interval
+    miss = reqs[1]
+    s.on_missing(miss.peer, miss.piece, Have(0), 0.01)
+    assert all(r.piece != miss.piece for r in s.next_requests(0.01))
