@@ -109,17 +109,18 @@ def plot(trace: LagTrace, path: Path, title: str) -> None:
     axes[0].set_title("each host: t - received / link rate")
     starts, causes = trace.causes_over_time(0.25)
     hosts = len(trace.hosts)
+    colors = [plt.get_cmap("tab20")(i) for i in range(len(CAUSES))]
     axes[1].stackplot(starts, *[[v / hosts for v in causes[c]] for c in CAUSES],
-                      labels=CAUSES, step="post")
+                      labels=CAUSES, colors=colors, step="post")
     axes[1].set_xlabel("simulated time (s)")
     axes[1].set_ylabel("idle downlink, fraction of all hosts")
     axes[1].set_title("why the downlinks idle, over time")
     ranked = sorted(trace.hosts.values(),
                     key=lambda h: h.done_s if h.done_s is not None else float("inf"))
     bottom = [0.0] * len(ranked)
-    for cause in CAUSES:
+    for cause, color in zip(CAUSES, colors, strict=True):
         values = [h.idle_s[cause] for h in ranked]
-        axes[2].bar(range(len(ranked)), values, bottom=bottom, label=cause)
+        axes[2].bar(range(len(ranked)), values, bottom=bottom, label=cause, color=color)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     axes[2].set_xlabel("hosts, by finish")
     axes[2].set_ylabel("downlink idle (s)")
@@ -148,17 +149,17 @@ def main() -> None:
     args = parser.parse_args()
     settings = _settings(args.set)
     json_path = OUT / "swarm_lag.json"
-    runs = json.loads(json_path.read_text()) if json_path.exists() else {}
     print(HEAD)
     for n in args.sizes:
         trace, summary = run(n, settings, min(args.known_fetchers, n - 2), args.seed)
         label = f"{args.label or 'defaults'} N={n}"
         print(line(label, summary), flush=True)
+        runs = json.loads(json_path.read_text()) if json_path.exists() else {}
         runs[label] = summary
+        json_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
         if not args.no_plot:
             suffix = f"-{args.label}" if args.label else ""
             plot(trace, OUT / f"swarm_lag{suffix}-n{n}.png", f"Kraken's case, N={n}, {label}")
-    json_path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,9 +94,10 @@ class SchedulerConfig:
     last_resort_after_s: float = 2.0
     stall_s: float = 3.0
     owner_wait_s: float = 10.0
-    #: Experiment: probe for a piece also while the owner cannot take a request (our requests
-    #: to it are at ``per_peer``), not only once the piece was refused busy.
-    probe_past_full_owner: bool = False
+    #: Experiment: probe for a piece also when no known source can take a request now (the
+    #: owner and every peer known to have the piece at ``per_peer``, failed or backed off),
+    #: not only once the piece was refused busy.
+    probe_when_sources_full: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +475,9 @@ class Scheduler:
                     return True
         return False
 
+    def _known(self, piece: int) -> bool:
+        return bool(self._full) or bool(self._avail.get(piece))
+
     def _has(self, peer: str, piece: int) -> bool:
         return peer in self._full or peer in self._avail.get(piece, ())
 
@@ -515,7 +519,8 @@ class Scheduler:
         if hinted:
             return Request(self._best_peer(hinted, piece), piece)
         if owner is not None and piece not in self._refused_since and not (
-                self.config.probe_past_full_owner and self._usable(owner, now) is None):
+                self.config.probe_when_sources_full
+                and (self._usable(owner, now) is None or self._known(piece))):
             return None
         probed = self._probed.get(piece)
         if probed is not None and now - probed < self.config.probe_interval_s:

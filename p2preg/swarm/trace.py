@@ -1,9 +1,10 @@
 """Where a host's downlink under-runs in a simulated swarm: a lag trace of ``swarm.sim`` runs.
 
-Owns: ``LagTrace`` (attach it to a ``SwarmSim``, then ``LagTrace.run``), ``HostTrace`` and the cause
-names (``CAUSES``). Every ``interval_s`` of simulated time (at the first batch end past it) it
-records, per host, the bytes received so far and the downlink's current rate, and when the
-rate is below the link's capacity it names **why**, from the host's own state and its flows:
+Owns: ``LagTrace`` (attach it to a ``SwarmSim``, then ``LagTrace.run``), ``HostTrace`` and
+the cause names (``CAUSES``). Every ``interval_s`` of simulated time (at the first batch end
+past it) it records, per host, the bytes received so far, the rates of its downlink and
+uplink, and when the downlink runs below its capacity it names **why**, from the host's own
+state and its flows:
 
 - ``frontier``: every piece that exists yet (the owner's origin stream started it) is held or
   asked for: ``frontier/flows`` when every request runs (at the rate its sources give: the
@@ -11,18 +12,19 @@ rate is below the link's capacity it names **why**, from the host's own state an
   bytes yet (on its way, waiting at a relay for its first byte, long-polled at the owner).
 - ``window``: pieces that exist are neither held nor asked for, but none is in the window
   (``window_pieces`` above the prefix): the prefix waits on a slow piece (head-of-line).
-- ``slots``: such pieces are in the window, but ``max_requests`` are out; split into
-  ``slots/answer`` (some request has no bytes yet: on its way, queued at a relay for its
-  first byte, long-polled at the owner) and ``slots/flows`` (every request is a running flow,
-  held below the link rate by its sender's uplink or by the flow it relays).
+- ``slots``: such pieces are in the window but no request may be added: ``slots/upstream``
+  (the host streams its own blob from the origin and this fill has ``upstream_busy_requests``
+  out: scheduler rule 1), ``slots/answer`` (``max_requests`` out, some without bytes yet: on
+  their way, queued at a relay for its first byte, long-polled at the owner) or
+  ``slots/flows`` (``max_requests`` out, all running, held below the link rate by their
+  senders' uplinks or by the flows they relay).
 - ``source``: such pieces are in the window and a request slot is free, but the scheduler
-  asks nobody. A peer is known or hinted to have one, but ``source/owner``: the one source at
-  ``per_peer`` is the digest's owner (our requests to it long-poll for pieces it has not yet);
-  ``source/per_peer``: our requests to such a source are at ``per_peer``; ``source/backoff``:
-  it said busy or missing for that piece;
-  ``source/failed``: it failed; ``source/usable``: none of those (the scheduler waits on a
-  rule of its own: the probe interval, last resort). Or ``source/unknown``: nobody is known
-  to have any of them.
+  asks nobody. A peer is known or hinted to have one, but: ``source/owner``, the only one at
+  ``per_peer`` is the digest's owner (our requests to it are mostly long-polls for pieces it
+  has not yet); ``source/per_peer``, our requests to such a peer are at ``per_peer``;
+  ``source/backoff``, it said busy or missing for that piece; ``source/failed``, it failed;
+  ``source/usable``, none of those (the scheduler waits on a rule of its own: the probe
+  interval, last resort). Or ``source/unknown``: nobody is known to have any of them.
 
 A host with two fills (two layers) splits a snapshot's deficit over the fills that are not
 at the frontier (over both when both are). The deficit of a snapshot is ``1 - rate /
@@ -40,7 +42,8 @@ from dataclasses import dataclass, field
 
 from p2preg.swarm.sim import SchedulerDownloader, SimResult, SwarmSim, _Fill, _Host
 
-CAUSES = ("frontier/flows", "frontier/answer", "window", "slots/answer", "slots/flows",
+CAUSES = ("frontier/flows", "frontier/answer", "window", "slots/upstream", "slots/answer",
+          "slots/flows",
           "source/owner", "source/per_peer", "source/backoff", "source/failed", "source/usable",
           "source/unknown")
 _FULL = 0.99
@@ -133,8 +136,10 @@ class LagTrace:
         if rate >= _FULL * self.capacity:
             trace.cause.append({})
             return
+        streaming = any(sim.owners[digest] == host.name and fill.done_at is None
+                        for digest, fill in host.fills.items())
         causes = [c for fill in host.fills.values()
-                  if (c := self._fill_cause(sim, fill)) is not None]
+                  if (c := self._fill_cause(sim, fill, streaming)) is not None]
         behind = [c for c in causes if not c.startswith("frontier")] or causes
         # (causes is never empty: a host not done has a fill not done)
         out: dict[str, float] = {}
@@ -142,7 +147,7 @@ class LagTrace:
             out[cause] = out.get(cause, 0.0) + deficit / len(behind)
         trace.cause.append(out)
 
-    def _fill_cause(self, sim: SwarmSim, fill: _Fill) -> str | None:
+    def _fill_cause(self, sim: SwarmSim, fill: _Fill, streaming: bool) -> str | None:
         """Why this fill does not take more of the downlink (None: it is done)."""
         d = fill.downloader
         if fill.done_at is not None:
@@ -160,6 +165,8 @@ class LagTrace:
         window = [p for p in wanted if p < end]
         if not window:
             return "window"
+        if streaming and len(fill.flights) >= s.config.upstream_busy_requests:
+            return "slots/upstream"
         if len(fill.flights) >= s.config.max_requests:
             waiting = any(f.flow is None or not f.flow.active for f in fill.flights.values())
             return "slots/answer" if waiting else "slots/flows"

@@ -271,7 +271,7 @@ def test_with_the_owner_at_per_peer_a_piece_is_probed_only_if_configured() -> No
     peers = {"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}
     plain = sched(peers, per_peer=1, max_requests=4)
     assert plain.next_requests(0) == [Request("o", 0)]  # waits for the owner (rule 4)
-    s = sched(peers, per_peer=1, max_requests=4, probe_past_full_owner=True)
+    s = sched(peers, per_peer=1, max_requests=4, probe_when_sources_full=True)
     reqs = s.next_requests(0)
     assert reqs[0] == Request("o", 0)
     # pieces 1 and 2 at a and b (one each: per_peer), not at the owner (full)
