@@ -16,6 +16,9 @@ from one seeded ``random.Random``, one thread.
   ``batch_s`` of the batch's first (a rate change is late by at most ``batch_s``).
 - The owner of a digest (``routing.owner_of`` over the host names) streams it from the origin
   sequentially, one flow per piece back to back (one TCP stream), from ``origin_rtt_s`` on.
+  While it does, its downloaders of other digests are told so (``next_requests(now,
+  upstream_busy=True)``: the scheduler's rule 1 limits their requests, as ``p2p.node_glue``
+  tells the node's swarm fills).
 - Any other host asks peers for pieces as its ``Downloader`` says. A request reaches the peer
   ``rtt_s / 2`` later (the per-hop start latency: a served piece starts flowing then); the
   peer's ``Uploader`` decides: serve, or busy with hints. A peer that lacks the piece parks the
