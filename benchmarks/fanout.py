@@ -56,6 +56,7 @@ from benchmarks.common import (
     update_docs_section,
     write_results,
 )
+from benchmarks.fanout_lab import PHASES as LAB_PHASES
 from benchmarks.fanout_lab import markdown as lab_markdown
 from benchmarks.fanout_lab import plot as lab_plot
 from benchmarks.fanout_lab import run_lab
@@ -392,6 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="a lab setting (repeatable; default: the issue's for each --nodes)")
     lab.add_argument("--clusters", nargs="+", default=list(LAB_CLUSTERS), choices=LAB_CLUSTERS)
     lab.add_argument("--no-kill", action="store_true", help="skip the kill scenarios")
+    lab.add_argument("--phases", nargs="+", default=list(LAB_PHASES), choices=LAB_PHASES,
+                     help="the scenarios to run (all: create update kill)")
+    lab.add_argument("--node-src", type=Path, metavar="DIR",
+                     help="run the p2preg nodes from this source tree (an A/B against another "
+                     "commit: git archive COMMIT | tar -x -C DIR); default this one")
     lab.add_argument("--seed", type=int, default=900, help="seed of the blobs' bytes")
     lab.add_argument("--label", default="", help="title of this run in the docs")
     lab.add_argument("--section", default="fanout-lab",

@@ -149,6 +149,9 @@ def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
                for i in sorted(after)]  # fmt: skip
         row["node_cpu_s"] = cpu
         row["node_cpu_s_max"] = max(cpu)
+        row["node_cpu_s_total"] = round(sum(cpu), 2)
+        delivered_mib = len(ok) * size / MIB
+        row["cpu_ms_per_mib"] = round(1000 * sum(cpu) / delivered_mib, 1) if ok else None
         row["node_runqueue_wait_s"] = [
             round(max(0.0, after[i]["wait_s"] - before.get(i, {}).get("wait_s", 0.0)), 2)
             for i in sorted(after)]  # fmt: skip
@@ -201,14 +204,20 @@ def _kill_run(lab: Lab, digest: str, size: int, victim: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- one case
 
 
-def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dict[str, Any]:
-    """Every scenario of ``case`` on one lab (the network is built once)."""
+PHASES = ("create", "update", "kill")
+
+
+def run_case(case: Case, clusters: Sequence[str], phases: Sequence[str], seed: int,
+             node_src: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """The scenarios ``phases`` (of ``PHASES``) of ``case`` on one lab (the network is built
+    once); ``node_src``: the source tree the p2preg nodes run (this one by default)."""
     size = case.blob_mib * MIB
     out: dict[str, Any] = {"case": str(case), "nodes": case.nodes, "host_mbit": case.host_mbit,
                            "origin_mbit": case.origin_mbit, "blob_MiB": case.blob_mib}  # fmt: skip
     origin_rate = link_rate_bytes_s(min(case.origin_mbit, case.host_mbit))
     host_rate = link_rate_bytes_s(case.host_mbit)
-    with Lab(case.nodes, host_mbit=case.host_mbit, origin_mbit=case.origin_mbit) as lab:
+    src = {"node_src": node_src} if node_src is not None else {}
+    with Lab(case.nodes, host_mbit=case.host_mbit, origin_mbit=case.origin_mbit, **src) as lab:
         out["one_origin_transfer_s"] = {
             "computed": round(size / origin_rate, 2),
             "measured": round(lab.measure_transfer("o", "h0", size), 2),
@@ -223,10 +232,11 @@ def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dic
             lab.start_nodes(cluster)
             try:
                 result: dict[str, Any] = {}
-                digest = lab.push_blob(size, seed + 10 * k)
-                result["create"] = _phase(lab, range(case.nodes), digest, size, metrics)
-                print(f"  {case} {cluster} create: {_brief(result['create'])}", flush=True)
-                if case.nodes > 1:
+                if "create" in phases:
+                    digest = lab.push_blob(size, seed + 10 * k)
+                    result["create"] = _phase(lab, range(case.nodes), digest, size, metrics)
+                    print(f"  {case} {cluster} create: {_brief(result['create'])}", flush=True)
+                if "update" in phases and case.nodes > 1:
                     digest = lab.push_blob(size, seed + 10 * k + 1)
                     lab.pull(0, digest)
                     result["update"] = _phase(lab, range(1, case.nodes), digest, size, metrics)
@@ -234,7 +244,7 @@ def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dic
             finally:
                 lab.stop_nodes()
             out[cluster] = result
-        if kills and "p2preg" in clusters and case.nodes > 2:
+        if "kill" in phases and "p2preg" in clusters and case.nodes > 2:
             out["kill"] = {}
             for j, victim in enumerate(("owner", "peer")):
                 lab.start_nodes("p2preg")
@@ -246,8 +256,8 @@ def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dic
                     lab.stop_nodes()
     one = out["one_origin_transfer_s"]["computed"]
     for cluster in clusters:
-        create = out[cluster]["create"]
-        if create["all_done_s"] is not None:
+        create = out[cluster].get("create")
+        if create and create["all_done_s"] is not None:
             create["x_one_origin_transfer"] = round(create["all_done_s"] / one, 2)
         update = out[cluster].get("update")
         if update and update["all_done_s"] is not None and case.nodes > 1:
@@ -258,17 +268,18 @@ def run_case(case: Case, clusters: Sequence[str], kills: bool, seed: int) -> dic
 
 def _brief(row: dict[str, Any]) -> str:
     keys = ("all_done_s", "host_p50_s", "origin_blob_gets", "max_upload_x_blob", "ok_hosts",
-            "failed_hosts", "killed_host")  # fmt: skip
+            "failed_hosts", "killed_host", "node_cpu_s_total", "cpu_ms_per_mib")  # fmt: skip
     return ", ".join(f"{k}={row[k]}" for k in keys if k in row)
 
 
 def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     cases = [Case.parse(c) for c in args.lab_case] if args.lab_case else [
         CASES.get(n) or Case(n, 128, 64, 32) for n in args.nodes]  # fmt: skip
+    phases = [p for p in args.phases if p != "kill" or not args.no_kill]
     results = []
     for case in cases:
         print(f"lab case {case}", flush=True)
-        results.append(run_case(case, args.clusters, not args.no_kill, args.seed))
+        results.append(run_case(case, args.clusters, phases, args.seed, args.node_src))
     return {
         "benchmark": "fanout-lab",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -148,6 +148,7 @@ class Lab:
     token: str = field(default_factory=lambda: secrets.token_hex(3))
     node_args: Sequence[str] = ()
     python: str = field(default_factory=lambda: sys.executable)
+    node_src: Path = field(default_factory=lambda: REPO_ROOT)
     state_dir: Path = STATE_DIR
     net: NetnsLab | None = field(default=None, init=False)
     origin: NetnsHost | None = field(default=None, init=False)
@@ -228,9 +229,10 @@ class Lab:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _spawn(self, host: NetnsHost, argv: Sequence[str], log: Path,
-               env: dict[str, str] | None = None) -> ManagedProcess:  # fmt: skip
+               env: dict[str, str] | None = None,
+               cwd: Path = REPO_ROOT) -> ManagedProcess:  # fmt: skip
         assert self.net is not None
-        proc = ManagedProcess(host.argv(argv), log, env=env, cwd=REPO_ROOT)
+        proc = ManagedProcess(host.argv(argv), log, env=env, cwd=cwd)
         self.net.record_pid(proc.pid)
         return proc
 
@@ -378,8 +380,9 @@ class Lab:
             if i > 0:
                 argv += ["--join", f"{self.hosts[0].address}:{GOSSIP_PORT}"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        return self._spawn(host, [*argv, *extra], log, env)
+        src = str(self.node_src)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        return self._spawn(host, [*argv, *extra], log, env, cwd=self.node_src)
 
     def stop_nodes(self) -> None:
         """SIGTERM every node (SIGKILL after 10 s), by PID."""
