@@ -51,7 +51,9 @@ class PieceFeed:
         self.got = 0
         self.done = False
         self.failed = False
+        self._whole: bytes | None = None
         self._changed = asyncio.Event()
+        self._waiting = 0  # readers parked on _changed: no wake-up to pay for when none is
 
     def add(self, chunk: bytes) -> None:
         if self.done or self.failed or not chunk:
@@ -72,8 +74,12 @@ class PieceFeed:
         self._wake()
 
     def data(self) -> bytes | None:
-        """The whole span once it arrived, else None."""
-        return b"".join(self.parts) if self.done else None
+        """The whole span once it arrived (joined once), else None."""
+        if not self.done:
+            return None
+        if self._whole is None:
+            self._whole = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        return self._whole
 
     async def first_byte(self, timeout: float) -> bool:
         """Whether a byte arrived, waiting at most ``timeout`` seconds for it."""
@@ -83,9 +89,8 @@ class PieceFeed:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), left)
+                await self._wait(left)
             except TimeoutError:
                 return False
         return self.got > 0 and not self.failed
@@ -107,12 +112,22 @@ class PieceFeed:
                 continue
             if self.failed or self.done:
                 raise ConnectionAbortedError("the piece's source failed")
-            changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), self.stall_s)
+                await self._wait(self.stall_s)
             except TimeoutError:
                 raise ConnectionAbortedError("the piece's source stalled") from None
 
+    async def _wait(self, timeout: float) -> None:
+        """Until the next ``add``/``finish`` (``TimeoutError`` after ``timeout``)."""
+        changed = self._changed
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        finally:
+            self._waiting -= 1
+
     def _wake(self) -> None:
+        if not self._waiting:
+            return
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
