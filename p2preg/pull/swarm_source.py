@@ -219,7 +219,10 @@ class SwarmStream:
         self._receiving: dict[int, PieceFeed] = {}
         self._started: dict[Request, int] = {}  # the first byte each request asked for
         self._tasks: dict[asyncio.Task[_Answer], Request] = {}
-        self._wake = asyncio.Event()
+        #: set by ``check_owner`` when the owner is found gone: the next step re-reads the view
+        self._woken = False
+        #: the future a step waits on; a finished request or a wake-up resolves it
+        self._ready: asyncio.Future[None] | None = None
         self._owner_check: asyncio.Task[None] | None = None
         self._refreshed_at = source.clock.now()
         self._progress_at = source.clock.now()
@@ -266,7 +269,8 @@ class SwarmStream:
         except (OSError, TimeoutError, ValueError):
             log.info("swarm %s: owner %s does not answer; it is gone", self.digest, owner)
             self._gone.add(owner)
-            self._wake.set()
+            self._woken = True
+            self._resolve_ready()
             return
         writer.close()
 
@@ -376,6 +380,7 @@ class SwarmStream:
             start = max(start, pos) if req.piece == self.layout.piece_at(pos) else start
             task = asyncio.get_running_loop().create_task(
                 self._get(req.peer, start, end, last_resort=req.last_resort, piece=req.piece))
+            task.add_done_callback(self._resolve_ready)
             self._tasks[task] = req
             self._started[req] = start
         if now - self._progress_at > self.src.config.idle_timeout_s:
@@ -385,20 +390,29 @@ class SwarmStream:
         # without requests or timers: look at the membership again now and then
         timeout = REFRESH_S if deadline is None else min(REFRESH_S,
                                                           max(0.0, deadline - clock.now()))
-        self._wake.clear()
-        waiter: asyncio.Future[object] = asyncio.ensure_future(self._wake.wait())
-        pending: list[asyncio.Future[object]] = [*self._tasks, waiter]  # type: ignore[list-item]
-        try:
-            done, _ = await asyncio.wait(pending, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if waiter in done or clock.now() - self._refreshed_at >= REFRESH_S:
+        # One future per step, resolved by a request's end or a wake-up (cheaper than
+        # ``asyncio.wait`` over every request in flight at each step).
+        if not self._woken and not any(task.done() for task in self._tasks):
+            loop = asyncio.get_running_loop()
+            ready = self._ready = loop.create_future()
+            timer = loop.call_later(timeout, self._resolve_ready)
+            try:
+                await ready
+            finally:
+                timer.cancel()
+                self._ready = None
+        woken, self._woken = self._woken, False
+        if woken or clock.now() - self._refreshed_at >= REFRESH_S:
             self._refresh()
         for task, req in list(self._tasks.items()):
-            if task in done:
+            if task.done():
                 del self._tasks[task]
                 self._apply(req, task.result())
+
+    def _resolve_ready(self, _: object = None) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
 
     def _apply(self, req: Request, answer: _Answer) -> None:
         sched, now, stats = self.sched, self.src.clock.now(), self.src.stats
@@ -658,5 +672,5 @@ class RecvLowWater:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
             self._mark = mark
-        except OSError:  # closed meanwhile, or not a TCP socket: read as before
+        except (OSError, ValueError):  # closed meanwhile (fd -1), not TCP: read as before
             self._sock = None

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 
 from p2preg.pull.swarm_source import RECV_LOW_WATER_BYTES, RecvLowWater
@@ -101,3 +102,35 @@ async def test_without_a_socket_it_does_nothing(server: tuple[TwoStepBody, str])
         low_water.update()
         low_water.reset()
         assert await response.read() == DATA
+
+
+def test_a_socket_closed_meanwhile_is_left_alone() -> None:
+    """A peer killed mid-piece closes the connection under the reader: the final ``reset``
+    must not raise (a fill stopped on "negative file descriptor" before). On uvloop, the
+    node's loop, whose sockets raise ``ValueError`` once their fd is closed."""
+
+    async def run() -> None:
+        body = TwoStepBody()
+        app = web.Application()
+        app.router.add_get("/body", body.handle)
+        runner, host = await start_app(app)
+        try:
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://{host}/body") as response:
+                low_water = RecvLowWater.of(response, len(DATA))
+                assert response.connection is not None
+                sock = response.connection.transport.get_extra_info("socket")
+                response.close()
+                for _ in range(100):  # the transport closes its fd a loop turn or two later
+                    if sock.fileno() == -1:
+                        break
+                    await asyncio.sleep(0)
+                assert sock.fileno() == -1
+                low_water.update()
+                low_water.reset()
+        finally:
+            body.more.set()
+            body.tail.set()
+            await runner.cleanup()
+
+    uvloop.run(run())
