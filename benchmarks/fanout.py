@@ -57,6 +57,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.fanout_lab import PHASES as LAB_PHASES
+from benchmarks.fanout_lab import ab_markdown as lab_ab_markdown
 from benchmarks.fanout_lab import markdown as lab_markdown
 from benchmarks.fanout_lab import plot as lab_plot
 from benchmarks.fanout_lab import run_lab
@@ -399,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="run the p2preg nodes from this source tree (an A/B against another "
                      "commit: git archive COMMIT | tar -x -C DIR); default this one")
     lab.add_argument("--seed", type=int, default=900, help="seed of the blobs' bytes")
+    lab.add_argument("--ab", type=Path, metavar="DIR",
+                     help="A/B: alternate runs of the nodes from DIR (the base, e.g. main: "
+                     "git archive main | tar -x -C DIR) and from this tree, --repeat pairs")
+    lab.add_argument("--ab-label", default="", help="what the --ab tree is (e.g. main at abc123)")
+    lab.add_argument("--repeat", type=int, default=3, help="A/B pairs per case (3)")
     lab.add_argument("--label", default="", help="title of this run in the docs")
     lab.add_argument("--section", default="fanout-lab",
                      help="the marked docs section the table replaces (fanout-lab)")
@@ -433,7 +439,7 @@ def main_lab(args: argparse.Namespace) -> int:
     else:
         report = run_lab(args)
         print(json.dumps(report["results"], indent=2))
-    table = lab_markdown(report)
+    table = lab_ab_markdown(report) if report.get("ab_base") else lab_markdown(report)
     print(table)
     stem = args.section
     if not args.no_write:
@@ -441,8 +447,9 @@ def main_lab(args: argparse.Namespace) -> int:
     if args.update_docs:
         plot_path = REPO_ROOT / "docs" / "benchmarks" / f"{stem}.png"
         with contextlib.suppress(ImportError):
-            lab_plot(report, plot_path)
-            table += f"\n![{stem}]({plot_path.relative_to(DOCS_PATH.parent)})\n"
+            if not report.get("ab_base"):  # an A/B's table is its result: no plot
+                lab_plot(report, plot_path)
+                table += f"\n![{stem}]({plot_path.relative_to(DOCS_PATH.parent)})\n"
         update_docs_section(DOCS_PATH, stem, table)
     return 0
 

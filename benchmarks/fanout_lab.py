@@ -29,6 +29,7 @@ processes.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import threading
 import time
@@ -278,6 +279,13 @@ def run_lab(args: argparse.Namespace) -> dict[str, Any]:
     phases = [p for p in args.phases if p != "kill" or not args.no_kill]
     results = []
     for case in cases:
+        if args.ab is not None:  # alternate the base tree and this one, pair by pair
+            for pair in range(1, args.repeat + 1):
+                for side, src in (("base", args.ab), ("this", args.node_src)):
+                    print(f"lab case {case}, A/B pair {pair}: {side}", flush=True)
+                    row = run_case(case, args.clusters, phases, args.seed, src)
+                    results.append({**row, "ab_side": side, "ab_pair": pair})
+            continue
         print(f"lab case {case}", flush=True)
         results.append(run_case(case, args.clusters, phases, args.seed, args.node_src))
     return {
@@ -286,6 +294,7 @@ def run_lab(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m benchmarks.fanout " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
         "label": args.label,
+        "ab_base": None if args.ab is None else f"{args.ab} ({args.ab_label or 'base'})",
         "results": results,
     }
 
@@ -347,6 +356,62 @@ def markdown(report: dict[str, Any]) -> str:
         if "uploaded_bytes_per_host" in create:
             per_host = ", ".join(f"{b / MIB:.0f}" for b in create["uploaded_bytes_per_host"])
             lines.append(f"- N={row['nodes']}: {per_host}")
+    return "\n".join(lines) + "\n"
+
+
+def ab_markdown(report: dict[str, Any]) -> str:
+    """An A/B run (``--ab DIR``): per run the phase's wall time and the nodes' CPU, base and
+    this tree alternating, then the medians and their ratio."""
+    machine = report["machine"]
+    lines = [
+        f"### {report['label'] or 'A/B'} ({report['when']})",
+        "",
+        f"{machine['cpus']} CPUs (load at start {machine['loadavg_at_start']}), command: "
+        f"`{report['command']}`; base: `{report['ab_base']}`. Node CPU: user + system time of "
+        "every node process over the phase (`/proc/PID/stat`); per MiB: divided by the bytes "
+        "delivered to the pulling clients; run-queue wait: the nodes' main threads runnable "
+        "but waiting for a CPU (`/proc/PID/schedstat`), summed.",
+        "",
+        "| case | pair | tree | phase | all done | x one transfer | node CPU | CPU per MiB "
+        "| run-queue wait | piece answers: 206 / cut-through / busy / missing |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    medians: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for row in report["results"]:
+        for cluster in CLUSTERS:
+            for phase in ("create", "update"):
+                r = row.get(cluster, {}).get(phase)
+                if r is None or "cpu_ms_per_mib" not in r:
+                    continue
+                ratio = r.get("x_one_origin_transfer") or r.get("x_one_host_link_transfer")
+                answers = " / ".join(str(r["piece_answers"][k]) for k in PIECE_ANSWERS)
+                wait = round(sum(r["node_runqueue_wait_s"]), 1)
+                lines.append(
+                    f"| {row['case']} | {row['ab_pair']} | {row['ab_side']} | {phase} "
+                    f"| {_s(r['all_done_s'])} | {ratio} | {r['node_cpu_s_total']} s "
+                    f"| {r['cpu_ms_per_mib']} ms | {wait} s | {answers} |")
+                m = medians.setdefault((row["case"], phase, row["ab_side"]), {})
+                for key, value in (("x", ratio), ("cpu", r["cpu_ms_per_mib"]),
+                                   ("wait", wait)):  # fmt: skip
+                    if value is not None:
+                        m.setdefault(key, []).append(value)
+    lines += ["", "Medians (this tree / base):", ""]
+    for (case, phase, side), m in sorted(medians.items()):
+        if side != "this":
+            continue
+        base = medians.get((case, phase, "base"), {})
+
+        def med(values: list[float] | None) -> float | None:
+            return statistics.median(values) if values else None
+
+        parts = []
+        for key, name, unit in (("x", "all done", "x one transfer"),
+                                ("cpu", "node CPU", "ms per MiB"),
+                                ("wait", "run-queue wait", "s")):  # fmt: skip
+            a, b = med(m.get(key)), med(base.get(key))
+            change = f" ({a / b:.2f}x)" if a is not None and b else ""
+            parts.append(f"{name} {a} vs {b} {unit}{change}")
+        lines.append(f"- {case} {phase}, {len(m.get('x', []))} pairs: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
