@@ -81,7 +81,9 @@ def format_record(record: AccessRecord) -> str:
     return json.dumps(record_dict(record), ensure_ascii=True, separators=(",", ":"))
 
 
-def emit(record: AccessRecord, logger: logging.Logger = access_logger) -> None:
-    """Write ``record`` at INFO level; the formatted JSON is also attached as ``extra``."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(format_record(record), extra={"access": record_dict(record)})
+def emit(record: AccessRecord, logger: logging.Logger = access_logger,
+         level: int = logging.INFO) -> None:
+    """Write ``record`` at ``level`` (INFO unless the caller says otherwise); the formatted
+    JSON is also attached as ``extra``. Nothing is formatted when the level is off."""
+    if logger.isEnabledFor(level):
+        logger.log(level, format_record(record), extra={"access": record_dict(record)})

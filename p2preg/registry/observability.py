@@ -165,8 +165,18 @@ def finish_request(
         user_agent=_clip(request.headers.get("User-Agent")),
         aborted=aborted,
     )
-    emit(record)
+    emit(record, level=access_level(route, status))
     return record
+
+
+def access_level(route: str, status: int) -> int:
+    """The access log level of a request: DEBUG for a peer's piece request refused as busy
+    (503) or missing (404) -- the swarm's routine chatter, more than half of all piece
+    answers in a fan-out, each one a line and ~10% of a node's CPU there (docs/p2p.md);
+    still counted in the metrics -- INFO for everything else."""
+    if route.startswith(PEER_BLOBS_ROUTE_PREFIX) and status in (404, 503):
+        return logging.DEBUG
+    return logging.INFO
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -157,3 +158,15 @@ def test_a_record_is_one_line_of_escaped_json() -> None:
         "user": "bob",
         "aborted": True,
     }
+
+
+def test_only_refused_peer_blob_requests_are_logged_at_debug() -> None:
+    from p2preg.registry.observability import PEER_BLOBS_ROUTE_PREFIX, access_level
+
+    piece = PEER_BLOBS_ROUTE_PREFIX + "{digest}"
+    assert access_level(piece, 503) == logging.DEBUG
+    assert access_level(piece, 404) == logging.DEBUG
+    assert access_level(piece, 206) == logging.INFO
+    assert access_level(piece, 200) == logging.INFO
+    assert access_level(piece, 500) == logging.INFO
+    assert access_level("/v2/{name}/blobs/{digest}", 404) == logging.INFO

@@ -4,6 +4,7 @@ two constants together). The lab tests (``tests/lab/``) check them on real nodes
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +13,13 @@ from aiohttp import web
 from p2preg.p2p.source import BLOBS_PATH
 from p2preg.registry.metrics import RegistryMetrics, exposition
 from p2preg.registry.observability import PEER_BLOBS_ROUTE_PREFIX, Observability
-from tests.observability.tinyapp import DIGEST, AccessLines, TinyRegistry, serving
+from tests.observability.tinyapp import (
+    DIGEST,
+    AccessLines,
+    TinyRegistry,
+    capture_access_lines,
+    serving,
+)
 from tests.support.node import parse_metrics
 
 
@@ -65,14 +72,20 @@ async def test_a_node_counts_blob_bytes_sent_to_peers_but_not_refusals(
 
     app = tiny.app(obs=obs)
     app.router.add_get(BLOBS_PATH + "{digest}", peer_blob)
-    async with serving(app) as base, aiohttp.ClientSession() as client:
-        async with client.get(f"{base}{BLOBS_PATH}{DIGEST}") as response:
-            assert await response.read() == blob_bytes
-        async with client.get(f"{base}{BLOBS_PATH}sha256:{'cd' * 32}") as response:
-            assert response.status == 404
-            assert await response.read()
-        async with client.get(f"{base}/v2/library/busybox/blobs/{DIGEST}") as response:
-            assert await response.read() == blob_bytes  # a client's GET: not an upload to a peer
-    await access_lines.wait_for(3)
+    with capture_access_lines(logging.DEBUG) as every_line:
+        async with serving(app) as base, aiohttp.ClientSession() as client:
+            async with client.get(f"{base}{BLOBS_PATH}{DIGEST}") as response:
+                assert await response.read() == blob_bytes
+            async with client.get(f"{base}{BLOBS_PATH}sha256:{'cd' * 32}") as response:
+                assert response.status == 404
+                assert await response.read()
+            async with client.get(f"{base}/v2/library/busybox/blobs/{DIGEST}") as response:
+                assert await response.read() == blob_bytes  # a client's GET: no peer upload
+        await every_line.wait_for(3)
+    # The refused peer request is logged at DEBUG only (the swarm's chatter); the rest at INFO.
+    assert [(r["status"], level) for r, level in zip(every_line.records, every_line.levels,
+                                                     strict=True)] == [
+        (200, logging.INFO), (404, logging.DEBUG), (200, logging.INFO)]
+    assert [r["status"] for r in await access_lines.wait_for(2)] == [200, 200]
     sent = obs.metrics.registry.get_sample_value("p2preg_p2p_sent_bytes_total")
     assert sent == len(blob_bytes)

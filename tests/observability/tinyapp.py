@@ -136,15 +136,17 @@ async def serving(app: web.Application, *, ssl_context: object = None) -> AsyncI
 class AccessLines(logging.Handler):
     """Collects the structured access records emitted on ``p2preg.access``."""
 
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level=level)
         self.records: list[dict[str, object]] = []
         self.messages: list[str] = []
+        self.levels: list[int] = []
         self._changed: asyncio.Event | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record.access)  # type: ignore[attr-defined]
         self.messages.append(record.getMessage())
+        self.levels.append(record.levelno)
         if self._changed is not None:
             self._changed.set()
 
@@ -158,13 +160,13 @@ class AccessLines(logging.Handler):
 
 
 @contextmanager
-def capture_access_lines() -> Iterator[AccessLines]:
-    """Collect the ``p2preg.access`` records for the duration of the block."""
+def capture_access_lines(level: int = logging.INFO) -> Iterator[AccessLines]:
+    """Collect the ``p2preg.access`` records at ``level`` and above for the block."""
     logger = logging.getLogger(ACCESS_LOGGER_NAME)
-    handler = AccessLines()
+    handler = AccessLines(level)
     old_level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(level)
     try:
         yield handler
     finally:
