@@ -47,6 +47,8 @@ LAB = {8: (128, 64, 32 << 20, 13.4), 16: (64, 32, 16 << 20, 28.8)}
 """N -> (host Mbit/s, origin Mbit/s, blob bytes, lab's all-done seconds with today's star)."""
 KRAKEN_LINK = 300e6
 KRAKEN_LAYER = 1_500_000_000
+BATCH_MS = 0.5
+"""The exact model's rate-update batch (``SwarmSim.batch_s``); ``--batch-ms`` coarsens it."""
 
 
 @dataclass
@@ -108,7 +110,7 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
 
 def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: SchedulerConfig,
            up: UploadConfig, mcw: bool, settings: dict[str, float],
-           scenario: str = "kraken") -> list[Row]:
+           scenario: str = "kraken", batch_ms: float = BATCH_MS) -> list[Row]:
     topo = Topology(KRAKEN_LINK, KRAKEN_LINK, KRAKEN_LINK, rtt_s=0.001)
     one = 2 * KRAKEN_LAYER / KRAKEN_LINK
     rows = []
@@ -118,7 +120,7 @@ def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: Schedule
             blobs = [BlobSpec.of("sha256:" + c * 64, KRAKEN_LAYER, piece) for c in "ab"]
             t = time.process_time()
             sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up,
-                        missing_covers_window=mcw)
+                        missing_covers_window=mcw, batch_s=batch_ms / 1000)
             result = sim.run(until_s=20 * one)
             rows.append(_row(scenario, "swarm", n, piece, one, result, sim.answers,
                              time.process_time() - t, settings=settings))
@@ -192,6 +194,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100])
     parser.add_argument("--piece-mib", type=float, nargs="+", default=[32.0])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--batch-ms", type=float, default=BATCH_MS,
+                        help="kraken: events within this many ms share one rate update and "
+                        "one round of requests per host (the model's reaction time)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE",
                         help="SchedulerConfig/UploadConfig fields to override")
     parser.add_argument("--missing-covers-window", action="store_true",
@@ -200,6 +205,10 @@ def main() -> None:
                         help="keep the rows already in the JSON (runs with other settings)")
     args = parser.parse_args()
     settings = _settings(args.set)
+    if args.batch_ms != BATCH_MS:
+        settings["batch_ms"] = args.batch_ms
+    if args.seed != 1:
+        settings["seed"] = args.seed
     mcw = args.missing_covers_window
     if mcw:
         settings["missing_covers_window"] = 1
@@ -208,14 +217,15 @@ def main() -> None:
                                    else v) for k, v in settings.items() if k in sched_keys})
     up = UploadConfig(**{k: (int(v) if isinstance(getattr(UploadConfig(), k), int) else v)
                          for k, v in settings.items() if k not in sched_keys
-                         and k != "missing_covers_window"})
+                         and k not in ("missing_covers_window", "batch_ms", "seed")})
     old = json.loads(JSON_OUT.read_text()) if args.append and JSON_OUT.exists() else {}
     rows: list[Row] = [Row(**r) for r in old.get("rows", [])]
     for scenario in args.scenario or ["lab"]:
         if scenario == "lab":
             rows += lab(args.seed, sched, up, mcw, settings)
         elif scenario == "kraken":
-            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, mcw, settings)
+            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, mcw, settings,
+                           batch_ms=args.batch_ms)
         else:
             rows += kraken(args.seed, args.sizes, [8.0, *args.piece_mib], sched, up, mcw,
                            settings, "pieces")
@@ -224,6 +234,8 @@ def main() -> None:
     ) + (f" --sizes {' '.join(map(str, args.sizes))} --piece-mib "
          f"{' '.join(f'{p:g}' for p in args.piece_mib)}" if args.scenario != ["lab"] else "") + (
         f" --set {' '.join(args.set)}" if args.set else "") + (
+        f" --batch-ms {args.batch_ms:g}" if args.batch_ms != BATCH_MS else "") + (
+        f" --seed {args.seed}" if args.seed != 1 else "") + (
         " --missing-covers-window" if mcw else "") + "`"
     if old.get("command"):
         command = f"{old['command']}, then {command}"
