@@ -11,12 +11,14 @@ Scenarios (``--scenario``, repeatable):
   lab's measured 13.4 s and 28.8 s), create phase, and the swarm's update phase (the owner
   and one host hold the blob, the others pull at once; x one transfer at the host link).
 - ``kraken``: 3 GB in two 1.5 GB layers (different owners), 300 MB/s links both ways and at the
-  origin, for ``--sizes``; ``--piece-mib`` models coarser pieces than the node's 8 MiB.
+  origin, for ``--sizes``; ``--piece-mib`` models coarser pieces than the node's 8 MiB (the
+  default) and ``--batch-ms`` a coarser rate-update batch than 0.5 ms: cheaper, and measured
+  against the exact model in ``docs/benchmarks-swarm.md`` ("Simulator speed").
 - ``pieces``: the kraken case at ``--sizes`` with the node's pieces and coarser ones (does the
   granularity change the result?).
 
     .venv/bin/python -m benchmarks.swarm_sim --scenario lab
-    .venv/bin/python -m benchmarks.swarm_sim --scenario kraken --sizes 100 --piece-mib 32 \\
+    .venv/bin/python -m benchmarks.swarm_sim --scenario kraken --sizes 100 --batch-ms 2 \\
         --set missing_backoff_s=0.5
 
 Not a test: nothing is asserted here. Must not import asyncio or sockets.
@@ -192,7 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", action="append", choices=("lab", "kraken", "pieces"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[100])
-    parser.add_argument("--piece-mib", type=float, nargs="+", default=[32.0])
+    parser.add_argument("--piece-mib", type=float, nargs="+", default=[8.0],
+                        help="kraken: the model's piece size (the node's: 8)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch-ms", type=float, default=BATCH_MS,
                         help="kraken: events within this many ms share one rate update and "
@@ -227,8 +230,8 @@ def main() -> None:
             rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, mcw, settings,
                            batch_ms=args.batch_ms)
         else:
-            rows += kraken(args.seed, args.sizes, [8.0, *args.piece_mib], sched, up, mcw,
-                           settings, "pieces")
+            rows += kraken(args.seed, args.sizes, list(dict.fromkeys([8.0, *args.piece_mib])),
+                           sched, up, mcw, settings, "pieces")
     command = "`benchmarks/swarm_sim.py " + " ".join(
         f"--scenario {s}" for s in args.scenario or ["lab"]
     ) + (f" --sizes {' '.join(map(str, args.sizes))} --piece-mib "
