@@ -163,15 +163,18 @@ def plot(rows: list[Row]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for r in rows:
-        label = f"{r.scenario} {r.design} N={r.nodes} {r.piece_mib:g} MiB"
+        knobs = _knobs(r.settings)
+        label = f"{r.scenario} {r.design} N={r.nodes} {r.piece_mib:g} MiB" + (
+            f" ({knobs})" if r.settings else "")
         done = [t / r.one_transfer_s for t in r.completion_s if t != float("inf")]
         axes[0].step(done, [(i + 1) / len(r.completion_s) for i in range(len(done))],
                      where="post", label=label)
-        axes[1].plot(range(len(r.upload_copies)), r.upload_copies, label=label)
+        hosts = len(r.upload_copies)
+        axes[1].plot([(i + 1) / hosts for i in range(hosts)], r.upload_copies, label=label)
     axes[0].set_xlabel("completion / one transfer at the bottleneck rate")
     axes[0].set_ylabel("fraction of hosts done")
     axes[0].set_xscale("log")
-    axes[1].set_xlabel("hosts, by bytes uploaded")
+    axes[1].set_xlabel("fraction of hosts, by bytes uploaded")
     axes[1].set_ylabel("copies uploaded")
     axes[1].set_yscale("symlog")
     for ax in axes:
