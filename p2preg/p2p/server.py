@@ -26,7 +26,8 @@ A **piece request** (``P2preg-Swarm: 1``, a ``Range`` inside one piece of
 ``swarm.pieces.Layout``) is answered by ``_handle_piece`` instead of 2.-4.:
 
 - Every answer carries ``P2preg-Have`` (whole pieces on disk as a prefix, plus the pieces a
-  swarm fill holds in memory) and ``P2preg-Blob-Size`` once the size is known.
+  swarm fill holds in memory), ``P2preg-Blob-Size`` once the size is known, and
+  ``P2preg-Load``: the piece uploads this node runs (the asker prefers less loaded sources).
 - A piece this node has: admitted by the ``swarm.uploads.UploadPolicy`` (per-piece cap, global
   slots, ``P2preg-Last-Resort``) and sent (from the committed file, the growing file, or the
   swarm fill's memory), else ``503`` with ``P2preg-Busy`` and ``P2preg-Hint``.
@@ -91,6 +92,7 @@ from p2preg.swarm.pieces import (
     HAVE_HEADER,
     HINT_HEADER,
     LAST_RESORT_HEADER,
+    LOAD_HEADER,
     SIZE_HEADER,
     SWARM_HEADER,
     Have,
@@ -336,7 +338,7 @@ class P2PServer:
             size = fill.size
         if size is None:
             self.stats.served["piece_missing"] += 1
-            return _piece_answer(404, Have(), None)
+            return _piece_answer(404, Have(), None, self.uploads.active)
         layout = Layout.for_size(size)
         on_disk = layout.count if fill is None else layout.whole_pieces(fill.writer.size)
         have = Have.of(on_disk, swarm.have_in_memory() if swarm is not None else ())
@@ -357,13 +359,13 @@ class P2PServer:
             feed = None
         if not have.has(piece) and in_memory is None and feed is None and not root:
             self.stats.served["piece_missing"] += 1
-            return _piece_answer(404, have, size)
+            return _piece_answer(404, have, size, self.uploads.active)
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
         admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
                                        last_resort=last_resort, seed=fill is None)
         if admission.ticket is None:
             self.stats.served["piece_busy"] += 1
-            response = _piece_answer(503, have, size)
+            response = _piece_answer(503, have, size, self.uploads.active)
             response.headers[BUSY_HEADER] = admission.busy or BUSY_PIECE
             if admission.hints:
                 response.headers[HINT_HEADER] = encode_hints(admission.hints)
@@ -385,7 +387,7 @@ class P2PServer:
         request[SOURCE_KEY] = "local" if fill is None else fill.source_kind or "upstream"
         response = web.StreamResponse(status=206)
         _set_headers(response, digest, byte_range)
-        _set_have(response, have, size)
+        _set_have(response, have, size, self.uploads.active)
         offset, count = byte_range.start, byte_range.length
         if in_memory is not None:
             body = in_memory[offset - piece_start: offset - piece_start + count]
@@ -484,14 +486,15 @@ def _origin(request: web.Request) -> BlobOrigin | None:
     return BlobOrigin(registry, repository)
 
 
-def _piece_answer(status: int, have: Have, size: int | None) -> web.Response:
+def _piece_answer(status: int, have: Have, size: int | None, load: int) -> web.Response:
     response = web.Response(status=status)
-    _set_have(response, have, size)
+    _set_have(response, have, size, load)
     return response
 
 
-def _set_have(response: web.StreamResponse, have: Have, size: int | None) -> None:
+def _set_have(response: web.StreamResponse, have: Have, size: int | None, load: int) -> None:
     response.headers[HAVE_HEADER] = have.encode()
+    response.headers[LOAD_HEADER] = str(load)
     if size is not None:
         response.headers[SIZE_HEADER] = str(size)
 

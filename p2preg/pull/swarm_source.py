@@ -15,7 +15,8 @@ How a stream runs (the choices are ``swarm.scheduler.Scheduler``'s; this module 
   (hash, readers, hash gate, commit) sees bytes in order, exactly as from one source.
 - Answers: ``206`` -> ``on_piece``; ``503`` with ``P2preg-Busy`` -> ``on_busy(hints)``; ``404``
   -> ``on_missing(have)``; anything else, a broken body or a connection error -> ``on_failed``
-  (and the peer's penalty). ``P2preg-Have`` of every answer -> ``on_availability``.
+  (and the peer's penalty). ``P2preg-Have`` of every answer -> ``on_availability``;
+  ``P2preg-Load`` -> ``on_load`` (read with the headers: a ``206``'s before its body).
 - A peer with ``DEAD_AFTER_FAILURES`` connection failures in a row is taken as gone for this
   fill: the view is asked again without it. When this node is then the digest's owner (the
   owner died and this node is next in its rendezvous order) the stream raises ``PeerError``
@@ -70,11 +71,13 @@ from p2preg.swarm.pieces import (
     HAVE_HEADER,
     HINT_HEADER,
     LAST_RESORT_HEADER,
+    LOAD_HEADER,
     SIZE_HEADER,
     SWARM_HEADER,
     Have,
     Layout,
     decode_hints,
+    decode_load,
 )
 from p2preg.swarm.scheduler import Request, Scheduler, SchedulerConfig
 from p2preg.upstream.errors import UpstreamNotFound
@@ -215,6 +218,8 @@ class SwarmStream:
         #: pieces yielded lately, kept until the writer has them in its file
         self._yielded: OrderedDict[int, bytes] = OrderedDict()
         self._first: tuple[int, bytes] | None = None  # (start, bytes) of the first answer
+        #: ``P2preg-Load`` values read and not yet told the scheduler: (peer, load, when)
+        self._loads: list[tuple[str, int, float]] = []
         #: pieces arriving now (cut-through: the server passes their bytes on as they come)
         self._receiving: dict[int, PieceFeed] = {}
         self._started: dict[Request, int] = {}  # the first byte each request asked for
@@ -326,11 +331,18 @@ class SwarmStream:
         sched = self.sched = Scheduler(layout, self_name=self.src.node_name, config=cfg,
                                        rng=random.Random(self.src.rng.random()))
         sched.set_peers(self._view.roles, self._view.owner)
+        self._tell_loads(sched)
         now = self.src.clock.now()
         if self.offset >= size:
             return
         for i in range(layout.piece_at(self.offset) if self.offset else 0):
             sched.on_piece("", i, now)  # below the offset: the fill has them already
+
+    def _tell_loads(self, sched: Scheduler) -> None:
+        """Pass on the ``P2preg-Load`` values read (those before the scheduler existed too)."""
+        for peer, load, at in self._loads:
+            sched.on_load(peer, load, at)
+        self._loads.clear()
 
     def _credit(self, peer: str, answer: _Answer) -> None:
         if answer.have is not None and self.sched is not None:
@@ -562,6 +574,11 @@ class SwarmStream:
                     piece: int | None, feed: PieceFeed) -> _Answer:
         headers = response.headers
         have = size = None
+        with contextlib.suppress(ValueError):
+            if (raw := headers.get(LOAD_HEADER)) is not None:
+                self._loads.append((peer, decode_load(raw), self.src.clock.now()))
+                if self.sched is not None:
+                    self._tell_loads(self.sched)
         with contextlib.suppress(ValueError):
             raw = headers.get(SIZE_HEADER)
             size = int(raw) if raw is not None and raw.isdigit() else None

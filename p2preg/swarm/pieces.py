@@ -14,6 +14,8 @@ Rules:
   blob says ``<count>``. ``P2preg-Blob-Size`` carries the size when the node knows it.
 - ``P2preg-Hint: name1,name2``: peers that have (or are receiving) the piece asked for; at
   most ``MAX_HINTS`` names, each a plain token.
+- ``P2preg-Load: <n>``: the piece uploads the answering node runs at that moment (every piece
+  answer: ``206``, ``503``, ``404``); askers prefer the least loaded source.
 - Decoding refuses anything malformed or out of range with ``ValueError`` (the caller ignores
   the header then: availability is advice, the digest protects the bytes).
 
@@ -42,6 +44,7 @@ HAVE_HEADER = "P2preg-Have"
 SIZE_HEADER = "P2preg-Blob-Size"
 BUSY_HEADER = "P2preg-Busy"
 HINT_HEADER = "P2preg-Hint"
+LOAD_HEADER = "P2preg-Load"
 LAST_RESORT_HEADER = "P2preg-Last-Resort"
 BUSY_PIECE = "piece"
 BUSY_SLOTS = "slots"
@@ -163,6 +166,14 @@ class Have:
 
 def encode_hints(names: Iterable[str]) -> str:
     return ",".join(list(dict.fromkeys(names))[:MAX_HINTS])
+
+
+def decode_load(value: str) -> int:
+    """Parse ``P2preg-Load`` (a count of uploads); ``ValueError`` if malformed."""
+    value = value.strip()
+    if not _INT.match(value):
+        raise ValueError(f"bad load {value[:40]!r}")
+    return int(value)
 
 
 def decode_hints(value: str) -> tuple[str, ...]:

@@ -98,6 +98,11 @@ class SchedulerConfig:
     #: owner and every peer known to have the piece at ``per_peer``, failed or backed off),
     #: not only once the piece was refused busy.
     probe_when_sources_full: bool = False
+    #: Rule 3: a peer's reported upload load (``on_load``) is used for this long after the
+    #: answer that carried it; 0 ignores loads (the choice before loads were advertised).
+    load_ttl_s: float = 1.0
+    #: Experiment: rank a source by its reported load before our own requests to it.
+    load_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,9 @@ class _Peer:
     piece_until: dict[int, float] = field(default_factory=dict)
     #: piece -> how often this peer said busy for it (the backoff doubles each time)
     busy_count: dict[int, int] = field(default_factory=dict)
+    #: the uploads in progress it reported last (``P2preg-Load``) and when
+    load: int = 0
+    load_at: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -200,6 +208,13 @@ class Scheduler:
         state = self._peers.get(peer)
         if state is not None:
             self._learn(peer, state, have)
+
+    def on_load(self, peer: str, load: int, now: float) -> None:
+        """``peer`` reported ``load`` uploads in progress (any answer's ``P2preg-Load``)."""
+        self._now = max(self._now, now)
+        state = self._peers.get(peer)
+        if state is not None and now >= state.load_at:
+            state.load, state.load_at = load, now
 
     def on_progress(self, peer: str, piece: int, now: float) -> None:
         """Bytes of ``piece`` arrived from ``peer`` (resets its stall timer)."""
@@ -503,10 +518,18 @@ class Scheduler:
 
     def _best_peer(self, names: list[str], piece: int) -> str:
         hinted = self._hinted.get(piece, {})
-        keyed = [(self._peers[n].in_flight, -hinted.get(n, 0),
-                  _ROLE_RANK.get(self._peers[n].role, 0), self._rng.random(), n)
-                 for n in sorted(names)]  # sorted: a seeded run repeats across processes
+        first = self.config.load_first
+        keyed = [((self._load(s), s.in_flight) if first else (s.in_flight, self._load(s)),
+                  -hinted.get(n, 0), _ROLE_RANK.get(s.role, 0), self._rng.random(), n)
+                 for n in sorted(names)  # sorted: a seeded run repeats across processes
+                 if (s := self._peers[n]) is not None]
         return min(keyed)[-1]
+
+    def _load(self, state: _Peer) -> int:
+        """The uploads ``state`` reported, if fresh (rule 3; unknown or stale: 0)."""
+        if self._now - state.load_at > self.config.load_ttl_s:
+            return 0
+        return state.load
 
     def _fallback(self, piece: int, now: float) -> Request | None:
         owner = self._owner

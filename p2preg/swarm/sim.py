@@ -33,7 +33,9 @@ from one seeded ``random.Random``, one thread.
   feeder's, so it never finishes first); a feeder cancelled breaks its relays (the askers
   count a failure of the relay). Availability (``Have``) lists whole pieces only, as the
   node's; a relay's place in the upload policy makes it a hint as soon as it is admitted.
-- Every answer (a piece, busy, missing) carries the peer's availability at that moment.
+- Every answer (a piece, busy, missing) carries the peer's availability and its upload load
+  (``Uploader.load``, ``P2preg-Load``) at that moment (a piece's reaches the asker with its
+  first byte, ``rtt_s / 2`` after the decision).
 - A request the downloader gives up (stalled) is withdrawn: its flow is cancelled (the upload
   released as not completed) or its long-poll dropped.
 - A host is done with a blob when it holds every piece. Bytes sent by each host and by the
@@ -93,6 +95,9 @@ class Downloader(Protocol):
     def on_failed(self, peer: str, piece: int, now: float) -> None:
         """A piece answer broke off (the relay's own source failed)."""
         ...
+    def on_load(self, peer: str, load: int, now: float) -> None:
+        """An answer of ``peer`` said it runs ``load`` uploads (``P2preg-Load``)."""
+        ...
 
 
 class Uploader(Protocol):
@@ -108,6 +113,9 @@ class Uploader(Protocol):
     def on_upload_end(
         self, digest: str, piece: int, requester: str, completed: bool, now: float
     ) -> None: ...
+    def load(self) -> int:
+        """Uploads in progress (what its answers advertise)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +487,8 @@ class SwarmSim:
 
     def _missing(self, server: str, fill: _Fill, asker: str, req: Request, token: int) -> None:
         self.answers[MISSING] += 1
-        self._reply(asker, fill.blob.digest, req, token, MISSING, (), fill.availability())
+        self._reply(asker, fill.blob.digest, req, token, MISSING, (), fill.availability(),
+                    self.hosts[server].uploader.load())
 
     def _first_byte_timeout(self, server: str, digest: str, piece: int, own_token: int,
                             asker: str, token: int) -> None:
@@ -517,12 +526,20 @@ class SwarmSim:
                 [server.up, self.hosts[asker].down], fill.blob.layout.length(req.piece),
                 ("peer", digest, req.piece, asker, server.name, token), feeder=feeder,
             )
+            self._push(self.now + self.topology.rtt_s / 2, self._load_seen,
+                       asker, digest, req.peer, token, server.uploader.load())
             for waiter, wreq, wtoken in flight.waiters:
                 self._decide(self.hosts[asker], self.hosts[asker].fills[digest], waiter, wreq,
                              wtoken, flight.flow)
             flight.waiters.clear()
         else:
-            self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability())
+            self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability(),
+                        server.uploader.load())
+
+    def _load_seen(self, asker: str, digest: str, server: str, token: int, load: int) -> None:
+        fill = self.hosts[asker].fills[digest]
+        if fill.downloader is not None:
+            fill.downloader.on_load(server, load, self.now)
 
     def _over_share(self, host: _Host) -> bool:
         assert self.balance_copies is not None
@@ -531,14 +548,14 @@ class SwarmSim:
 
     def _reply(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
-        hints: tuple[str, ...], have: Have,
+        hints: tuple[str, ...], have: Have, load: int,
     ) -> None:
         self._push(self.now + self.topology.rtt_s / 2, self._answer,
-                   asker, digest, req, token, verdict, hints, have)  # fmt: skip
+                   asker, digest, req, token, verdict, hints, have, load)  # fmt: skip
 
     def _answer(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
-        hints: tuple[str, ...], have: Have,
+        hints: tuple[str, ...], have: Have, load: int,
     ) -> None:
         fill = self.hosts[asker].fills[digest]
         if self._live(asker, digest, req.piece, token) is None:
@@ -546,6 +563,7 @@ class SwarmSim:
         self._end_flight(asker, fill, req.piece)
         d = fill.downloader
         assert d is not None
+        d.on_load(req.peer, load, self.now)
         if verdict == BUSY:
             d.on_busy(req.peer, req.piece, hints, have, self.now)
         else:
@@ -658,6 +676,9 @@ class SchedulerDownloader:
     def on_failed(self, peer: str, piece: int, now: float) -> None:
         self.scheduler.on_failed(peer, piece, now)
 
+    def on_load(self, peer: str, load: int, now: float) -> None:
+        self.scheduler.on_load(peer, load, now)
+
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.scheduler.on_missing(peer, piece, have, now)
         if self.missing_covers_window:
@@ -692,6 +713,9 @@ class PolicyUploader:
         ticket = self._tickets.pop((digest, piece, requester), None)
         if ticket is not None:
             self.policy.release(ticket, completed=completed, now=now)
+
+    def load(self) -> int:
+        return self.policy.active
 
 
 def swarm(
@@ -772,6 +796,9 @@ class StarDownloader:
     def on_failed(self, peer: str, piece: int, now: float) -> None:
         raise AssertionError("a star source never relays")
 
+    def on_load(self, peer: str, load: int, now: float) -> None:
+        return None
+
 
 class StarUploader:
     """Today's source: serves every asker, no cap."""
@@ -786,6 +813,9 @@ class StarUploader:
         self, digest: str, piece: int, requester: str, completed: bool, now: float
     ) -> None:
         return None
+
+    def load(self) -> int:
+        return 0
 
 
 def star(

@@ -20,7 +20,7 @@ from p2preg.p2p.server import P2PServer
 from p2preg.pull.piece_feed import PieceFeed
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
-from p2preg.swarm.pieces import SWARM_HEADER, Layout
+from p2preg.swarm.pieces import LOAD_HEADER, SWARM_HEADER, Layout
 from tests.p2p.harness import payload, start_app
 from tests.p2p.test_server import HeldSource
 
@@ -150,3 +150,22 @@ async def test_without_a_feed_a_non_root_answers_404_at_once(relay: Relay) -> No
         assert resp.status == 404
     await asyncio.sleep(0)
     assert relay.server.stats.served["piece_missing"] == 1
+
+
+async def test_every_piece_answer_carries_the_uploads_in_progress(relay: Relay) -> None:
+    feed = relay.feed()
+    start, end = relay.span
+    expected = relay.data[start:end]
+    feed.add(expected[:1000])
+    async with relay.ask(node="a") as first:
+        assert (first.status, first.headers[LOAD_HEADER]) == (206, "1")  # itself
+        async with relay.ask(node="src") as missing:
+            assert (missing.status, missing.headers[LOAD_HEADER]) == (404, "1")
+        async with relay.ask(node="b") as second:
+            assert (second.status, second.headers[LOAD_HEADER]) == (206, "2")
+            feed.add(expected[1000:])
+            feed.finish(True)
+            assert await second.read() == expected
+        assert await first.read() == expected
+    async with relay.ask(node="src") as missing:
+        assert (missing.status, missing.headers[LOAD_HEADER]) == (404, "0")

@@ -14,7 +14,8 @@ from p2preg.fetch.singleflight import FillError
 from p2preg.oci.digest import Digest
 from p2preg.p2p.node_glue import P2PConfig
 from p2preg.p2p.routing import hrw_order, owner_of
-from p2preg.swarm.pieces import HAVE_HEADER, SIZE_HEADER, Have, Layout
+from p2preg.swarm.pieces import HAVE_HEADER, LOAD_HEADER, SIZE_HEADER, Have, Layout
+from p2preg.swarm.scheduler import SchedulerConfig
 from p2preg.swarm.uploads import UploadConfig
 from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, payload, start_app
 from tests.support.cluster import until
@@ -27,11 +28,12 @@ PIECE = 256 * 1024
 class SwarmPeer:
     """A peer that speaks the piece protocol for one blob: it says it has every piece and
     answers any ``Range``; ``corrupt`` flips every byte; ``die_after`` cuts each answer after
-    that many bytes. Records the ranges asked."""
+    that many bytes; ``load``: the ``P2preg-Load`` it advertises. Records the ranges asked."""
 
     data: bytes
     corrupt: bool = False
     die_after: int | None = None
+    load: int | None = None
     ranges: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
     host: str = ""
@@ -60,6 +62,8 @@ class SwarmPeer:
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         response.headers[HAVE_HEADER] = Have.full(Layout.for_size(size)).encode()
         response.headers[SIZE_HEADER] = str(size)
+        if self.load is not None:
+            response.headers[LOAD_HEADER] = str(self.load)
         await response.prepare(request)
         if self.die_after is not None:
             await response.write(body[:self.die_after])
@@ -256,3 +260,29 @@ async def test_an_owner_that_holds_the_blob_unadvertised_serves_as_a_second_seed
         owner_served.append(nodes[owner].p2p.server.stats.served["piece"] - before)
         assert upstream.blob_gets[str(digest)] == 0
     assert any(n > 0 for n in owner_served), owner_served
+
+
+async def test_a_puller_asks_the_holder_that_advertises_fewer_uploads(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    # One request at a time, loads remembered for the whole test: once a holder's answer said
+    # it runs 7 uploads, every further piece goes to the one that said 0 (by chance: 4 of 8).
+    cluster.p2p_config = P2PConfig(scheduler=SchedulerConfig(max_requests=1, load_ttl_s=600))
+    seed = next(s for s in range(50)
+                if owner_of(str(payload(9 * PIECE, seed=s)[1]), ["me", "busy", "idle"]) != "me")
+    data, digest = payload(9 * PIECE, seed=seed)
+    upstream.add(data)
+    busy = await SwarmPeer(data, load=7).start()
+    idle = await SwarmPeer(data, load=0).start()
+    try:
+        for name, peer in (("busy", busy), ("idle", idle)):
+            cluster.static.add(name, peer.host)
+            cluster.static.set_state(name, str(digest), "have")
+        puller = await cluster.add_node("me")
+        assert await puller.get_blob(REPO, str(digest)) == (200, data)
+    finally:
+        await busy.stop()
+        await idle.stop()
+    assert len(busy.ranges) + len(idle.ranges) == 9
+    # at most one request before its first answer told its load
+    assert len(busy.ranges) <= 1, (busy.ranges, idle.ranges)
+    assert upstream.blob_gets[str(digest)] == 0

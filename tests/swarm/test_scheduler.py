@@ -281,3 +281,48 @@ def test_with_the_owner_at_per_peer_a_piece_is_probed_only_if_configured() -> No
     miss = reqs[1]
     s.on_missing(miss.peer, miss.piece, Have(0), 0.01)
     assert all(r.piece != miss.piece for r in s.next_requests(0.01))
+
+
+def test_of_sources_with_as_many_of_our_requests_the_least_loaded_is_asked() -> None:
+    for seed in range(8):  # the tie-break is random: the load must decide every time
+        s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "b": ROLE_HOLDER, "c": ROLE_HOLDER},
+                  seed=seed, max_requests=1)
+        s.on_load("a", 5, 0.0)
+        s.on_load("b", 1, 0.0)
+        s.on_load("c", 3, 0.0)
+        assert s.next_requests(0.5) == [Request("b", 0)]
+
+
+def test_a_load_older_than_load_ttl_is_ignored_and_a_newer_one_replaces_it() -> None:
+    def first_peer(loads: list[tuple[str, int, float]], now: float, seed: int) -> str:
+        s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "b": ROLE_HOLDER}, seed=seed,
+                  max_requests=1, load_ttl_s=1.0)
+        for peer, load, at in loads:
+            s.on_load(peer, load, at)
+        return s.next_requests(now)[0].peer
+
+    # b's high load is stale at t=2: a and b tie again and either may be asked
+    assert {first_peer([("b", 9, 0.0)], 2.0, seed) for seed in range(16)} == {"a", "b"}
+    # an older report arriving late does not replace a newer one
+    assert {first_peer([("a", 0, 0.9), ("b", 9, 1.0), ("b", 0, 0.5)], 1.5, seed)
+            for seed in range(16)} == {"a"}
+
+
+def test_our_own_requests_to_a_source_count_before_its_load() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "b": ROLE_HOLDER}, max_requests=2,
+              per_peer=2)
+    s.on_load("a", 0, 0.0)
+    s.on_load("b", 4, 0.0)
+    # the first goes to the idle a, the second to b: a has one of ours in flight already
+    assert [r.peer for r in s.next_requests(0.1)] == ["a", "b"]
+
+
+def test_the_least_loaded_of_the_hinted_peers_is_asked_not_the_newest_hint() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_MEMBER, "c": ROLE_MEMBER},
+              max_requests=1)
+    s.on_availability("a", Have.of(0, [0]), 0.0)
+    assert s.next_requests(0.0) == [Request("a", 0)]
+    s.on_load("b", 1, 0.0)
+    s.on_load("c", 4, 0.0)
+    s.on_busy("a", 0, ["b", "c"], 0.0)  # c is the newest hint, but b runs fewer uploads
+    assert s.next_requests(0.0) == [Request("b", 0)]
