@@ -103,6 +103,8 @@ class SchedulerConfig:
     load_ttl_s: float = 1.0
     #: Experiment: rank a source by its reported load before our own requests to it.
     load_first: bool = False
+    #: Experiment: a probe (rule 4) goes to a peer of the lowest known load (random among them).
+    probe_least_loaded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,6 +553,9 @@ class Scheduler:
         probes = [n for n, st in self._peers.items()
                   if n != owner and not self._has(n, piece) and self._usable(n, now) is not None
                   and self._free_for(st, piece, now)]
+        if probes and self.config.probe_least_loaded:
+            least = min(self._load(self._peers[n]) for n in probes)
+            probes = [n for n in probes if self._load(self._peers[n]) == least]
         if probes:
             return Request(probes[self._rng.randrange(len(probes))], piece)
         return None

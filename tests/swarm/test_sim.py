@@ -97,3 +97,28 @@ def test_the_schedulers_remembered_idle_picks_change_nothing(
     slow_sim = swarm(1, 12, topology, blobs)
     assert slow_sim.run(until_s=60) == fast
     assert slow_sim.answers == sim.answers
+
+
+def test_every_answer_tells_the_asker_the_servers_uploads_in_progress(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2preg.swarm import sim
+    from p2preg.swarm.uploads import UploadConfig
+
+    seen: list[tuple[str, int]] = []
+    tell = sim.SchedulerDownloader.on_load
+
+    def record(self: sim.SchedulerDownloader, peer: str, load: int, now: float) -> None:
+        seen.append((peer, load))
+        tell(self, peer, load, now)
+
+    monkeypatch.setattr(sim.SchedulerDownloader, "on_load", record)
+    run = swarm(1, N, TOPOLOGY, [BLOB])
+    run.run(until_s=120)
+    answers = run.answers["served"] + run.answers["busy"] + run.answers["missing"]
+    assert 0 < len(seen) <= answers
+    cfg = UploadConfig()
+    assert max(load for _, load in seen) <= cfg.upload_slots + cfg.last_resort_slots
+    assert max(load for _, load in seen) >= 2  # uploads overlap: the count is live, not 0/1
+    # a served piece counts itself: every peer that served something said so with load >= 1
+    assert {p for p, load in seen if load >= 1} >= {h for h in run.hosts
+                                                     if run.net.carried((h, "up")) > 0}
