@@ -108,6 +108,9 @@ class SchedulerConfig:
     load_first: bool = False
     #: Experiment: a probe (rule 4) goes to a peer of the lowest known load (random among them).
     probe_least_loaded: bool = False
+    #: Experiment: the limit of our requests to the digest's owner (None: ``per_peer``); the
+    #: owner knows whom it gave each piece, so a busy answer of it names the piece's holders.
+    owner_per_peer: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +368,7 @@ class Scheduler:
         out = {}
         for name in sorted(names):
             state = self._peers[name]
-            out[name] = ("per_peer" if state.in_flight >= self.config.per_peer
+            out[name] = ("per_peer" if state.in_flight >= self._limit(name)
                          else "failed" if state.failed_until > now
                          else "backoff" if not self._free_for(state, piece, now)
                          else "usable")
@@ -417,9 +420,16 @@ class Scheduler:
 
     def _usable(self, name: str, now: float) -> _Peer | None:
         state = self._peers.get(name)
-        if state is None or state.in_flight >= self.config.per_peer or state.failed_until > now:
+        if state is None or state.in_flight >= self._limit(name) or state.failed_until > now:
             return None
         return state
+
+    def _limit(self, name: str) -> int:
+        """Our requests allowed in flight to ``name`` (rule 1)."""
+        cfg = self.config
+        if name == self._owner and cfg.owner_per_peer is not None:
+            return cfg.owner_per_peer
+        return cfg.per_peer
 
     def _free_for(self, state: _Peer, piece: int, now: float) -> bool:
         return state.piece_until.get(piece, -math.inf) <= now
@@ -486,11 +496,13 @@ class Scheduler:
     def _has_source(self, piece: int, now: float) -> bool:
         """Whether ``_sources(piece, now)`` is not empty (stops at the first usable one)."""
         per_peer = self.config.per_peer
+        owner, owner_limit = self._owner, self._limit(self._owner or "")
         peers = self._peers
         for names in (self._avail.get(piece, ()), self._full, self._hinted.get(piece, ())):
             for name in names:
                 s = peers.get(name)
-                if s is not None and s.in_flight < per_peer and s.failed_until <= now \
+                if s is not None and s.failed_until <= now \
+                        and s.in_flight < (owner_limit if name == owner else per_peer) \
                         and s.piece_until.get(piece, -math.inf) <= now:
                     return True
         return False
