@@ -326,3 +326,21 @@ def test_the_least_loaded_of_the_hinted_peers_is_asked_not_the_newest_hint() -> 
     s.on_load("c", 4, 0.0)
     s.on_busy("a", 0, ["b", "c"], 0.0)  # c is the newest hint, but b runs fewer uploads
     assert s.next_requests(0.0) == [Request("b", 0)]
+
+
+def test_owner_per_peer_lets_more_requests_wait_at_the_owner_only() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, per_peer=2, owner_per_peer=4)
+    assert s.next_requests(0) == [Request("o", i) for i in range(4)]
+    assert s.source_states(0, 0) == {}  # nobody is known to have piece 0
+
+
+def test_probe_least_loaded_probes_a_peer_of_the_lowest_known_load() -> None:
+    for seed in range(8):
+        s = sched({"o": ROLE_OWNER, "a": ROLE_MEMBER, "b": ROLE_MEMBER, "c": ROLE_MEMBER},
+                  seed=seed, max_requests=1, probe_least_loaded=True)
+        s.on_load("a", 3, 0.0)
+        s.on_load("b", 0, 0.0)
+        s.on_load("c", 5, 0.0)
+        assert s.next_requests(0.0) == [Request("o", 0)]
+        s.on_busy("o", 0, [], 0.0)  # refused, no hints: the piece is probed
+        assert s.next_requests(0.0) == [Request("b", 0)]
