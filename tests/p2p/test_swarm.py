@@ -28,13 +28,15 @@ PIECE = 256 * 1024
 class SwarmPeer:
     """A peer that speaks the piece protocol for one blob: it says it has every piece and
     answers any ``Range``; ``corrupt`` flips every byte; ``die_after`` cuts each answer after
-    that many bytes; ``load``: the ``P2preg-Load`` it advertises. Records the ranges asked."""
+    that many bytes. ``P2preg-Load``: its answers in progress, as a node's (or ``load``, fixed).
+    Records the ranges asked."""
 
     data: bytes
     corrupt: bool = False
     die_after: int | None = None
     load: int | None = None
     ranges: list[str] = field(default_factory=list)
+    active: int = 0
     runner: web.AppRunner | None = None
     host: str = ""
 
@@ -62,8 +64,15 @@ class SwarmPeer:
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         response.headers[HAVE_HEADER] = Have.full(Layout.for_size(size)).encode()
         response.headers[SIZE_HEADER] = str(size)
-        if self.load is not None:
-            response.headers[LOAD_HEADER] = str(self.load)
+        self.active += 1
+        try:
+            return await self._send(request, response, body)
+        finally:
+            self.active -= 1
+
+    async def _send(self, request: web.Request, response: web.StreamResponse,
+                    body: bytes) -> web.StreamResponse:
+        response.headers[LOAD_HEADER] = str(self.active if self.load is None else self.load)
         await response.prepare(request)
         if self.die_after is not None:
             await response.write(body[:self.die_after])
