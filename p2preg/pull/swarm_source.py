@@ -67,6 +67,7 @@ from p2preg.p2p.source import (
 from p2preg.pull.piece_feed import PieceFeed
 from p2preg.swarm.pieces import (
     BUSY_HEADER,
+    BUSY_SLOTS,
     FIRST_REQUEST_BYTES,
     HAVE_HEADER,
     HINT_HEADER,
@@ -117,6 +118,7 @@ class _Answer:
     size: int | None = None
     have: Have | None = None
     hints: tuple[str, ...] = ()
+    slots: bool = False  # busy for want of upload slots (``P2preg-Busy: slots``)
     data: bytes = b""
     reason: str = ""
     connection: bool = False
@@ -443,7 +445,7 @@ class SwarmStream:
             sched.on_piece(req.peer, req.piece, now)
         elif answer.kind == "busy":
             stats.busy += 1
-            sched.on_busy(req.peer, req.piece, answer.hints, now)
+            sched.on_busy(req.peer, req.piece, answer.hints, now, slots=answer.slots)
         elif answer.kind == "missing":
             stats.missing += 1
             sched.on_missing(req.peer, req.piece, answer.have, now)
@@ -593,7 +595,8 @@ class SwarmStream:
         status = response.status
         if status == 503 and headers.get(BUSY_HEADER):
             return _Answer("busy", size=size, have=have,
-                           hints=decode_hints(headers.get(HINT_HEADER, "")))
+                           hints=decode_hints(headers.get(HINT_HEADER, "")),
+                           slots=headers.get(BUSY_HEADER) == BUSY_SLOTS)
         if status == 404:
             return _Answer("missing", size=size, have=have)
         if status != 206:

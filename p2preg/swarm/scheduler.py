@@ -48,6 +48,9 @@ they reported (``on_availability``, ``on_load``); it answers ``next_requests(now
    peer is not asked at all for ``failure_backoff_s``. A piece refused busy for
    ``last_resort_after_s`` with no other source is asked with ``last_resort`` of a peer that
    has it, was hinted for it, or the owner (busy backoff ignored, failure backoff kept).
+   A busy answer for want of upload slots (``slots``: the peer refuses every piece now, not
+   only this one) backs the peer off for every piece for ``slots_busy_backoff_s`` (like a
+   failure, without counting one; 0, the default: off, an experiment).
 6. **Stall.** A request that received no byte for ``stall_s`` (a long-poll on the owner for a
    piece it is not known to have: ``owner_wait_s``) is cancelled by ``expire`` and counts as
    a failure of that peer; the piece goes back to the pool.
@@ -111,6 +114,11 @@ class SchedulerConfig:
     #: Experiment: the limit of our requests to the digest's owner (None: ``per_peer``); the
     #: owner knows whom it gave each piece, so a busy answer of it names the piece's holders.
     owner_per_peer: int | None = None
+    #: Experiment (rule 5): how long a busy answer for want of slots backs the peer off for
+    #: every piece (0: only for that piece, as any busy answer). With ``UploadConfig.
+    #: slot_hints=1`` and 0.1 s: requests per served piece 2.2-2.8x fewer, p50 better at the
+    #: node's 8 MiB pieces but worse with 32 MiB at N=50 (docs/benchmarks-swarm.md).
+    slots_busy_backoff_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +262,10 @@ class Scheduler:
                 self._buffered.discard(self._prefix)
                 self._prefix += 1
 
-    def on_busy(self, peer: str, piece: int, hints: Iterable[str], now: float) -> None:
-        """``peer`` refused ``piece`` as busy and named ``hints`` (peers to try instead)."""
+    def on_busy(self, peer: str, piece: int, hints: Iterable[str], now: float, *,
+                slots: bool = False) -> None:
+        """``peer`` refused ``piece`` as busy and named ``hints`` (peers to try instead);
+        ``slots``: for want of upload slots (it refuses every piece now; rule 5)."""
         self._now = max(self._now, now)
         self._changed()
         self._end_flight(piece, peer)
@@ -265,6 +275,9 @@ class Scheduler:
             state.busy_count[piece] = refusals + 1
             state.piece_until[piece] = self._timer(
                 now + self.config.busy_backoff_s * 2 ** min(refusals, 4))
+            backoff = self.config.slots_busy_backoff_s
+            if slots and backoff > 0 and now + backoff > state.failed_until:
+                state.failed_until = self._timer(now + backoff)
         if piece not in self._refused_since:
             self._refused_since[piece] = now
             self._timer(now + self.config.last_resort_after_s)

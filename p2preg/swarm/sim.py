@@ -57,7 +57,7 @@ from typing import Any, Protocol
 
 from p2preg.p2p.routing import owner_of
 from p2preg.swarm.flows import Flow, FlowNetwork
-from p2preg.swarm.pieces import Have, Layout
+from p2preg.swarm.pieces import BUSY_SLOTS, Have, Layout
 from p2preg.swarm.scheduler import (
     ROLE_HOLDER,
     ROLE_MEMBER,
@@ -89,8 +89,11 @@ class Downloader(Protocol):
     def on_progress(self, peer: str, piece: int, now: float) -> None: ...
     def on_piece(self, peer: str, piece: int, have: Have, now: float) -> None: ...
     def on_busy(
-        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
-    ) -> None: ...
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float, *,
+        slots: bool = False,
+    ) -> None:
+        """``slots``: busy for want of upload slots (``P2preg-Busy: slots``)."""
+        ...
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None: ...
     def on_failed(self, peer: str, piece: int, now: float) -> None:
         """A piece answer broke off (the relay's own source failed)."""
@@ -533,8 +536,10 @@ class SwarmSim:
                              wtoken, flight.flow)
             flight.waiters.clear()
         else:
+            slots = isinstance(server.uploader, PolicyUploader) \
+                and server.uploader.refused == BUSY_SLOTS
             self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability(),
-                        server.uploader.load())
+                        server.uploader.load(), slots)
 
     def _load_seen(self, asker: str, digest: str, server: str, token: int, load: int) -> None:
         fill = self.hosts[asker].fills[digest]
@@ -548,14 +553,14 @@ class SwarmSim:
 
     def _reply(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
-        hints: tuple[str, ...], have: Have, load: int,
+        hints: tuple[str, ...], have: Have, load: int, slots: bool = False,
     ) -> None:
         self._push(self.now + self.topology.rtt_s / 2, self._answer,
-                   asker, digest, req, token, verdict, hints, have, load)  # fmt: skip
+                   asker, digest, req, token, verdict, hints, have, load, slots)  # fmt: skip
 
     def _answer(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
-        hints: tuple[str, ...], have: Have, load: int,
+        hints: tuple[str, ...], have: Have, load: int, slots: bool = False,
     ) -> None:
         fill = self.hosts[asker].fills[digest]
         if self._live(asker, digest, req.piece, token) is None:
@@ -565,7 +570,7 @@ class SwarmSim:
         assert d is not None
         d.on_load(req.peer, load, self.now)
         if verdict == BUSY:
-            d.on_busy(req.peer, req.piece, hints, have, self.now)
+            d.on_busy(req.peer, req.piece, hints, have, self.now, slots=slots)
         else:
             d.on_missing(req.peer, req.piece, have, self.now)
         self._dirty.add(asker)
@@ -664,14 +669,15 @@ class SchedulerDownloader:
         self.scheduler.on_piece(peer, piece, now)
 
     def on_busy(
-        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float, *,
+        slots: bool = False,
     ) -> None:
         new = [h for h in hints if h not in self.peers]
         if new:
             self.peers.update(dict.fromkeys(new, ROLE_MEMBER))
             self.scheduler.set_peers(self.peers, self.owner)
         self.scheduler.on_availability(peer, have, now)
-        self.scheduler.on_busy(peer, piece, hints, now)
+        self.scheduler.on_busy(peer, piece, hints, now, slots=slots)
 
     def on_failed(self, peer: str, piece: int, now: float) -> None:
         self.scheduler.on_failed(peer, piece, now)
@@ -695,6 +701,8 @@ class PolicyUploader:
     def __init__(self, config: UploadConfig | None, rng: random.Random) -> None:
         self.policy = UploadPolicy(config, rng)
         self._tickets: dict[tuple[str, int, str], Ticket] = {}
+        self.refused: str | None = None
+        """The last refusal's kind (``BUSY_PIECE``/``BUSY_SLOTS``): the answer's ``P2preg-Busy``."""
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
@@ -703,6 +711,7 @@ class PolicyUploader:
         admission = self.policy.admit(digest, piece, requester, now=now,
                                       last_resort=last_resort, seed=seed)
         if admission.ticket is None:
+            self.refused = admission.busy
             return False, admission.hints
         self._tickets[(digest, piece, requester)] = admission.ticket
         return True, ()
@@ -786,7 +795,8 @@ class StarDownloader:
         self.pending -= 1
 
     def on_busy(
-        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float
+        self, peer: str, piece: int, hints: Sequence[str], have: Have, now: float, *,
+        slots: bool = False,
     ) -> None:
         raise AssertionError("a star source never says busy")
 

@@ -14,7 +14,15 @@ from p2preg.fetch.singleflight import FillError
 from p2preg.oci.digest import Digest
 from p2preg.p2p.node_glue import P2PConfig
 from p2preg.p2p.routing import hrw_order, owner_of
-from p2preg.swarm.pieces import HAVE_HEADER, LOAD_HEADER, SIZE_HEADER, Have, Layout
+from p2preg.swarm.pieces import (
+    BUSY_HEADER,
+    BUSY_SLOTS,
+    HAVE_HEADER,
+    LOAD_HEADER,
+    SIZE_HEADER,
+    Have,
+    Layout,
+)
 from p2preg.swarm.scheduler import SchedulerConfig
 from p2preg.swarm.uploads import UploadConfig
 from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, payload, start_app
@@ -29,12 +37,14 @@ class SwarmPeer:
     """A peer that speaks the piece protocol for one blob: it says it has every piece and
     answers any ``Range``; ``corrupt`` flips every byte; ``die_after`` cuts each answer after
     that many bytes. ``P2preg-Load``: its answers in progress, as a node's (or ``load``, fixed).
-    Records the ranges asked."""
+    ``busy``: it answers every request ``503`` with that ``P2preg-Busy``. Records the ranges
+    asked."""
 
     data: bytes
     corrupt: bool = False
     die_after: int | None = None
     load: int | None = None
+    busy: str | None = None
     ranges: list[str] = field(default_factory=list)
     active: int = 0
     runner: web.AppRunner | None = None
@@ -59,6 +69,11 @@ class SwarmPeer:
         body = self.data[start:end + 1]
         if self.corrupt:
             body = bytes(b ^ 0xFF for b in body)
+        if self.busy is not None:
+            refusal = web.Response(status=503, headers={
+                BUSY_HEADER: self.busy, HAVE_HEADER: Have.full(Layout.for_size(size)).encode(),
+                SIZE_HEADER: str(size), LOAD_HEADER: str(self.load or 0)})
+            return refusal
         response = web.StreamResponse(status=206)
         response.content_length = len(body)
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
@@ -294,4 +309,38 @@ async def test_a_puller_asks_the_holder_that_advertises_fewer_uploads(
     assert len(busy.ranges) + len(idle.ranges) == 9
     # at most one request before its first answer told its load
     assert len(busy.ranges) <= 1, (busy.ranges, idle.ranges)
+    assert upstream.blob_gets[str(digest)] == 0
+
+
+async def test_a_slots_busy_answer_backs_the_peer_off_for_every_piece(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    # "full" advertises no uploads (so it ranks first) but answers every piece busy for want
+    # of slots; "idle" serves. With slots_busy_backoff_s the puller asks "full" once and then
+    # not for any piece within the backoff; a piece-busy answer (the control) backs off only
+    # that piece, so "full" is asked again for the next ones (the second puller, "me2", may
+    # get them from "me" too).
+    seed = next(s for s in range(50)
+                if owner_of(str(payload(9 * PIECE, seed=s)[1]), ["me", "full", "idle"]) != "me")
+    data, digest = payload(9 * PIECE, seed=seed)
+    upstream.add(data)
+    asked = {}
+    for name, busy in (("me", BUSY_SLOTS), ("me2", "piece")):
+        cluster.p2p_config = P2PConfig(scheduler=SchedulerConfig(
+            max_requests=1, load_ttl_s=600, slots_busy_backoff_s=600))
+        full = await SwarmPeer(data, load=0, busy=busy).start()
+        idle = await SwarmPeer(data, load=7).start()
+        try:
+            for peer_name, peer in (("full", full), ("idle", idle)):
+                cluster.static.add(peer_name, peer.host)
+                cluster.static.set_state(peer_name, str(digest), "have")
+            puller = await cluster.add_node(name)
+            assert await puller.get_blob(REPO, str(digest)) == (200, data)
+        finally:
+            await full.stop()
+            await idle.stop()
+        asked[busy] = len(full.ranges)
+        if busy == BUSY_SLOTS:
+            assert len(idle.ranges) == 9  # every piece from "idle" once "full" said slots
+    assert asked[BUSY_SLOTS] == 1
+    assert asked["piece"] > 1, asked
     assert upstream.blob_gets[str(digest)] == 0

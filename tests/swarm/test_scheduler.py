@@ -107,6 +107,27 @@ def test_busy_backs_off_that_peer_for_that_piece_and_tries_the_hints() -> None:
     assert s.next_requests(0.3) == [Request("a", 0), Request("b", 1)]
 
 
+def test_a_slots_busy_answer_backs_that_peer_off_for_every_piece() -> None:
+    # "h" holds everything. Busy for want of slots: "h" refuses any piece now, so it is not
+    # asked for the next piece either until slots_busy_backoff_s passed (a piece-busy answer
+    # backs off only that piece: "h" is asked for piece 1 at once).
+    for slots, expected in ((False, [Request("h", 1)]), (True, [])):
+        s = sched({"h": ROLE_HOLDER}, owner=None, per_peer=1, max_requests=1,
+                  slots_busy_backoff_s=0.1, busy_backoff_s=0.5)
+        s.on_availability("h", Have(10), 0)
+        assert s.next_requests(0) == [Request("h", 0)]
+        s.on_busy("h", 0, [], 0, slots=slots)
+        assert s.next_requests(0.05) == expected
+    assert s.next_deadline() is not None and s.next_deadline() <= 0.1
+    assert s.next_requests(0.1) == [Request("h", 1)]
+    # off (0, the default): a slots-busy answer is any busy answer
+    s = sched({"h": ROLE_HOLDER}, owner=None, per_peer=1, max_requests=1)
+    s.on_availability("h", Have(10), 0)
+    s.next_requests(0)
+    s.on_busy("h", 0, [], 0, slots=True)
+    assert s.next_requests(0) == [Request("h", 1)]
+
+
 def test_a_piece_refused_without_hints_is_probed_at_a_peer_of_unknown_availability() -> None:
     s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}, per_peer=1,
               max_requests=1, seed=3)

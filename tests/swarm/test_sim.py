@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from p2preg.swarm.pieces import piece_bytes
+from p2preg.swarm.scheduler import SchedulerConfig
 from p2preg.swarm.sim import BlobSpec, SimResult, Topology, star, swarm
 from p2preg.swarm.uploads import UploadConfig
 
@@ -125,18 +126,24 @@ def test_every_answer_tells_the_asker_the_servers_uploads_in_progress(
                                                      if run.net.carried((h, "up")) > 0}
 
 
-def test_slot_busy_hints_of_the_pieces_holders_cut_the_404s() -> None:
+def test_slot_busy_hints_of_the_pieces_holders_and_a_slots_backoff_cut_the_requests() -> None:
     # Kraken's shape in small. A slots-busy answer that hints recent uploaders of *other*
-    # pieces (slot_hints=0, the default) sends the asker to peers that answer 404 (they
-    # neither have nor receive the piece); hinting the piece's places (1) cuts the 404s by
-    # 10x and finishes no later here (not at N=50: docs/benchmarks-swarm.md, "Hints").
+    # pieces (slot_hints=0) sends the asker to peers that answer 404 (they neither have nor
+    # receive the piece); hinting the piece's places (1) cuts the 404s by 10x; backing the
+    # slots-busy peer off for every piece (slots_busy_backoff_s) cuts the busy answers too.
+    # Each finishes sooner here (docs/benchmarks-swarm.md, "hints on a slots-busy answer").
     topology = Topology(300e6, 300e6, 300e6, rtt_s=0.001)
     blobs = [BlobSpec.of("sha256:" + c * 64, 96 << 20, 1 << 20) for c in "ab"]
-    runs = {}
-    for mode in (0, 1):
-        sim = swarm(1, 12, topology, blobs, uploads=UploadConfig(slot_hints=mode))
-        runs[mode] = (sim.run(until_s=60), dict(sim.answers))
-    (old, old_answers), (new, new_answers) = runs[0], runs[1]
-    assert old_answers["served"] == new_answers["served"]
-    assert new_answers["missing"] * 10 < old_answers["missing"]
-    assert new.quantile(0.5) < old.quantile(0.5) and new.quantile(1.0) <= old.quantile(1.0)
+    runs = []
+    for hints, backoff in ((0, 0.0), (1, 0.0), (1, 0.1)):
+        sim = swarm(1, 12, topology, blobs, uploads=UploadConfig(slot_hints=hints),
+                    scheduler=SchedulerConfig(slots_busy_backoff_s=backoff))
+        runs.append((sim.run(until_s=60), dict(sim.answers)))
+    (old, old_a), (hinted, hinted_a), (both, both_a) = runs
+    assert old_a["served"] == hinted_a["served"] == both_a["served"]
+    assert hinted_a["missing"] * 10 < old_a["missing"]
+    assert both_a["busy"] * 3 < hinted_a["busy"] * 2
+    requests = [a["served"] + a["busy"] + a["missing"] for a in (old_a, hinted_a, both_a)]
+    assert requests == sorted(requests, reverse=True)
+    assert old.quantile(0.5) > hinted.quantile(0.5) > both.quantile(0.5)
+    assert old.quantile(1.0) > hinted.quantile(1.0) > both.quantile(1.0)
