@@ -50,7 +50,7 @@ they reported (``on_availability``, ``on_load``); it answers ``next_requests(now
    has it, was hinted for it, or the owner (busy backoff ignored, failure backoff kept).
    A busy answer for want of upload slots (``slots``: the peer refuses every piece now, not
    only this one) backs the peer off for every piece for ``slots_busy_backoff_s`` (like a
-   failure, without counting one; 0, the default: off, an experiment).
+   failure, without counting one): asking it for the next piece would be refused too.
 6. **Stall.** A request that received no byte for ``stall_s`` (a long-poll on the owner for a
    piece it is not known to have: ``owner_wait_s``) is cancelled by ``expire`` and counts as
    a failure of that peer; the piece goes back to the pool.
@@ -114,11 +114,11 @@ class SchedulerConfig:
     #: Experiment: the limit of our requests to the digest's owner (None: ``per_peer``); the
     #: owner knows whom it gave each piece, so a busy answer of it names the piece's holders.
     owner_per_peer: int | None = None
-    #: Experiment (rule 5): how long a busy answer for want of slots backs the peer off for
-    #: every piece (0: only for that piece, as any busy answer). With ``UploadConfig.
-    #: slot_hints=1`` and 0.1 s: requests per served piece 2.2-2.8x fewer, p50 better at the
-    #: node's 8 MiB pieces but worse with 32 MiB at N=50 (docs/benchmarks-swarm.md).
-    slots_busy_backoff_s: float = 0.0
+    #: Rule 5: how long a busy answer for want of slots backs the peer off for every piece
+    #: (0: only for that piece, as any busy answer). With ``UploadConfig.slot_hints=1``:
+    #: requests per served piece 2.5-2.9x fewer in Kraken's case (8 MiB pieces, N=20 and 50),
+    #: p50 no worse (docs/benchmarks-swarm.md, "hints on a slots-busy answer").
+    slots_busy_backoff_s: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,13 @@
 Owns: ``UploadConfig``, ``UploadPolicy``, ``Admission`` and ``Ticket``. The rules, in order:
 
 1. **Global slots.** At most ``upload_slots`` piece uploads run at once. Beyond that the asker
-   gets busy (``BUSY_SLOTS``) with hints: peers that recently completed a piece of the same
-   digest from this node (they hold bytes of it; ``slot_hints`` 1 or 2 hint the peers holding
-   a place for that piece instead or first: an experiment, ``docs/benchmarks-swarm.md``,
-   "Hints"). A last-resort asker may use ``last_resort_slots`` more.
+   gets busy (``BUSY_SLOTS``) with hints: the peers holding a place for that piece (rule 2:
+   they have it or pass it on), none if nobody has one (``slot_hints=1``). Not peers that
+   recently got *other* pieces of the digest (``slot_hints=0``, the former rule): the asker
+   takes a hint as a source of that piece, and in the simulation those hints drew 85-90% of
+   a swarm's 404s (``docs/benchmarks-swarm.md``, "hints on a slots-busy answer"). The asker
+   backs this node off for every piece a moment (``SchedulerConfig.slots_busy_backoff_s``).
+   A last-resort asker may use ``last_resort_slots`` more.
 2. **Per-piece cap ("super-seeding").** Piece ``i`` of digest ``d`` goes to at most
    ``piece_cap`` distinct peers while those peers are believed to have it (their transfer is
    running or completed). The next asker is refused busy (``BUSY_PIECE``) with hints = those
@@ -62,12 +65,10 @@ class UploadConfig:
     recent_uploaders: int = 16
     max_digests: int = 256
     hints: int = MAX_HINTS
-    #: What a ``BUSY_SLOTS`` answer hints: 0 recent uploaders of the digest (they may lack
-    #: the piece: in the simulation most of a swarm's 404s); 1 the piece's places (rule 2)
-    #: only; 2 those, then recent uploaders. 1 cuts Kraken's requests per served piece at
-    #: N=20 (21 -> 9) but not at N=50 (40 -> 48, p50 1.26x -> 1.31x): busy answers replace
-    #: the 404s. An experiment until the busy answers are tamed.
-    slot_hints: int = 0
+    #: What a ``BUSY_SLOTS`` answer hints (rule 1): 1 the piece's places; 0 recent uploaders
+    #: of the digest (they may lack the piece: in the simulation most of a swarm's 404s); 2
+    #: the places, then recent uploaders.
+    slot_hints: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,8 +120,9 @@ def test_a_slots_busy_answer_backs_that_peer_off_for_every_piece() -> None:
         assert s.next_requests(0.05) == expected
     assert s.next_deadline() is not None and s.next_deadline() <= 0.1
     assert s.next_requests(0.1) == [Request("h", 1)]
-    # off (0, the default): a slots-busy answer is any busy answer
-    s = sched({"h": ROLE_HOLDER}, owner=None, per_peer=1, max_requests=1)
+    # off (0): a slots-busy answer is any busy answer
+    s = sched({"h": ROLE_HOLDER}, owner=None, per_peer=1, max_requests=1,
+              slots_busy_backoff_s=0)
     s.on_availability("h", Have(10), 0)
     s.next_requests(0)
     s.on_busy("h", 0, [], 0, slots=True)

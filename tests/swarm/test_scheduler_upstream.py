@@ -53,4 +53,6 @@ def test_owners_that_keep_their_downlink_for_the_origin_stream_finish_everyone_s
 
     limited, unlimited = p50(2), p50(8)  # 8 = max_requests: the rule off
     assert limited <= 1.25 * ONE_TRANSFER_S
-    assert limited < 0.85 * unlimited
+    # (0.85 before slots-busy answers hinted the piece's places and backed the peer off:
+    # those make the unlimited run faster too)
+    assert limited < 0.95 * unlimited

@@ -94,7 +94,7 @@ def test_the_schedulers_remembered_idle_picks_change_nothing(
     sim = swarm(1, 12, topology, blobs)
     fast = sim.run(until_s=60)
     assert hits > 1000  # the shortcut was taken
-    assert sim.answers["missing"] > 1000 and sim.answers["busy"] > 1000
+    assert sim.answers["missing"] > 200 and sim.answers["busy"] > 1000
     monkeypatch.setattr(Scheduler, "_pick", lambda self, now: self._pick_now(now))
     slow_sim = swarm(1, 12, topology, blobs)
     assert slow_sim.run(until_s=60) == fast

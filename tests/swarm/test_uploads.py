@@ -66,8 +66,8 @@ def test_a_place_expires_after_the_ttl_and_when_the_peer_leaves() -> None:
     assert up.admit(D, 0, "c", now=12).granted
 
 
-def test_global_slots_refuse_with_recent_uploaders_as_hints() -> None:
-    up = policy(piece_cap=9, upload_slots=2)
+def test_global_slots_refuse_with_recent_uploaders_as_hints_with_slot_hints_0() -> None:
+    up = policy(piece_cap=9, upload_slots=2, slot_hints=0)
     t1 = up.admit(D, 0, "a", now=0).ticket
     assert t1 is not None
     up.release(t1, completed=True, now=0)
@@ -78,12 +78,12 @@ def test_global_slots_refuse_with_recent_uploaders_as_hints() -> None:
     assert up.active == 2 and up.refused_slots == 1
 
 
-def test_slot_hints_1_names_the_pieces_holders_only() -> None:
+def test_global_slots_refuse_with_the_pieces_holders_as_hints() -> None:
     # "a" completed piece 0 and "e" receives it; "b" and "c" completed pieces 1 and 2; "e"
     # and "f" hold the slots. The next asker for piece 0 is hinted "a" and "e" (they have or
     # pass on that piece), never "b" or "c" (recent uploaders of other pieces: in the
     # simulation a hint to them mostly ends in 404).
-    up = policy(piece_cap=9, upload_slots=2, slot_hints=1)
+    up = policy(piece_cap=9, upload_slots=2)  # slot_hints=1, the default
     t1 = up.admit(D, 0, "a", now=0).ticket
     assert t1 is not None
     up.release(t1, completed=True, now=0)
@@ -101,7 +101,7 @@ def test_slot_hints_1_names_the_pieces_holders_only() -> None:
 
 
 def test_slot_hints_0_and_2_name_recent_uploaders() -> None:
-    # slot_hints=0 (the default): recent uploaders of the digest, newest first; 2: the
+    # slot_hints=0 (the former rule): recent uploaders of the digest, newest first; 2: the
     # piece's holders, then those.
     for mode, expected in ((0, ("c", "b", "a")), (2, ("a", "c", "b"))):
         up = policy(piece_cap=9, upload_slots=1, slot_hints=mode)
