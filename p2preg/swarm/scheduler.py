@@ -116,7 +116,7 @@ class SchedulerConfig:
     owner_per_peer: int | None = None
     #: Rule 5: how long a busy answer for want of slots backs the peer off for every piece
     #: (0: only for that piece, as any busy answer). With ``UploadConfig.slot_hints=1``:
-    #: requests per served piece 2.5-2.9x fewer in Kraken's case (8 MiB pieces, N=20 and 50),
+    #: requests per served piece 2.1-2.9x fewer in Kraken's case (8 MiB pieces, N=20-100),
     #: p50 no worse (docs/benchmarks-swarm.md, "hints on a slots-busy answer").
     slots_busy_backoff_s: float = 0.1
 
