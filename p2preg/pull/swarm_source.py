@@ -655,9 +655,12 @@ class RecvLowWater:
 
     The mark is never above the bytes the body still owes the socket (``expected`` less what
     the response has taken in so far, ``content.total_bytes``), so the last bytes always wake the
-    reader: a body's framing (chunked, TLS) only adds bytes to what the kernel will see. ``reset``
-    puts the mark back to 1 before the connection goes back to the pool. Without a socket (a
-    test transport) or where the option fails, it does nothing.
+    reader: chunked framing only adds bytes to what the kernel will see. Not on TLS: the TLS
+    layer holds raw bytes it has read but not yet decrypted and handed on (a paused reader, a
+    partial record), so the kernel can owe fewer bytes than the body and the mark never wakes
+    the reader (seen: a peer fetch over HTTPS stalled until its 30 s deadline). ``reset`` puts
+    the mark back to 1 before the connection goes back to the pool. Without a socket (a test
+    transport, TLS) or where the option fails, it does nothing.
     """
 
     def __init__(self, sock: socket.socket | None, response: aiohttp.ClientResponse,
@@ -673,6 +676,8 @@ class RecvLowWater:
         connection = response.connection
         transport = connection.transport if connection is not None else None
         sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is not None and transport.get_extra_info("sslcontext") is not None:
+            sock = None  # TLS: the kernel may owe fewer bytes than the body (docstring)
         return cls(sock if hasattr(sock, "setsockopt") else None, response, expected)
 
     def update(self) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,6 +17,7 @@ import uvloop
 from aiohttp import web
 
 from p2preg.pull.swarm_source import RECV_LOW_WATER_BYTES, RecvLowWater
+from tests.auth.certs import make_self_signed
 from tests.p2p.harness import payload, start_app
 
 HEAD = 1024
@@ -134,3 +137,31 @@ def test_a_socket_closed_meanwhile_is_left_alone() -> None:
             await runner.cleanup()
 
     uvloop.run(run())
+
+
+async def test_no_mark_on_a_tls_connection(tmp_path: Path) -> None:
+    """Over TLS the kernel may owe fewer bytes than the body (the TLS layer holds raw bytes it
+    has not decrypted yet), so a mark could leave the tail unread: none is set; the body still
+    arrives whole (a peer fetch over HTTPS once stalled until its deadline)."""
+    cert = make_self_signed(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(str(cert.cert), str(cert.key))
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.Response(body=DATA)
+
+    app = web.Application()
+    app.router.add_get("/blob", whole)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    port = runner.addresses[0][1]
+    client_tls = ssl.create_default_context(cafile=str(cert.cert))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as http, \
+                http.get(f"https://127.0.0.1:{port}/blob") as response:
+            mark = RecvLowWater.of(response, len(DATA))
+            assert mark._sock is None
+            assert await response.read() == DATA
+    finally:
+        await runner.cleanup()
