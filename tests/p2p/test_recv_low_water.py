@@ -17,7 +17,9 @@ import uvloop
 from aiohttp import web
 
 from p2preg.pull.swarm_source import RECV_LOW_WATER_BYTES, RecvLowWater
+from p2preg.tlsconfig import server_context
 from tests.auth.certs import make_self_signed
+from tests.observability.tinyapp import serving
 from tests.p2p.harness import payload, start_app
 
 HEAD = 1024
@@ -144,24 +146,16 @@ async def test_no_mark_on_a_tls_connection(tmp_path: Path) -> None:
     has not decrypted yet), so a mark could leave the tail unread: none is set; the body still
     arrives whole (a peer fetch over HTTPS once stalled until its deadline)."""
     cert = make_self_signed(tmp_path / "tls")
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(str(cert.cert), str(cert.key))
 
     async def whole(request: web.Request) -> web.Response:
         return web.Response(body=DATA)
 
     app = web.Application()
     app.router.add_get("/blob", whole)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
-    port = runner.addresses[0][1]
     client_tls = ssl.create_default_context(cafile=str(cert.cert))
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as http, \
-                http.get(f"https://127.0.0.1:{port}/blob") as response:
-            mark = RecvLowWater.of(response, len(DATA))
-            assert mark._sock is None
-            assert await response.read() == DATA
-    finally:
-        await runner.cleanup()
+    async with serving(app, ssl_context=server_context(cert.cert, cert.key)) as base, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as http, \
+            http.get(f"{base}/blob") as response:
+        mark = RecvLowWater.of(response, len(DATA))
+        assert mark._sock is None
+        assert await response.read() == DATA
