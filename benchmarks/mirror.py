@@ -398,33 +398,42 @@ def markdown(report: dict[str, Any]) -> str:
         f"{machine.get('free_page_reporting')}), command: "
         f"`{report['command']}`. Every run starts both mirrors cold; medians.",
         "",
-        "| measure | p2preg | Distribution proxy | ratio (goal) |",
+        "The measures with a goal come first: when the mirror holds a verified copy (what a",
+        "second client or a peer can be served from), the first byte, and a whole image.",
+        "Large-blob throughput to the first client is shown for information: its 0.9x goal",
+        "is retired (it rewarded a proxy for deferring the store past the client's last",
+        "byte; see \"Why the cold 1 GiB throughput\" below).",
+        "",
+        "| measure | p2preg | Distribution proxy | ratio p2preg / Distribution (goal) |",
         "|---|---|---|---|",
-        f"| cold blob GET, {b['size_MiB']} MiB, throughput | {p2p_b['MiB_per_s']} MiB/s "
-        f"| {dist_b['MiB_per_s']} MiB/s | {b['throughput_ratio']} (≥ 0.9) |",
-        f"| cold blob GET, time to first byte | {p2p_b['ttfb_ms']} ms "
+        f"| cold blob GET, {b['size_MiB']} MiB: stored and verified in the mirror, from the "
+        f"request | {p2p_b['stored_s']} s | {dist_b['stored_s']} s "
+        f"| {b['stored_ratio']} (time, ≤ 1.0) |",
+        f"| same GET: time to first byte | {p2p_b['ttfb_ms']} ms "
         f"| {dist_b['ttfb_ms']} ms | {b['ttfb_ratio']} (≤ 1.2) |",
-        f"| same GET: blob stored and verified in the mirror, from the request "
-        f"| {p2p_b['stored_s']} s | {dist_b['stored_s']} s | {b['stored_ratio']} (time) |",
-        f"| same GET: mirror CPU until stored | {p2p_b['cpu_s_until_stored']} s "
+        f"| cold image pull, {i['layers']} x {i['layer_MiB']} MiB, 3 parallel: whole image "
+        f"| {p2p_i['median_s']} s | {dist_i['median_s']} s "
+        f"| {i['time_ratio']} (time, ≤ 1.0) |",
+        f"| fan-in, {f['clients']} concurrent cold GETs of {f['size_MiB']} MiB: "
+        f"origin blob GETs | {p2p_f['origin_blob_gets']} | {dist_f['origin_blob_gets']} "
+        f"| (p2preg: 1) |",
+        f"| fan-in wall time | {p2p_f['seconds']} s | {dist_f['seconds']} s | |",
+        f"| same cold GET: mirror CPU until stored | {p2p_b['cpu_s_until_stored']} s "
         f"| {dist_b['cpu_s_until_stored']} s | |",
+        f"| same cold GET: throughput to the first client (information; goal retired) "
+        f"| {p2p_b['MiB_per_s']} MiB/s | {dist_b['MiB_per_s']} MiB/s "
+        f"| {b['throughput_ratio']} |",
         *(
             [
                 f"| same, host memory warmed ({r['cold_blob_warm_memory']['warm_GiB']} GiB) "
-                f"before each GET, throughput "
+                f"before each GET, throughput (information) "
                 f"| {r['cold_blob_warm_memory']['p2preg']['MiB_per_s']} MiB/s "
                 f"| {r['cold_blob_warm_memory']['distribution']['MiB_per_s']} MiB/s "
-                f"| {r['cold_blob_warm_memory']['throughput_ratio']} (≥ 0.9) |",
+                f"| {r['cold_blob_warm_memory']['throughput_ratio']} |",
             ]
             if "cold_blob_warm_memory" in r
             else []
         ),
-        f"| cold image pull, {i['layers']} x {i['layer_MiB']} MiB, 3 parallel "
-        f"| {p2p_i['median_s']} s | {dist_i['median_s']} s "
-        f"| {i['time_ratio']} (time, lower is better) |",
-        f"| fan-in, {f['clients']} concurrent cold GETs of {f['size_MiB']} MiB: "
-        f"origin blob GETs | {p2p_f['origin_blob_gets']} | {dist_f['origin_blob_gets']} | |",
-        f"| fan-in wall time | {p2p_f['seconds']} s | {dist_f['seconds']} s | |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -454,7 +463,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH,
                         help=f"where the JSON goes ({RESULTS_PATH.relative_to(REPO_ROOT)})")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="do not measure: render the table of an earlier run's results JSON (with "
+        "--update-docs: rewrite the docs section from it)",
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        print(markdown(report))
+        if args.update_docs:
+            update_docs_section(DOCS_PATH, "mirror", markdown(report))
+        return 0
     report = run(args)
     print(json.dumps(report["results"], indent=2))
     print(markdown(report))
