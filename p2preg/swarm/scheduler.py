@@ -100,24 +100,14 @@ class SchedulerConfig:
     last_resort_after_s: float = 2.0
     stall_s: float = 3.0
     owner_wait_s: float = 10.0
-    #: Experiment: probe for a piece also when no known source can take a request now (the
-    #: owner and every peer known to have the piece at ``per_peer``, failed or backed off),
-    #: not only once the piece was refused busy.
-    probe_when_sources_full: bool = False
     #: Rule 3: a peer's reported upload load (``on_load``) is used for this long after the
     #: answer that carried it; 0 ignores loads (the choice before loads were advertised).
     load_ttl_s: float = 1.0
-    #: Experiment: rank a source by its reported load before our own requests to it.
-    load_first: bool = False
-    #: Experiment: a probe (rule 4) goes to a peer of the lowest known load (random among them).
-    probe_least_loaded: bool = False
-    #: Experiment: the limit of our requests to the digest's owner (None: ``per_peer``); the
-    #: owner knows whom it gave each piece, so a busy answer of it names the piece's holders.
-    owner_per_peer: int | None = None
     #: Rule 5: how long a busy answer for want of slots backs the peer off for every piece
-    #: (0: only for that piece, as any busy answer). With ``UploadConfig.slot_hints=1``:
-    #: requests per served piece 2.1-2.9x fewer in Kraken's case (8 MiB pieces, N=20-100),
-    #: p50 no worse (docs/benchmarks-swarm.md, "hints on a slots-busy answer").
+    #: (0: only for that piece, as any busy answer). With slots-busy hints naming the piece's
+    #: places (``swarm.uploads`` rule 1): requests per served piece 2.1-2.9x fewer in Kraken's
+    #: case (8 MiB pieces, N=20-100), p50 no worse (docs/benchmarks-swarm.md, "hints on a
+    #: slots-busy answer").
     slots_busy_backoff_s: float = 0.1
 
 
@@ -381,7 +371,7 @@ class Scheduler:
         out = {}
         for name in sorted(names):
             state = self._peers[name]
-            out[name] = ("per_peer" if state.in_flight >= self._limit(name)
+            out[name] = ("per_peer" if state.in_flight >= self.config.per_peer
                          else "failed" if state.failed_until > now
                          else "backoff" if not self._free_for(state, piece, now)
                          else "usable")
@@ -433,16 +423,9 @@ class Scheduler:
 
     def _usable(self, name: str, now: float) -> _Peer | None:
         state = self._peers.get(name)
-        if state is None or state.in_flight >= self._limit(name) or state.failed_until > now:
+        if state is None or state.in_flight >= self.config.per_peer or state.failed_until > now:
             return None
         return state
-
-    def _limit(self, name: str) -> int:
-        """Our requests allowed in flight to ``name`` (rule 1)."""
-        cfg = self.config
-        if name == self._owner and cfg.owner_per_peer is not None:
-            return cfg.owner_per_peer
-        return cfg.per_peer
 
     def _free_for(self, state: _Peer, piece: int, now: float) -> bool:
         return state.piece_until.get(piece, -math.inf) <= now
@@ -509,19 +492,15 @@ class Scheduler:
     def _has_source(self, piece: int, now: float) -> bool:
         """Whether ``_sources(piece, now)`` is not empty (stops at the first usable one)."""
         per_peer = self.config.per_peer
-        owner, owner_limit = self._owner, self._limit(self._owner or "")
         peers = self._peers
         for names in (self._avail.get(piece, ()), self._full, self._hinted.get(piece, ())):
             for name in names:
                 s = peers.get(name)
                 if s is not None and s.failed_until <= now \
-                        and s.in_flight < (owner_limit if name == owner else per_peer) \
+                        and s.in_flight < per_peer \
                         and s.piece_until.get(piece, -math.inf) <= now:
                     return True
         return False
-
-    def _known(self, piece: int) -> bool:
-        return bool(self._full) or bool(self._avail.get(piece))
 
     def _has(self, peer: str, piece: int) -> bool:
         return peer in self._full or peer in self._avail.get(piece, ())
@@ -548,8 +527,7 @@ class Scheduler:
 
     def _best_peer(self, names: list[str], piece: int) -> str:
         hinted = self._hinted.get(piece, {})
-        first = self.config.load_first
-        keyed = [((self._load(s), s.in_flight) if first else (s.in_flight, self._load(s)),
+        keyed = [(s.in_flight, self._load(s),
                   -hinted.get(n, 0), _ROLE_RANK.get(s.role, 0), self._rng.random(), n)
                  for n in sorted(names)  # sorted: a seeded run repeats across processes
                  if (s := self._peers[n]) is not None]
@@ -571,9 +549,7 @@ class Scheduler:
                   if (s := self._usable(n, now)) is not None and self._free_for(s, piece, now)]
         if hinted:
             return Request(self._best_peer(hinted, piece), piece)
-        if owner is not None and piece not in self._refused_since and not (
-                self.config.probe_when_sources_full
-                and (self._usable(owner, now) is None or self._known(piece))):
+        if owner is not None and piece not in self._refused_since:
             return None
         probed = self._probed.get(piece)
         if probed is not None and now - probed < self.config.probe_interval_s:
@@ -581,9 +557,6 @@ class Scheduler:
         probes = [n for n, st in self._peers.items()
                   if n != owner and not self._has(n, piece) and self._usable(n, now) is not None
                   and self._free_for(st, piece, now)]
-        if probes and self.config.probe_least_loaded:
-            least = min(self._load(self._peers[n]) for n in probes)
-            probes = [n for n in probes if self._load(self._peers[n]) == least]
         if probes:
             return Request(probes[self._rng.randrange(len(probes))], piece)
         return None

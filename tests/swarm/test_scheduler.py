@@ -289,20 +289,10 @@ def test_source_states_say_why_a_known_source_is_not_asked() -> None:
     assert s.source_states(5, 0.3) == {}  # nobody known to have piece 5
 
 
-def test_with_the_owner_at_per_peer_a_piece_is_probed_only_if_configured() -> None:
+def test_with_the_owner_at_per_peer_an_unrefused_piece_waits_for_it_unprobed() -> None:
     peers = {"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}
-    plain = sched(peers, per_peer=1, max_requests=4)
-    assert plain.next_requests(0) == [Request("o", 0)]  # waits for the owner (rule 4)
-    s = sched(peers, per_peer=1, max_requests=4, probe_when_sources_full=True)
-    reqs = s.next_requests(0)
-    assert reqs[0] == Request("o", 0)
-    # pieces 1 and 2 at a and b (one each: per_peer), not at the owner (full)
-    assert sorted(r.piece for r in reqs[1:]) == [1, 2]
-    assert {r.peer for r in reqs[1:]} == {"a", "b"}
-    # a 404 backs that peer off for the piece; the piece waits for the probe interval
-    miss = reqs[1]
-    s.on_missing(miss.peer, miss.piece, Have(0), 0.01)
-    assert all(r.piece != miss.piece for r in s.next_requests(0.01))
+    s = sched(peers, per_peer=1, max_requests=4)
+    assert s.next_requests(0) == [Request("o", 0)]  # waits for the owner (rule 4)
 
 
 def test_of_sources_with_as_many_of_our_requests_the_least_loaded_is_asked() -> None:
@@ -349,20 +339,3 @@ def test_the_least_loaded_of_the_hinted_peers_is_asked_not_the_newest_hint() -> 
     s.on_busy("a", 0, ["b", "c"], 0.0)  # c is the newest hint, but b runs fewer uploads
     assert s.next_requests(0.0) == [Request("b", 0)]
 
-
-def test_owner_per_peer_lets_more_requests_wait_at_the_owner_only() -> None:
-    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, per_peer=2, owner_per_peer=4)
-    assert s.next_requests(0) == [Request("o", i) for i in range(4)]
-    assert s.source_states(0, 0) == {}  # nobody is known to have piece 0
-
-
-def test_probe_least_loaded_probes_a_peer_of_the_lowest_known_load() -> None:
-    for seed in range(8):
-        s = sched({"o": ROLE_OWNER, "a": ROLE_MEMBER, "b": ROLE_MEMBER, "c": ROLE_MEMBER},
-                  seed=seed, max_requests=1, probe_least_loaded=True)
-        s.on_load("a", 3, 0.0)
-        s.on_load("b", 0, 0.0)
-        s.on_load("c", 5, 0.0)
-        assert s.next_requests(0.0) == [Request("o", 0)]
-        s.on_busy("o", 0, [], 0.0)  # refused, no hints: the piece is probed
-        assert s.next_requests(0.0) == [Request("b", 0)]
