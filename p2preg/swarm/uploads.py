@@ -4,10 +4,10 @@ Owns: ``UploadConfig``, ``UploadPolicy``, ``Admission`` and ``Ticket``. The rule
 
 1. **Global slots.** At most ``upload_slots`` piece uploads run at once. Beyond that the asker
    gets busy (``BUSY_SLOTS``) with hints: the peers holding a place for that piece (rule 2:
-   they have it or pass it on), none if nobody has one (``slot_hints=1``). Not peers that
-   recently got *other* pieces of the digest (``slot_hints=0``, the former rule): the asker
-   takes a hint as a source of that piece, and in the simulation those hints drew 85-90% of
-   a swarm's 404s (``docs/benchmarks-swarm.md``, "hints on a slots-busy answer"). The asker
+   they have it or pass it on), none if nobody has one. Not peers that recently got *other*
+   pieces of the digest (the former rule, removed after its measurement): the asker takes a
+   hint as a source of that piece, and in the simulation those hints drew 85-90% of a
+   swarm's 404s (``docs/benchmarks-swarm.md``, "hints on a slots-busy answer"). The asker
    backs this node off for every piece a moment (``SchedulerConfig.slots_busy_backoff_s``).
    A last-resort asker may use ``last_resort_slots`` more.
 2. **Per-piece cap ("super-seeding").** Piece ``i`` of digest ``d`` goes to at most
@@ -35,7 +35,7 @@ Pure: no I/O, no clock reads (``now`` is passed in), no asyncio or aiohttp.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from p2preg.swarm.pieces import BUSY_PIECE, BUSY_SLOTS, MAX_HINTS
@@ -57,18 +57,11 @@ class UploadConfig:
     #: A seed with fewer uploads running than this ignores its per-piece cap: its uplink
     #: would idle otherwise (the end of an update, when every piece went out once).
     seed_idle_below: int = 2
-    #: The same for a node that does not hold the whole blob (0: never; an experiment).
-    idle_below: int = 0
     upload_slots: int = 8
     last_resort_slots: int = 4
     served_ttl_s: float = 120.0
-    recent_uploaders: int = 16
     max_digests: int = 256
     hints: int = MAX_HINTS
-    #: What a ``BUSY_SLOTS`` answer hints (rule 1): 1 the piece's places; 0 recent uploaders
-    #: of the digest (they may lack the piece: in the simulation most of a swarm's 404s); 2
-    #: the places, then recent uploaders.
-    slot_hints: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +92,6 @@ class Admission:
 class _Digest:
     #: piece -> {peer: time its place was taken or renewed}
     served: dict[int, dict[str, float]] = field(default_factory=dict)
-    #: peers that recently completed a piece of this digest from us, newest last
-    recent: deque[str] = field(default_factory=deque)
 
 
 class UploadPolicy:
@@ -129,8 +120,8 @@ class UploadPolicy:
         slots = cfg.upload_slots + (cfg.last_resort_slots if last_resort else 0)
         if self.active >= slots:
             self.refused_slots += 1
-            return Admission(None, BUSY_SLOTS, self._slot_hints(state, places, peer))
-        idle = self.active < (cfg.seed_idle_below if seed else cfg.idle_below)
+            return Admission(None, BUSY_SLOTS, self._slot_hints(places, peer))
+        idle = seed and self.active < cfg.seed_idle_below
         if peer not in places and len(places) >= cap and not last_resort and not idle:
             self.refused_piece += 1
             hints = [p for p in places if p != peer]
@@ -162,11 +153,6 @@ class UploadPolicy:
         if completed:
             if ticket.peer in places:
                 places[ticket.peer] = now
-            if ticket.peer in state.recent:
-                state.recent.remove(ticket.peer)
-            state.recent.append(ticket.peer)
-            while len(state.recent) > self.config.recent_uploaders:
-                state.recent.popleft()
         elif ticket.peer in places and self._active.get(ticket, 0) == 0:
             del places[ticket.peer]
 
@@ -175,8 +161,6 @@ class UploadPolicy:
         for state in self._digests.values():
             for places in state.served.values():
                 places.pop(peer, None)
-            if peer in state.recent:
-                state.recent.remove(peer)
 
     def forget_digest(self, digest: str) -> None:
         self._digests.pop(digest, None)
@@ -210,11 +194,7 @@ class UploadPolicy:
     def _running(self, digest: str, piece: int, peer: str) -> bool:
         return any(Ticket(digest, piece, peer, lr) in self._active for lr in (False, True))
 
-    def _slot_hints(self, state: _Digest, places: dict[str, float],
-                    asker: str) -> tuple[str, ...]:
-        mode = self.config.slot_hints
-        names = [p for p in places if p != asker] if mode else []
+    def _slot_hints(self, places: dict[str, float], asker: str) -> tuple[str, ...]:
+        names = [p for p in places if p != asker]
         self._rng.shuffle(names)
-        if mode != 1:
-            names += [p for p in reversed(state.recent) if p != asker and p not in names]
         return tuple(names[:self.config.hints])

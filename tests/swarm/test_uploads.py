@@ -66,24 +66,12 @@ def test_a_place_expires_after_the_ttl_and_when_the_peer_leaves() -> None:
     assert up.admit(D, 0, "c", now=12).granted
 
 
-def test_global_slots_refuse_with_recent_uploaders_as_hints_with_slot_hints_0() -> None:
-    up = policy(piece_cap=9, upload_slots=2, slot_hints=0)
-    t1 = up.admit(D, 0, "a", now=0).ticket
-    assert t1 is not None
-    up.release(t1, completed=True, now=0)
-    assert up.admit(D, 1, "b", now=0).granted
-    assert up.admit(D, 2, "c", now=0).granted
-    busy = up.admit(D, 3, "d", now=0)
-    assert busy.busy == BUSY_SLOTS and busy.hints == ("a",)
-    assert up.active == 2 and up.refused_slots == 1
-
-
 def test_global_slots_refuse_with_the_pieces_holders_as_hints() -> None:
     # "a" completed piece 0 and "e" receives it; "b" and "c" completed pieces 1 and 2; "e"
     # and "f" hold the slots. The next asker for piece 0 is hinted "a" and "e" (they have or
     # pass on that piece), never "b" or "c" (recent uploaders of other pieces: in the
     # simulation a hint to them mostly ends in 404).
-    up = policy(piece_cap=9, upload_slots=2)  # slot_hints=1, the default
+    up = policy(piece_cap=9, upload_slots=2)
     t1 = up.admit(D, 0, "a", now=0).ticket
     assert t1 is not None
     up.release(t1, completed=True, now=0)
@@ -98,19 +86,6 @@ def test_global_slots_refuse_with_the_pieces_holders_as_hints() -> None:
     assert up.active == 2 and up.refused_slots == 1
     # A piece nobody got from this node: no hint (not a guess that costs a 404).
     assert up.admit(D, 3, "d", now=0).hints == ()
-
-
-def test_slot_hints_0_and_2_name_recent_uploaders() -> None:
-    # slot_hints=0 (the former rule): recent uploaders of the digest, newest first; 2: the
-    # piece's holders, then those.
-    for mode, expected in ((0, ("c", "b", "a")), (2, ("a", "c", "b"))):
-        up = policy(piece_cap=9, upload_slots=1, slot_hints=mode)
-        for peer, piece in (("a", 0), ("b", 1), ("c", 2)):
-            t = up.admit(D, piece, peer, now=0).ticket
-            assert t is not None
-            up.release(t, completed=True, now=0)
-        assert up.admit(D, 4, "x", now=0).granted
-        assert up.admit(D, 0, "d", now=0).hints == expected
 
 
 def test_last_resort_ignores_the_piece_cap_but_not_the_slots() -> None:
