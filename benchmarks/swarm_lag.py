@@ -37,6 +37,11 @@ ONE_S = 2 * KRAKEN_LAYER / KRAKEN_LINK
 
 
 def _configs(settings: dict[str, float]) -> tuple[SchedulerConfig, UploadConfig]:
+    unknown = set(settings) - set(SchedulerConfig.__dataclass_fields__) \
+        - set(UploadConfig.__dataclass_fields__)
+    if unknown:  # a removed knob must not run as the defaults under its name
+        raise SystemExit(f"--set: no such knob: {', '.join(sorted(unknown))}")
+
     def build(cls: Any) -> Any:
         keys = set(cls.__dataclass_fields__)
         return cls(**{k: (int(v) if isinstance(getattr(cls(), k), int) else v)

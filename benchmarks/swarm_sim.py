@@ -87,7 +87,7 @@ def _row(scenario: str, design: str, nodes: int, piece: int, one_s: float, resul
     )
 
 
-def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
+def lab(seed: int, sched: SchedulerConfig, up: UploadConfig,
         settings: dict[str, float]) -> list[Row]:
     rows = []
     for n, (host, origin, size, lab_s) in LAB.items():
@@ -98,7 +98,7 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
         for design in ("star", "swarm", "swarm update"):
             t = time.process_time()
             sim = star(seed, n, topo, blob) if design == "star" else \
-                swarm(seed, n, topo, blob, scheduler=sched, uploads=up, missing_covers_window=mcw,
+                swarm(seed, n, topo, blob, scheduler=sched, uploads=up,
                       holders=2 if design == "swarm update" else 0)
             result = sim.run(until_s=600)
             # The update phase (the owner and one host hold the blob, the others pull) is
@@ -111,7 +111,7 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig, mcw: bool,
 
 
 def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: SchedulerConfig,
-           up: UploadConfig, mcw: bool, settings: dict[str, float],
+           up: UploadConfig, settings: dict[str, float],
            scenario: str = "kraken", batch_ms: float = BATCH_MS) -> list[Row]:
     topo = Topology(KRAKEN_LINK, KRAKEN_LINK, KRAKEN_LINK, rtt_s=0.001)
     one = 2 * KRAKEN_LAYER / KRAKEN_LINK
@@ -122,7 +122,7 @@ def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: Schedule
             blobs = [BlobSpec.of("sha256:" + c * 64, KRAKEN_LAYER, piece) for c in "ab"]
             t = time.process_time()
             sim = swarm(seed, n, topo, blobs, scheduler=sched, uploads=up,
-                        missing_covers_window=mcw, batch_s=batch_ms / 1000)
+                        batch_s=batch_ms / 1000)
             result = sim.run(until_s=20 * one)
             rows.append(_row(scenario, "swarm", n, piece, one, result, sim.answers,
                              time.process_time() - t, settings=settings))
@@ -205,8 +205,6 @@ def main() -> None:
                         "one round of requests per host (the model's reaction time)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE",
                         help="SchedulerConfig/UploadConfig fields to override")
-    parser.add_argument("--missing-covers-window", action="store_true",
-                        help="a 404 backs the peer off for every window piece it lacks")
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in the JSON (runs with other settings)")
     args = parser.parse_args()
@@ -215,34 +213,30 @@ def main() -> None:
         settings["batch_ms"] = args.batch_ms
     if args.seed != 1:
         settings["seed"] = args.seed
-    mcw = args.missing_covers_window
-    if mcw:
-        settings["missing_covers_window"] = 1
     sched_keys = set(SchedulerConfig.__dataclass_fields__)
     sched = SchedulerConfig(**{k: (int(v) if isinstance(getattr(SchedulerConfig(), k), int)
                                    else v) for k, v in settings.items() if k in sched_keys})
     up = UploadConfig(**{k: (int(v) if isinstance(getattr(UploadConfig(), k), int) else v)
                          for k, v in settings.items() if k not in sched_keys
-                         and k not in ("missing_covers_window", "batch_ms", "seed")})
+                         and k not in ("batch_ms", "seed")})
     old = json.loads(JSON_OUT.read_text()) if args.append and JSON_OUT.exists() else {}
     rows: list[Row] = [Row(**r) for r in old.get("rows", [])]
     for scenario in args.scenario or ["lab"]:
         if scenario == "lab":
-            rows += lab(args.seed, sched, up, mcw, settings)
+            rows += lab(args.seed, sched, up, settings)
         elif scenario == "kraken":
-            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, mcw, settings,
+            rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, settings,
                            batch_ms=args.batch_ms)
         else:
             rows += kraken(args.seed, args.sizes, list(dict.fromkeys([8.0, *args.piece_mib])),
-                           sched, up, mcw, settings, "pieces")
+                           sched, up, settings, "pieces")
     command = "`benchmarks/swarm_sim.py " + " ".join(
         f"--scenario {s}" for s in args.scenario or ["lab"]
     ) + (f" --sizes {' '.join(map(str, args.sizes))} --piece-mib "
          f"{' '.join(f'{p:g}' for p in args.piece_mib)}" if args.scenario != ["lab"] else "") + (
         f" --set {' '.join(args.set)}" if args.set else "") + (
         f" --batch-ms {args.batch_ms:g}" if args.batch_ms != BATCH_MS else "") + (
-        f" --seed {args.seed}" if args.seed != 1 else "") + (
-        " --missing-covers-window" if mcw else "") + "`"
+        f" --seed {args.seed}" if args.seed != 1 else "") + "`"
     if old.get("command"):
         command = f"{old['command']}, then {command}"
     table = markdown(rows, command)

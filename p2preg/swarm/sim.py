@@ -256,7 +256,6 @@ class SwarmSim:
         cut_through_wait_s: float = CUT_THROUGH_WAIT_S,
         root_feed_wait_s: float = ROOT_FEED_WAIT_S,
         held_by: dict[str, set[str]] | None = None,
-        balance_copies: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -266,10 +265,6 @@ class SwarmSim:
         """Every host (not only the owner) parks a request for a piece it lacks (today's
         fetchers, which follow a growing file)."""
         self.cut_through = cut_through
-        self.balance_copies = balance_copies
-        """An experiment (not the node's rule): a host that has uploaded more than this many
-        times the bytes it holds answers busy, hinting the peers it gave the piece to (the
-        digest's owner and last-resort askers excepted)."""
         """A host passes on a piece it is receiving (``p2p.server``'s rule; module docstring)."""
         self.cut_through_wait_s = cut_through_wait_s
         self.root_feed_wait_s = root_feed_wait_s
@@ -512,15 +507,8 @@ class SwarmSim:
         flight = self._live(asker, digest, req.piece, token)
         if flight is None:
             return
-        if self.balance_copies is not None and not req.last_resort \
-                and self.owners[digest] != server.name and self._over_share(server) \
-                and isinstance(server.uploader, PolicyUploader):
-            serve = False
-            hints: Sequence[str] = [
-                n for n in server.uploader.policy.served_to(digest, req.piece) if n != asker]
-        else:
-            serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
-                                                  fill.done_at is not None, self.now)
+        serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
+                                              fill.done_at is not None, self.now)
         self.answers["served" if serve else BUSY] += 1
         if serve:
             if feeder is not None and feeder.active:
@@ -545,11 +533,6 @@ class SwarmSim:
         fill = self.hosts[asker].fills[digest]
         if fill.downloader is not None:
             fill.downloader.on_load(server, load, self.now)
-
-    def _over_share(self, host: _Host) -> bool:
-        assert self.balance_copies is not None
-        held = sum(f.blob.layout.piece_bytes * len(f.held) for f in host.fills.values())
-        return self.net.carried((host.name, "up")) > self.balance_copies * max(held, 1)
 
     def _reply(
         self, asker: str, digest: str, req: Request, token: int, verdict: str,
@@ -638,11 +621,8 @@ class SchedulerDownloader:
 
     def __init__(self, host: str, blob: BlobSpec, owner: str, known: Sequence[str],
                  config: SchedulerConfig | None, rng: random.Random,
-                 missing_covers_window: bool = False, holders: Sequence[str] = ()) -> None:
+                 holders: Sequence[str] = ()) -> None:
         self.scheduler = Scheduler(blob.layout, self_name=host, config=config, rng=rng)
-        self.missing_covers_window = missing_covers_window
-        """An experiment: a 404 backs the peer off for every piece of the window it lacks
-        (its ``Have`` says so), not only for the piece asked."""
         self.owner = owner
         self.peers: dict[str, str] = {owner: ROLE_OWNER}
         for name in known:
@@ -687,12 +667,6 @@ class SchedulerDownloader:
 
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.scheduler.on_missing(peer, piece, have, now)
-        if self.missing_covers_window:
-            s = self.scheduler
-            end = min(s.layout.count, s.prefix + s.config.window_pieces)
-            for other in range(s.prefix, end):
-                if other != piece and not have.has(other):
-                    s.on_missing(peer, other, have, now)
 
 
 class PolicyUploader:
@@ -730,8 +704,7 @@ class PolicyUploader:
 def swarm(
     seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
-    known_fetchers: int = 0, batch_s: float = 0.0005, missing_covers_window: bool = False,
-    holders: int = 0, balance_copies: float | None = None,
+    known_fetchers: int = 0, batch_s: float = 0.0005, holders: int = 0,
 ) -> SwarmSim:
     """A simulation of the piece swarm with the node's own scheduler and upload policy.
 
@@ -751,13 +724,11 @@ def swarm(
         others = [n for n in names if n not in (host, owner)]
         known = rng.sample(others, min(known_fetchers, len(others)))
         return SchedulerDownloader(host, blob, owner, known, scheduler, rng,
-                                   missing_covers_window,
                                    sorted(held_by.get(blob.digest, ())))
 
     return SwarmSim(
         seed, names, topology, blobs, downloader,
         lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
-        balance_copies=balance_copies,
     )  # fmt: skip
 
 
