@@ -130,6 +130,7 @@ class Node:
         )
         self.scrubber.register_metrics(self.metrics.registry)
         blobs.room.register_metrics(self.metrics.registry)
+        blobs.register_metrics(self.metrics.registry)
 
         # Bind the HTTP sockets first: gossip advertises the real peer address (port 0 too).
         listen_sock = self._bind_listener(config.listen_host, config.listen_port)

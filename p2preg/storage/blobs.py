@@ -11,7 +11,11 @@ last bytes without waiting for the disk), then the file is fsync'ed and only the
 ``blobs/<alg>/<hex[:2]>/<hex>`` (``link`` never replaces, so concurrent writers of one digest
 cannot race) before the temp name is removed and the directory fsync'ed. A crash at any instant
 leaves at worst a temp file, which ``recover()`` deletes; a name under ``blobs/`` always holds
-complete, verified content.
+complete, verified content. Once the link exists the blob is committed: a failure of the steps
+after it (removing the temp name, the directory's fsync) is logged and counted in
+``dir_sync_failed_total``, and the commit succeeds, because readers already see the blob and its
+bytes are verified and fsync'ed; only the name's survival of a crash is in doubt, and a lost
+name is a missing blob (fetched or pushed again), never a corrupt one.
 
 Bit rot (docs/storage.md, "Integrity over time"): a committed file whose bytes stop matching its
 name is taken out of ``blobs/`` by ``quarantine`` (moved to ``quarantine/`` with
@@ -37,6 +41,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from p2preg.oci.digest import Digest
 from p2preg.oci.errors import ErrorCode, RegistryError
@@ -129,6 +137,9 @@ class BlobStore:
         self.keep_quarantined = True
         self.corruption_listeners: list[CorruptionListener] = []
         self.corrupt_total: Counter[str] = Counter()  # by who found it: scrub, read, peer_report
+        #: Commits whose cleanup after the link failed (the temp name's removal or the directory's
+        #: fsync): committed and reported so, the name's durability in doubt (module docstring).
+        self.dir_sync_failed_total = 0
         self.room = RoomKeeper(layout.root)  # reservations before fills (storage/room.py)
 
     # -- start-up --------------------------------------------------------------------------------
@@ -406,6 +417,10 @@ class BlobStore:
             raise storage_error(exc, self.layout.root) from exc
         self._account(placed, size)
 
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export ``p2preg_store_dir_sync_failed_total`` (read at scrape time)."""
+        registry.register(_StoreCollector(self))
+
     # -- internals -------------------------------------------------------------------------------
 
     def _place(self, src: Path, digest: Digest) -> bool:
@@ -431,10 +446,25 @@ class BlobStore:
                 raise
             placed = not final.exists()  # no hard links here: fall back to an atomic replace
             os.replace(src, final)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(src)
-        fsync_dir(final.parent)
+        # The name is visible from here on: what follows must not turn the commit into a failure.
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(src)  # left behind, ``recover()`` deletes it at the next start
+        except OSError as exc:
+            self._after_link_failed(digest, "unlink_tmp", exc)
+        try:
+            _fsync_blob_dir(final.parent)
+        except OSError as exc:
+            self._after_link_failed(digest, "fsync_dir", exc)
         return placed
+
+    def _after_link_failed(self, digest: Digest, step: str, exc: OSError) -> None:
+        with self._place_lock:  # worker threads commit concurrently
+            self.dir_sync_failed_total += 1
+        log.error("blob %s committed, but %s failed after its link: %s (the blob is served; "
+                  "a crash may lose its name)", digest, step, exc,
+                  extra={"fields": {"event": "blob_dir_sync_failed", "digest": str(digest),
+                                    "step": step, "errno": exc.errno}})
 
     def _ensure_parent(self, final: Path) -> None:
         prefix_dir = final.parent
@@ -739,9 +769,25 @@ class BlobWriter:
         event.set()
 
 
+class _StoreCollector(Collector):
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "p2preg_store_dir_sync_failed", "Blob commits whose steps after the link (the temp "
+            "name's removal, the directory's fsync) failed: committed and served, the name may "
+            "not survive a crash.", value=self._store.dir_sync_failed_total)
+
+
 def _fsync_file(fd: int) -> None:
     """``os.fsync`` of a finished blob (one name, so tests can hold a commit at this point)."""
     os.fsync(fd)
+
+
+def _fsync_blob_dir(path: Path) -> None:
+    """``fsync_dir`` of a blob's directory after its link (one name, so tests can fail it)."""
+    fsync_dir(path)
 
 
 def _retrieve_exception(task: asyncio.Future[Digest]) -> None:
