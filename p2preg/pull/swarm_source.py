@@ -16,7 +16,8 @@ How a stream runs (the choices are ``swarm.scheduler.Scheduler``'s; this module 
 - Answers: ``206`` -> ``on_piece``; ``503`` with ``P2preg-Busy`` -> ``on_busy(hints)``; ``404``
   -> ``on_missing(have)``; anything else, a broken body or a connection error -> ``on_failed``
   (and the peer's penalty). ``P2preg-Have`` of every answer -> ``on_availability``;
-  ``P2preg-Load`` -> ``on_load`` (read with the headers: a ``206``'s before its body).
+  ``P2preg-Load`` -> ``on_load`` (read with the headers: a ``206``'s before its body); an
+  answer with ``P2preg-Have`` but no valid ``P2preg-Load`` (an older node) -> ``on_load(None)``.
 - A peer with ``DEAD_AFTER_FAILURES`` connection failures in a row is taken as gone for this
   fill: the view is asked again without it. When this node is then the digest's owner (the
   owner died and this node is next in its rendezvous order) the stream raises ``PeerError``
@@ -220,8 +221,9 @@ class SwarmStream:
         #: pieces yielded lately, kept until the writer has them in its file
         self._yielded: OrderedDict[int, bytes] = OrderedDict()
         self._first: tuple[int, bytes] | None = None  # (start, bytes) of the first answer
-        #: ``P2preg-Load`` values read and not yet told the scheduler: (peer, load, when)
-        self._loads: list[tuple[str, int, float]] = []
+        #: ``P2preg-Load`` values read and not yet told the scheduler: (peer, load, when);
+        #: None: a swarm answer without one
+        self._loads: list[tuple[str, int | None, float]] = []
         #: pieces arriving now (cut-through: the server passes their bytes on as they come)
         self._receiving: dict[int, PieceFeed] = {}
         self._started: dict[Request, int] = {}  # the first byte each request asked for
@@ -576,11 +578,14 @@ class SwarmStream:
                     piece: int | None, feed: PieceFeed) -> _Answer:
         headers = response.headers
         have = size = None
-        with contextlib.suppress(ValueError):
-            if (raw := headers.get(LOAD_HEADER)) is not None:
-                self._loads.append((peer, decode_load(raw), self.src.clock.now()))
-                if self.sched is not None:
-                    self._tell_loads(self.sched)
+        raw_load = headers.get(LOAD_HEADER)
+        if raw_load is not None or HAVE_HEADER in headers:  # a node's answers carry both
+            load: int | None = None  # none, or malformed: an older node (scheduler rule 3)
+            with contextlib.suppress(ValueError):
+                load = None if raw_load is None else decode_load(raw_load)
+            self._loads.append((peer, load, self.src.clock.now()))
+            if self.sched is not None:
+                self._tell_loads(self.sched)
         with contextlib.suppress(ValueError):
             raw = headers.get(SIZE_HEADER)
             size = int(raw) if raw is not None and raw.isdigit() else None

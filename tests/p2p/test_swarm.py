@@ -23,7 +23,7 @@ from p2preg.swarm.pieces import (
     Have,
     Layout,
 )
-from p2preg.swarm.scheduler import SchedulerConfig
+from p2preg.swarm.scheduler import Scheduler, SchedulerConfig
 from p2preg.swarm.uploads import UploadConfig
 from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, payload, start_app
 from tests.support.cluster import until
@@ -37,14 +37,15 @@ class SwarmPeer:
     """A peer that speaks the piece protocol for one blob: it says it has every piece and
     answers any ``Range``; ``corrupt`` flips every byte; ``die_after`` cuts each answer after
     that many bytes. ``P2preg-Load``: its answers in progress, as a node's (or ``load``, fixed).
-    ``busy``: it answers every request ``503`` with that ``P2preg-Busy``. Records the ranges
-    asked."""
+    ``busy``: it answers every request ``503`` with that ``P2preg-Busy``; ``sends_load``
+    False: no ``P2preg-Load`` at all (a node of an older version). Records the ranges asked."""
 
     data: bytes
     corrupt: bool = False
     die_after: int | None = None
     load: int | None = None
     busy: str | None = None
+    sends_load: bool = True
     ranges: list[str] = field(default_factory=list)
     active: int = 0
     runner: web.AppRunner | None = None
@@ -87,7 +88,8 @@ class SwarmPeer:
 
     async def _send(self, request: web.Request, response: web.StreamResponse,
                     body: bytes) -> web.StreamResponse:
-        response.headers[LOAD_HEADER] = str(self.active if self.load is None else self.load)
+        if self.sends_load:
+            response.headers[LOAD_HEADER] = str(self.active if self.load is None else self.load)
         await response.prepare(request)
         if self.die_after is not None:
             await response.write(body[:self.die_after])
@@ -310,6 +312,45 @@ async def test_a_puller_asks_the_holder_that_advertises_fewer_uploads(
     # at most one request before its first answer told its load
     assert len(busy.ranges) <= 1, (busy.ranges, idle.ranges)
     assert upstream.blob_gets[str(digest)] == 0
+
+
+async def test_a_holder_that_sends_no_load_is_not_taken_for_an_idle_one(
+        cluster: Cluster, upstream: CountingUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "old" answers like a node of an older version, without P2preg-Load; "low" says 1 upload,
+    # "high" 7. Counted as 0, "old" drew every piece once the others had answered; it counts as
+    # the mean of the others' loads (4): after "low", before "high".
+    told: list[tuple[str, int | None]] = []
+    tell = Scheduler.on_load
+
+    def record(self: Scheduler, peer: str, load: int | None, now: float) -> None:
+        told.append((peer, load))
+        tell(self, peer, load, now)
+
+    monkeypatch.setattr(Scheduler, "on_load", record)
+    cluster.p2p_config = P2PConfig(scheduler=SchedulerConfig(max_requests=1, load_ttl_s=600))
+    names = ["me", "old", "low", "high"]
+    seed = next(s for s in range(50)
+                if owner_of(str(payload(9 * PIECE, seed=s)[1]), names) != "me")
+    data, digest = payload(9 * PIECE, seed=seed)
+    upstream.add(data)
+    peers = {"old": SwarmPeer(data, sends_load=False), "low": SwarmPeer(data, load=1),
+             "high": SwarmPeer(data, load=7)}
+    try:
+        for name, peer in peers.items():
+            await peer.start()
+            cluster.static.add(name, peer.host)
+            cluster.static.set_state(name, str(digest), "have")
+        puller = await cluster.add_node("me")
+        assert await puller.get_blob(REPO, str(digest)) == (200, data)
+    finally:
+        for peer in peers.values():
+            await peer.stop()
+    asked = {name: len(peer.ranges) for name, peer in peers.items()}
+    assert sum(asked.values()) == 9 and upstream.blob_gets[str(digest)] == 0
+    assert {load for peer, load in told if peer == "old"} == {None}
+    assert {load for peer, load in told if peer == "low"} == {1}
+    assert asked["old"] <= 2 and asked["high"] <= 1, asked  # before every load was known
+    assert asked["low"] >= 6, asked
 
 
 async def test_a_slots_busy_answer_backs_the_peer_off_for_every_piece(

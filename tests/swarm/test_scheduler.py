@@ -339,3 +339,37 @@ def test_the_least_loaded_of_the_hinted_peers_is_asked_not_the_newest_hint() -> 
     s.on_busy("a", 0, ["b", "c"], 0.0)  # c is the newest hint, but b runs fewer uploads
     assert s.next_requests(0.0) == [Request("b", 0)]
 
+
+
+def test_a_peer_whose_answers_carry_no_load_ranks_after_the_idle_and_before_the_busy() -> None:
+    # An older node sends no P2preg-Load: counted as idle it would draw every request; it
+    # counts as the mean of the fresh loads the others reported (here 3), however long ago its
+    # last answer came (not a stale load, which counts 0).
+    for seed in range(8):  # the tie-break is random: the loads must decide every time
+        s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "u": ROLE_HOLDER, "b": ROLE_HOLDER},
+                  seed=seed, max_requests=3, per_peer=1, load_ttl_s=1.0)
+        s.on_load("u", None, 0.0)
+        s.on_load("a", 0, 1.5)
+        s.on_load("b", 6, 1.5)
+        assert [r.peer for r in s.next_requests(2.0)] == ["a", "u", "b"]
+
+
+def test_a_peer_without_loads_counts_as_the_mean_until_an_answer_carries_one() -> None:
+    def first_peer(loads: list[tuple[str, int | None, float]], now: float, seed: int) -> str:
+        s = sched({"o": ROLE_OWNER, "a": ROLE_HOLDER, "u": ROLE_HOLDER}, seed=seed,
+                  max_requests=1, load_ttl_s=1.0)
+        for peer, load, at in loads:
+            s.on_load(peer, load, at)
+        return s.next_requests(now)[0].peer
+
+    silent: list[tuple[str, int | None, float]] = [("a", 4, 0.0), ("u", None, 0.0)]
+    # u counts as a's 4: a tie, either may be asked
+    assert {first_peer(silent, 0.5, seed) for seed in range(16)} == {"a", "u"}
+    # a's load is stale at t=2 (counts 0) and no fresh load is left to take the mean of: a tie
+    assert {first_peer(silent, 2.0, seed) for seed in range(16)} == {"a", "u"}
+    # an answer with the header counts again: 9 after a's 4, 1 before it
+    assert {first_peer([*silent, ("u", 9, 0.2)], 0.5, seed) for seed in range(16)} == {"a"}
+    assert {first_peer([*silent, ("u", 1, 0.2)], 0.5, seed) for seed in range(16)} == {"u"}
+    # and one without it marks the peer again
+    again = [("a", 4, 0.0), ("u", 1, 0.1), ("u", None, 0.2)]
+    assert {first_peer(again, 0.5, seed) for seed in range(16)} == {"a", "u"}
