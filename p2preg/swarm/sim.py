@@ -256,6 +256,7 @@ class SwarmSim:
         cut_through_wait_s: float = CUT_THROUGH_WAIT_S,
         root_feed_wait_s: float = ROOT_FEED_WAIT_S,
         held_by: dict[str, set[str]] | None = None,
+        flow_engine: str = "fast",
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -269,7 +270,8 @@ class SwarmSim:
         self.cut_through_wait_s = cut_through_wait_s
         self.root_feed_wait_s = root_feed_wait_s
         self.now = 0.0
-        self.net = FlowNetwork()
+        self.net = FlowNetwork(engine=flow_engine)
+        """``flow_engine``: ``FlowNetwork``'s; both give the same run, to the bit."""
         self._pending = 0
         """Fills not done yet (the run ends at 0)."""
         self._origin = self.net.add_link("origin", topology.origin_up_bps)
@@ -705,6 +707,7 @@ def swarm(
     seed: int, hosts: int, topology: Topology, blobs: Sequence[BlobSpec], *,
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
     known_fetchers: int = 0, batch_s: float = 0.0005, holders: int = 0,
+    flow_engine: str = "fast",
 ) -> SwarmSim:
     """A simulation of the piece swarm with the node's own scheduler and upload policy.
 
@@ -729,6 +732,7 @@ def swarm(
     return SwarmSim(
         seed, names, topology, blobs, downloader,
         lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
+        flow_engine=flow_engine,
     )  # fmt: skip
 
 

@@ -144,3 +144,24 @@ def test_a_slots_busy_backoff_cuts_the_busy_answers_and_the_time() -> None:
     assert requests[1] < requests[0]
     assert hinted.quantile(0.5) > both.quantile(0.5)
     assert hinted.quantile(1.0) > both.quantile(1.0)
+
+
+@pytest.mark.parametrize("shape", ["create", "update", "kraken"])
+def test_the_fast_flow_engine_gives_the_reference_engines_run(shape: str) -> None:
+    # FlowNetwork's fast engine (the default) against its reference (tests/swarm/
+    # test_flows_engines.py checks the two on random flow sets): the whole run is the same,
+    # to the bit: every host's completion and upload, the events, the answers.
+    def run(engine: str) -> tuple[SimResult, dict[str, int]]:
+        if shape == "kraken":  # Kraken's shape in small: busy answers, 404s, relays
+            blobs = [BlobSpec.of("sha256:" + c * 64, 96 << 20, 1 << 20) for c in "ab"]
+            sim = swarm(1, 12, Topology(300e6, 300e6, 300e6, rtt_s=0.001), blobs,
+                        flow_engine=engine)
+        else:
+            sim = swarm(1, N, TOPOLOGY, [BLOB], holders=2 if shape == "update" else 0,
+                        flow_engine=engine)
+        return sim.run(until_s=120), dict(sim.answers)
+
+    (fast, fast_answers), (ref, ref_answers) = run("fast"), run("reference")
+    assert fast == ref
+    assert fast_answers == ref_answers
+    assert fast.reallocations > 40 and fast_answers["cut_through"] > 0
