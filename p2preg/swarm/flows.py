@@ -39,6 +39,12 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 _EPS_BYTES = 1e-6
+_FINISH_DRIFT = 1e-8
+"""The fast engine's margin: a flow's finish time as the reference recomputes it at a later
+reallocation (its bytes brought up at each, the rate unchanged) differs from an earlier one only
+by rounding, by at most ~4e-16 x (reallocations since) x its whole transfer time (size / rate):
+a heap entry ``finish - (1e-9 + _FINISH_DRIFT x size / rate)`` is a lower bound for 25 M
+reallocations (``_settle`` checks it and raises if not)."""
 ENGINES = ("reference", "fast")
 
 
@@ -62,9 +68,18 @@ class Flow:
     followers: list[Flow] = field(default_factory=list)
     """The flows relaying this one while it runs."""
     epoch: int = 0
-    """The reallocation that last fixed the rate (the fast engine's "fixed" mark)."""
+    """The fast engine: the reallocation that last fixed the rate (its "fixed" mark)."""
+    synced: int = 0
+    """The fast engine: ``done``, ``since`` and ``finish_at`` are the reference's as of this
+    reallocation (the rate has not changed since; ``FlowNetwork.sync`` brings them up)."""
+    entry: tuple[float, int, Flow] | None = field(default=None, repr=False)
+    """The fast engine: this flow's live entry in a finish heap."""
+    net: FlowNetwork | None = field(default=None, repr=False)
+    """The fast engine's network (``bytes_at`` syncs first); None for the reference."""
 
     def bytes_at(self, now: float) -> float:
+        if self.net is not None:
+            self.net.sync(self)
         return min(self.size, self.done + self.rate * (now - self.since))
 
 
@@ -93,6 +108,13 @@ class FlowNetwork:
         """The links some flow crosses (a reallocation looks at these only)."""
         self._ids = itertools.count()
         self._finish: list[tuple[float, int, Flow]] = []
+        """The reference: every moving flow's finish time, rebuilt at each reallocation. The
+        fast engine: the finish times exact as of the last reallocation (flows whose rate it
+        changed, and flows ``_settle`` synced)."""
+        self._bound: list[tuple[float, int, Flow]] = []
+        """The fast engine: lower bounds of the other flows' finish times (``_FINISH_DRIFT``)."""
+        self._times = [0.0]
+        """The fast engine: the time of each reallocation (index: ``reallocations``)."""
         self.now = 0.0
         self.dirty = False
         """True when the flow set changed since the last ``reallocate``."""
@@ -131,7 +153,10 @@ class FlowNetwork:
         link_ids = tuple(dict.fromkeys(links))
         if not link_ids:
             raise ValueError("a flow crosses at least one link")
-        flow = Flow(next(self._ids), link_ids, float(size_bytes), tag, since=self.now)
+        flow = Flow(next(self._ids), link_ids, float(size_bytes), tag, since=self.now,
+                    synced=self.reallocations)
+        if self.engine == "fast":
+            flow.net = self
         if feeder is not None and feeder.active:
             flow.feeder = feeder
             feeder.followers.append(flow)
@@ -159,6 +184,7 @@ class FlowNetwork:
         for follower in flow.followers:
             follower.feeder = None
         flow.followers = []
+        flow.entry = None
         flow.rate = 0.0
         flow.since = self.now
         self._flows.pop(flow, None)
@@ -172,6 +198,9 @@ class FlowNetwork:
 
     def next_finish(self) -> float | None:
         """When the next flow completes at the current rates (None: no flow is moving)."""
+        if self.engine == "fast":
+            self._settle()
+            return self._finish[0][0] if self._finish else None
         heap = self._finish
         while heap and not (heap[0][2].active and heap[0][0] == heap[0][2].finish_at):
             heapq.heappop(heap)
@@ -184,6 +213,15 @@ class FlowNetwork:
         self.now = now
         done: list[Flow] = []
         heap = self._finish
+        if self.engine == "fast":
+            while True:
+                self._settle()
+                if not heap or heap[0][0] > now:
+                    return done
+                flow = heapq.heappop(heap)[2]
+                flow.done = flow.size
+                self._remove(flow)
+                done.append(flow)
         while heap and heap[0][0] <= now:
             at, _, flow = heapq.heappop(heap)
             if not flow.active or at != flow.finish_at:
@@ -202,7 +240,10 @@ class FlowNetwork:
         self.reallocations += 1
         self.dirty = False
         if self.engine == "fast":
+            self._times.append(self.now)
+            exact = self._finish
             self._finish = self._fill(self.now, self.reallocations)
+            self._demote(exact)
             return
         now = self.now
         for flow in self._flows:
@@ -223,6 +264,66 @@ class FlowNetwork:
             finish.append((flow.finish_at, flow.id, flow))
         heapq.heapify(finish)
         self._finish = finish
+
+    def sync(self, flow: Flow) -> None:
+        """The fast engine: bring ``flow.done``, ``since`` and ``finish_at`` to the values the
+        reference has after the last reallocation (replaying its per-reallocation updates at
+        the flow's unchanged rate: the same floats). A no-op for the reference engine."""
+        k, last = flow.synced, self.reallocations
+        if k >= last or not flow.active or flow.net is None:
+            return
+        done, rate, size, since = flow.done, flow.rate, flow.size, flow.since
+        for t in self._times[k + 1:last + 1]:
+            done = min(size, done + rate * (t - since))
+            since = t
+        flow.done, flow.since, flow.synced = done, since, last
+        left = size - done
+        if left <= _EPS_BYTES:
+            flow.finish_at = since
+        elif rate > 0:
+            flow.finish_at = since + left / rate
+        else:
+            flow.finish_at = float("inf")
+
+    def _demote(self, exact: list[tuple[float, int, Flow]]) -> None:
+        """The fast engine, after a reallocation: the finish times that were exact before it and
+        were not recomputed by it become lower bounds (``_FINISH_DRIFT``)."""
+        bound = self._bound
+        push = heapq.heappush
+        for entry in exact:
+            flow = entry[2]
+            if flow.entry is entry:
+                low = entry[0] - 1e-9
+                if flow.rate > 0:
+                    low -= _FINISH_DRIFT * flow.size / flow.rate
+                flow.entry = entry = (low, entry[1], flow)
+                push(bound, entry)
+        if len(bound) > 2 * len(self._flows) + 256:
+            self._bound = [e for e in bound if e[2].entry is e]
+            heapq.heapify(self._bound)
+
+    def _settle(self) -> None:
+        """The fast engine: make the top of ``_finish`` the flow that completes first, as the
+        reference would pick it (smallest finish time, then id): while a lower bound comes
+        before it, sync that flow and move its exact finish time to ``_finish``."""
+        exact, bound = self._finish, self._bound
+        pop = heapq.heappop
+        while True:
+            while exact and exact[0][2].entry is not exact[0]:
+                pop(exact)
+            while bound and bound[0][2].entry is not bound[0]:
+                pop(bound)
+            if not bound or (exact and exact[0][:2] < bound[0][:2]):
+                return
+            low, _, flow = pop(bound)
+            self.sync(flow)
+            if flow.finish_at < low:
+                raise AssertionError(f"flow {flow.id}: finish {flow.finish_at!r} < bound {low!r}")
+            if flow.finish_at == float("inf"):
+                flow.entry = None
+                continue
+            flow.entry = entry = (flow.finish_at, flow.id, flow)
+            heapq.heappush(exact, entry)
 
     def _fill_reference(self) -> None:
         """Progressive filling as first written (kept as the reference the fast engine is
@@ -292,6 +393,10 @@ class FlowNetwork:
         finish: list[tuple[float, int, Flow]] = []
         add = finish.append
         inf = float("inf")
+        fix: list[Flow] = []
+        """The flows to fix at this share: one of the link's and the relays it feeds, depth
+        first (a relay fixed earlier at its own bottleneck is skipped when popped)."""
+        fix_pop = fix.pop
         while heap:
             key, i = pop(heap)
             n = unfixed[i]
@@ -307,26 +412,39 @@ class FlowNetwork:
             for flow in links[i].flows:
                 if flow.epoch == epoch:
                     continue
-                f = flow
-                fix: list[Flow] | None = None
-                while True:
+                fix.append(flow)
+                while fix:
+                    f = fix_pop()
+                    if f.epoch == epoch:
+                        continue
                     f.epoch = epoch
-                    size = f.size
-                    done = f.done + f.rate * (now - f.since)
-                    if done > size:
-                        done = size
-                    f.done = done
-                    f.since = now
-                    f.rate = share
-                    left = size - done
-                    if left <= _EPS_BYTES:
-                        f.finish_at = now
-                        add((now, f.id, f))
-                    elif share > 0:
-                        f.finish_at = at = now + left / share
-                        add((at, f.id, f))
-                    else:
-                        f.finish_at = inf
+                    if f.rate != share:
+                        # its bytes up to now at the old rate, as the reference's (one step,
+                        # or ``sync``'s replay if the rate held over earlier reallocations)
+                        size = f.size
+                        if f.synced == epoch - 1:
+                            done = f.done + f.rate * (now - f.since)
+                            if done > size:
+                                done = size
+                            f.done = done
+                            f.since = now
+                            f.synced = epoch
+                        else:
+                            self.sync(f)
+                            done = f.done
+                        f.rate = share
+                        left = size - done
+                        if left <= _EPS_BYTES:
+                            f.finish_at = now
+                            f.entry = entry = (now, f.id, f)
+                            add(entry)
+                        elif share > 0:
+                            f.finish_at = at = now + left / share
+                            f.entry = entry = (at, f.id, f)
+                            add(entry)
+                        else:
+                            f.finish_at = inf
+                            f.entry = None
                     for j in f.links:
                         if j == i:
                             continue
@@ -340,11 +458,6 @@ class FlowNetwork:
                                 low[j] = s
                                 push(heap, (s, j))
                     if f.followers:
-                        if fix is None:
-                            fix = []
-                        fix += [r for r in f.followers if r.epoch != epoch]
-                    if not fix:
-                        break
-                    f = fix.pop()
+                        fix += f.followers
         heapq.heapify(finish)
         return finish
