@@ -274,7 +274,9 @@ class FlowNetwork:
             return
         done, rate, size, since = flow.done, flow.rate, flow.size, flow.since
         for t in self._times[k + 1:last + 1]:
-            done = min(size, done + rate * (t - since))
+            done += rate * (t - since)
+            if done > size:  # min(size, ...), as the reference's
+                done = size
             since = t
         flow.done, flow.since, flow.synced = done, since, last
         left = size - done
@@ -446,17 +448,16 @@ class FlowNetwork:
                             f.finish_at = inf
                             f.entry = None
                     for j in f.links:
-                        if j == i:
-                            continue
-                        rem = remaining[j] - share
-                        remaining[j] = rem
-                        n = unfixed[j] - 1
-                        unfixed[j] = n
-                        if n:
-                            s = (rem if rem > 0.0 else 0.0) / n
-                            if s < low[j]:
-                                low[j] = s
-                                push(heap, (s, j))
+                        if j != i:
+                            rem = remaining[j] - share
+                            remaining[j] = rem
+                            n = unfixed[j] - 1
+                            unfixed[j] = n
+                            if n:
+                                s = (rem if rem > 0.0 else 0.0) / n
+                                if s < low[j]:
+                                    low[j] = s
+                                    push(heap, (s, j))
                     if f.followers:
                         fix += f.followers
         heapq.heapify(finish)
