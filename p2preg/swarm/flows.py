@@ -25,7 +25,8 @@ simulator gives the same run to the bit, ``tests/swarm/test_sim.py``).
 Time is a float passed in by the caller (no clock is read). Rates are recomputed only when the
 flow set changed (``reallocate``, called by the driver once per batch of events), so a flow
 started between two reallocations transfers nothing until the next one. Bytes are tracked
-lazily: a flow remembers its bytes at the last reallocation and its rate since then.
+lazily: a flow remembers its bytes at the last reallocation and its rate since then (the fast
+engine: at the last reallocation that changed its rate, ``FlowNetwork.sync``).
 
 Pure computation: must not import asyncio, sockets, time or anything of the node.
 """
