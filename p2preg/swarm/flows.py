@@ -316,8 +316,12 @@ class FlowNetwork:
                 pop(exact)
             while bound and bound[0][2].entry is not bound[0]:
                 pop(bound)
-            if not bound or (exact and exact[0][:2] < bound[0][:2]):
+            if not bound:
                 return
+            if exact:
+                first, lowest = exact[0], bound[0]
+                if first[0] < lowest[0] or (first[0] == lowest[0] and first[1] < lowest[1]):
+                    return
             low, _, flow = pop(bound)
             self.sync(flow)
             if flow.finish_at < low:
