@@ -116,6 +116,9 @@ class FlowNetwork:
         """The fast engine: lower bounds of the other flows' finish times (``_FINISH_DRIFT``)."""
         self._times = [0.0]
         """The fast engine: the time of each reallocation (index: ``reallocations``)."""
+        self._settled = True
+        """The fast engine: ``_finish``'s top is the next completion (``_settle``); a removal
+        or a reallocation clears it."""
         self.now = 0.0
         self.dirty = False
         """True when the flow set changed since the last ``reallocate``."""
@@ -186,6 +189,7 @@ class FlowNetwork:
             follower.feeder = None
         flow.followers = []
         flow.entry = None
+        self._settled = False
         flow.rate = 0.0
         flow.since = self.now
         self._flows.pop(flow, None)
@@ -242,6 +246,7 @@ class FlowNetwork:
         self.dirty = False
         if self.engine == "fast":
             self._times.append(self.now)
+            self._settled = False
             exact = self._finish
             self._finish = self._fill(self.now, self.reallocations)
             self._demote(exact)
@@ -309,6 +314,9 @@ class FlowNetwork:
         """The fast engine: make the top of ``_finish`` the flow that completes first, as the
         reference would pick it (smallest finish time, then id): while a lower bound comes
         before it, sync that flow and move its exact finish time to ``_finish``."""
+        if self._settled:
+            return
+        self._settled = True
         exact, bound = self._finish, self._bound
         pop = heapq.heappop
         while True:
