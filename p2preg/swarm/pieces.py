@@ -16,6 +16,13 @@ Rules:
   most ``MAX_HINTS`` names, each a plain token.
 - ``P2preg-Load: <n>``: the piece uploads the answering node runs at that moment (every piece
   answer: ``206``, ``503``, ``404``); askers prefer the least loaded source.
+- ``P2preg-Join: 1`` (a fill's request to the digest's owner; ``complete`` when the asker
+  holds the whole blob) asks the owner's tracker (``swarm.tracker``) for parents; the answer
+  says ``P2preg-Parents: <stripe>=<name>,...`` (names as in ``P2preg-Hint``, at most
+  ``MAX_STRIPES`` stripes). ``P2preg-Lost: <stripe>=<name>,...`` on a join: parents the fill
+  lost. ``P2preg-Child: 1`` on a piece request: the asker is the peer's assigned child in that
+  piece's stripe (it is served past the piece cap and the slots, and waits for a piece the
+  peer will get).
 - Decoding refuses anything malformed or out of range with ``ValueError`` (the caller ignores
   the header then: availability is advice, the digest protects the bytes).
 
@@ -46,6 +53,12 @@ BUSY_HEADER = "P2preg-Busy"
 HINT_HEADER = "P2preg-Hint"
 LOAD_HEADER = "P2preg-Load"
 LAST_RESORT_HEADER = "P2preg-Last-Resort"
+JOIN_HEADER = "P2preg-Join"
+PARENTS_HEADER = "P2preg-Parents"
+LOST_HEADER = "P2preg-Lost"
+CHILD_HEADER = "P2preg-Child"
+JOIN_COMPLETE = "complete"
+MAX_STRIPES = 16
 BUSY_PIECE = "piece"
 BUSY_SLOTS = "slots"
 
@@ -180,3 +193,25 @@ def decode_hints(value: str) -> tuple[str, ...]:
     """Parse ``P2preg-Hint``: the valid names, at most ``MAX_HINTS``; junk names dropped."""
     names = [t.strip() for t in value.split(",")]
     return tuple(dict.fromkeys(n for n in names if _NAME.match(n)))[:MAX_HINTS]
+
+
+def stripe_of(piece: int, stripes: int) -> int:
+    """The stripe piece ``piece`` belongs to (``swarm.tracker``)."""
+    return piece % stripes
+
+
+def encode_stripes(peers: dict[int, str]) -> str:
+    """``P2preg-Parents`` / ``P2preg-Lost``: ``<stripe>=<name>,...`` in stripe order."""
+    return ",".join(f"{s}={peers[s]}" for s in sorted(peers))
+
+
+def decode_stripes(value: str) -> dict[int, str]:
+    """Parse ``P2preg-Parents`` / ``P2preg-Lost``; ``ValueError`` if malformed."""
+    out: dict[int, str] = {}
+    for item in value.split(","):
+        stripe, sep, name = item.strip().partition("=")
+        if not sep or not _INT.match(stripe) or not _NAME.match(name) \
+                or int(stripe) >= MAX_STRIPES or int(stripe) in out:
+            raise ValueError(f"bad stripe list {value[:80]!r}")
+        out[int(stripe)] = name
+    return out

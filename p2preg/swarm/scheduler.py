@@ -54,6 +54,20 @@ they reported (``on_availability``, ``on_load``); it answers ``next_requests(now
    A busy answer for want of upload slots (``slots``: the peer refuses every piece now, not
    only this one) backs the peer off for every piece for ``slots_busy_backoff_s`` (like a
    failure, without counting one): asking it for the next piece would be refused too.
+0. **Parents first** (coordinated forwarding, ``swarm.tracker``; only once the caller gave
+   parents: ``set_parents``). Piece ``i`` belongs to stripe ``i % stripes``; the digest's
+   owner assigned this fill a parent per stripe. The missing pieces of the window whose stripe
+   has a parent are asked of that parent only, lowest first, marked ``child`` (the parent
+   serves an assigned child past its piece cap and slots, and waits for a piece it will get),
+   at most ``parent_requests`` at once per parent (the requests go out early and wait there,
+   so each piece flows down its stripe's tree with about one request per host). A child
+   request that fails, stalls, or is answered busy or missing **loses** that parent: the piece
+   falls back to rules 1-6 for good, the stripe's other pieces until a new parent comes, and
+   ``want_join`` reports the loss to the owner (``P2preg-Lost``). Joins: ``want_join(now)``
+   says when to (re-)join (at once, then after ``rejoin_first_s``, doubling up to
+   ``rejoin_max_s``: the tracker may have moved this fill's place; and at once after a loss).
+   Until the first answer (at most ``join_wait_s``, or a failed join) the fill asks nobody:
+   one round trip, and no early request takes a seed's uplink from the trees.
 6. **Stall.** A request that received no byte for ``stall_s`` (a long-poll on the owner for a
    piece it is not known to have: ``owner_wait_s``) is cancelled by ``expire`` and counts as
    a failure of that peer; the piece goes back to the pool.
@@ -112,6 +126,14 @@ class SchedulerConfig:
     #: case (8 MiB pieces, N=20-100), p50 no worse (docs/benchmarks-swarm.md, "hints on a
     #: slots-busy answer").
     slots_busy_backoff_s: float = 0.1
+    #: Rule 0: join the owner's tracker and ask the stripe parents first (False: rules 1-6
+    #: only, the swarm before coordinated forwarding).
+    tracker: bool = False
+    stripes: int = 2
+    parent_requests: int = 4
+    rejoin_first_s: float = 0.05
+    rejoin_max_s: float = 2.0
+    join_wait_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +143,8 @@ class Request:
     peer: str
     piece: int
     last_resort: bool = False
+    child: bool = False
+    """The asker is ``peer``'s assigned child in the piece's stripe (rule 0)."""
 
 
 @dataclass(slots=True)
@@ -145,6 +169,7 @@ class _Flight:
     request: Request
     started: float
     deadline: float
+    flowing: bool = False
 
 
 class Scheduler:
@@ -180,6 +205,18 @@ class Scheduler:
         #: this time (the next backoff expiry). Every method that changes what ``_pick`` reads
         #: resets it to -inf (``_changed``).
         self._quiet_until = -math.inf
+        #: Rule 0: stripe -> parent; parents lost since the last join; pieces asked of a
+        #: parent that failed them (rules 1-6 from then on); the join schedule.
+        self._parents: dict[int, str] = {}
+        self._lost: dict[int, str] = {}
+        self._off_parent: set[int] = set()
+        self._withdrawn: list[Request] = []
+        self._join_at = 0.0 if self.config.tracker else math.inf
+        #: Rule 0: no request before the first join's answer (or this time).
+        self._joined_by = math.inf if self.config.tracker else -math.inf
+        self._join_out = False
+        self._rejoin_gap = self.config.rejoin_first_s
+        self.parent_losses = 0
 
     # -- what the caller tells it ------------------------------------------------------------
 
@@ -198,6 +235,9 @@ class Scheduler:
                     names.discard(name)
         for req in dropped:
             self._flights.pop(req.piece, None)
+        for stripe, parent in list(self._parents.items()):
+            if parent not in self._peers:
+                self._lose_parent(stripe)
         for name, role in peers.items():
             if name == self.self_name:
                 continue
@@ -233,6 +273,7 @@ class Scheduler:
         flight = self._flights.get(piece)
         if flight is not None and flight.request.peer == peer:
             flight.deadline = now + self.config.stall_s
+            flight.flowing = True
             if self._refused_since.pop(piece, None) is not None:
                 self._changed()
 
@@ -263,6 +304,7 @@ class Scheduler:
         ``slots``: for want of upload slots (it refuses every piece now; rule 5)."""
         self._now = max(self._now, now)
         self._changed()
+        self._child_refused(piece, peer)
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is not None:
@@ -287,6 +329,7 @@ class Scheduler:
         """``peer`` does not have ``piece`` yet (404 with its availability ``have``)."""
         self._now = max(self._now, now)
         self._changed()
+        self._child_refused(piece, peer)
         self._end_flight(piece, peer)
         state = self._peers.get(peer)
         if state is None:
@@ -303,18 +346,74 @@ class Scheduler:
         self._now = max(self._now, now)
         self._changed()
         if piece is not None:
+            self._child_refused(piece, peer)
             self._end_flight(piece, peer)
+        else:
+            for stripe in [s for s, p in self._parents.items() if p == peer]:
+                self._lose_parent(stripe)
         state = self._peers.get(peer)
         if state is not None:
             state.failures += 1
             state.failed_until = self._timer(now + self.config.failure_backoff_s)
 
+    def set_parents(self, parents: Mapping[int, str], now: float) -> None:
+        """The owner's tracker answered a join: ``parents`` by stripe (rule 0). Parents that
+        are not peers (the caller could not map the name) are skipped."""
+        self._now = max(self._now, now)
+        self._changed()
+        self._join_out = False
+        self._joined_by = -math.inf
+        old = self._parents
+        self._parents = {s: p for s, p in parents.items()
+                         if p in self._peers and p != self.self_name
+                         and 0 <= s < self.config.stripes and s not in self._lost}
+        # A moved place: child requests still waiting at the old parent are withdrawn (it
+        # would serve them past its budget), not counted as failures.
+        for piece, flight in list(self._flights.items()):
+            req = flight.request
+            stripe = piece % self.config.stripes
+            if req.child and not flight.flowing and old.get(stripe) == req.peer \
+                    and self._parents.get(stripe) != req.peer:
+                self._end_flight(piece, req.peer)
+                self._withdrawn.append(req)
+        self._join_at = self._timer(now + self._rejoin_gap)
+        self._rejoin_gap = min(self._rejoin_gap * 2, self.config.rejoin_max_s)
+
+    def on_join_failed(self, now: float) -> None:
+        """The join did not get an answer (the owner failed or refused): retry later."""
+        self._now = max(self._now, now)
+        self._changed()
+        self._join_out = False
+        self._joined_by = -math.inf
+        self._join_at = self._timer(now + self._rejoin_gap)
+
+    def want_join(self, now: float) -> dict[int, str] | None:
+        """Rule 0: send a join now? Returns the parents lost since the last one (``{}``: a
+        plain join or refresh), counted as sent; None: not now."""
+        if not self.config.tracker or self._join_out or self.done:
+            return None
+        if not self._lost and now < self._join_at:
+            return None
+        self._join_out = True
+        if self._joined_by == math.inf:
+            self._joined_by = self._timer(now + self.config.join_wait_s)
+        lost, self._lost = self._lost, {}
+        return lost
+
+    @property
+    def parents(self) -> dict[int, str]:
+        return dict(self._parents)
+
     def expire(self, now: float) -> list[Request]:
-        """Cancel the requests that stalled (rule 6); the caller aborts them."""
+        """Cancel the requests that stalled (rule 6) and those to a parent that lost its place
+        (rule 0); the caller aborts them."""
         self._now = max(self._now, now)
         stalled = [f.request for f in self._flights.values() if f.deadline <= now]
         for req in stalled:
             self.on_failed(req.peer, req.piece, now)
+        if self._withdrawn:
+            stalled += self._withdrawn
+            self._withdrawn = []
         return stalled
 
     # -- what it answers -------------------------------------------------------------------
@@ -327,6 +426,8 @@ class Scheduler:
         limit = self.config.max_requests
         if upstream_busy:
             limit = min(limit, self.config.upstream_busy_requests)
+        if now < self._joined_by:
+            return out  # rule 0: the first join's answer is on its way
         while len(self._flights) < limit:
             req = self._pick(now)
             if req is None:
@@ -341,6 +442,8 @@ class Scheduler:
         while self._timers and self._timers[0] <= self._now:
             heapq.heappop(self._timers)
         times = [f.deadline for f in self._flights.values() if f.deadline > self._now]
+        if self.config.tracker and not self._join_out and not self.done:
+            times.append(max(self._join_at, self._now) if not self._lost else self._now)
         if self._timers:
             times.append(self._timers[0])
         return min(times) if times else None
@@ -404,9 +507,24 @@ class Scheduler:
         state = self._peers[req.peer]
         state.in_flight += 1
         wait = self.config.stall_s
-        if req.peer == self._owner and not self._has(req.peer, req.piece):
+        if (req.peer == self._owner or req.child) and not self._has(req.peer, req.piece):
             wait = self.config.owner_wait_s
         self._flights[req.piece] = _Flight(req, now, now + wait)
+
+    def _child_refused(self, piece: int, peer: str) -> None:
+        """Rule 0: a child request for ``piece`` to ``peer`` ended without the piece."""
+        flight = self._flights.get(piece)
+        if flight is None or flight.request.peer != peer or not flight.request.child:
+            return
+        self._off_parent.add(piece)
+        stripe = piece % self.config.stripes
+        if self._parents.get(stripe) == peer:
+            self._lose_parent(stripe)
+
+    def _lose_parent(self, stripe: int) -> None:
+        self._lost[stripe] = self._parents.pop(stripe)
+        self.parent_losses += 1
+        self._changed()
 
     def _end_flight(self, piece: int, peer: str) -> None:
         flight = self._flights.get(piece)
@@ -451,6 +569,10 @@ class Scheduler:
 
     def _pick_now(self, now: float) -> Request | None:
         pieces = self._window()
+        if self._parents:
+            req, pieces = self._pick_parent(pieces, now)
+            if req is not None:
+                return req
         # Rule 5 first: a piece refused long enough with no free source blocks the window.
         for piece in pieces:
             since = self._refused_since.get(piece)
@@ -480,6 +602,22 @@ class Scheduler:
                     self._timer(now + self.config.probe_interval_s)
                 return req
         return None
+
+    def _pick_parent(self, pieces: list[int], now: float) -> tuple[Request | None, list[int]]:
+        """Rule 0: the lowest piece its stripe's parent can take now; else the pieces that
+        have no parent (for rules 1-6; pieces waiting for their parent are not among them)."""
+        rest = []
+        stripes = self.config.stripes
+        for piece in pieces:
+            parent = self._parents.get(piece % stripes)
+            if parent is None or piece in self._off_parent:
+                rest.append(piece)
+                continue
+            state = self._peers[parent]
+            if state.in_flight < self.config.parent_requests and state.failed_until <= now \
+                    and self._free_for(state, piece, now):
+                return Request(parent, piece, child=True), rest
+        return None, rest
 
     def _is_probe(self, req: Request) -> bool:
         return req.peer != self._owner and req.peer not in self._hinted.get(req.piece, ())

@@ -66,6 +66,7 @@ from p2preg.swarm.scheduler import (
     Scheduler,
     SchedulerConfig,
 )
+from p2preg.swarm.tracker import Tracker, TrackerConfig
 from p2preg.swarm.uploads import Ticket, UploadConfig, UploadPolicy
 
 SERVE, BUSY, MISSING = "serve", "busy", "missing"
@@ -101,6 +102,12 @@ class Downloader(Protocol):
     def on_load(self, peer: str, load: int, now: float) -> None:
         """An answer of ``peer`` said it runs ``load`` uploads (``P2preg-Load``)."""
         ...
+    def want_join(self, now: float) -> dict[int, str] | None:
+        """A join to send to the owner's tracker now (the parents lost), or None."""
+        ...
+    def on_parents(self, parents: dict[int, str], now: float) -> None:
+        """The tracker's answer to a join (``P2preg-Parents``)."""
+        ...
 
 
 class Uploader(Protocol):
@@ -108,9 +115,10 @@ class Uploader(Protocol):
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
-        now: float,
+        now: float, child: bool = False,
     ) -> tuple[bool, Sequence[str]]:
-        """``(serve?, hints)`` for a piece this host holds (``seed``: it holds the whole blob)."""
+        """``(serve?, hints)`` for a piece this host holds (``seed``: it holds the whole blob;
+        ``child``: the requester is its assigned child in the piece's stripe)."""
         ...
 
     def on_upload_end(
@@ -168,8 +176,9 @@ class _Fill:
     downloader: Downloader | None = None
     flights: dict[int, _Flight] = field(default_factory=dict)
     """This host's requests by piece."""
-    parked: dict[int, list[tuple[str, bool, int]]] = field(default_factory=dict)
-    """Owner only: long-polled requests by piece, ``(asker, last_resort, token)``."""
+    parked: dict[int, list[tuple[str, Request, int]]] = field(default_factory=dict)
+    """Long-polled requests by piece, ``(asker, request, token)``: at the owner, and at a
+    parent for its assigned children (until its own request for the piece goes out)."""
     upstream: dict[int, Flow] = field(default_factory=dict)
     """Owner only: the origin flow of each piece that started (the owner serves a piece from
     its growing file: its bytes as they arrive from the origin)."""
@@ -257,6 +266,7 @@ class SwarmSim:
         root_feed_wait_s: float = ROOT_FEED_WAIT_S,
         held_by: dict[str, set[str]] | None = None,
         flow_engine: str = "fast",
+        tracker: TrackerConfig | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.topology = topology
@@ -308,6 +318,17 @@ class SwarmSim:
                         host.name, blob, self.owners[blob.digest], names, self._child_rng()
                     )
                     self._dirty.add(host.name)
+        self.trackers: dict[str, Tracker] = {}
+        """The owner's tracker of each digest (``swarm.tracker``; None config: no trackers).
+        Holders at time 0 are in it as complete nodes (the owner knows them from gossip)."""
+        if tracker is not None:
+            for blob in self.blobs:
+                owner = self.owners[blob.digest]
+                t = self.trackers[blob.digest] = Tracker(owner, tracker, self._child_rng())
+                for name in sorted(held_by.get(blob.digest, ())):
+                    if name != owner:
+                        t.join(name, now=0.0, complete=True)
+        self.joins = 0
         origin_rtt = topology.origin_rtt_s if topology.origin_rtt_s is not None else topology.rtt_s
         for blob in self.blobs:
             if self.owners[blob.digest] not in held_by.get(blob.digest, ()):
@@ -379,8 +400,18 @@ class SwarmSim:
                     self._withdraw(host, fill, req)
                 for req in send:
                     token = next(self._tokens)
-                    fill.flights[req.piece] = _Flight(token, req.peer)
+                    flight = fill.flights[req.piece] = _Flight(token, req.peer)
                     self._push(self.now + rtt_half, self._arrive, name, digest, req, token)
+                    for asker, wreq, wtoken in fill.parked.pop(req.piece, ()):
+                        # Children parked here wait for this request's first byte.
+                        if asker == req.peer:
+                            self._missing(name, fill, asker, wreq, wtoken)
+                        else:
+                            flight.waiters.append((asker, wreq, wtoken))
+                lost = d.want_join(self.now) if digest in self.trackers else None
+                if lost is not None:
+                    self.joins += 1
+                    self._push(self.now + rtt_half, self._join, name, digest, lost)
                 deadline = d.next_deadline()
                 if deadline is not None:
                     wake = min(wake, max(deadline, self.now))
@@ -388,6 +419,22 @@ class SwarmSim:
                 host.wake_at = wake
                 if wake < math.inf:
                     self._push(wake, self._wake, name)
+
+    def _join(self, name: str, digest: str, lost: dict[int, str]) -> None:
+        """A join reaches the digest's owner; its tracker's answer goes back."""
+        tracker = self.trackers[digest]
+        tracker.join(name, now=self.now, lost=lost)
+        self._push(self.now + tracker.config.answer_hold_s, self._answer_join, name, digest)
+
+    def _answer_join(self, name: str, digest: str) -> None:
+        parents = self.trackers[digest].parents(name)
+        self._push(self.now + self.topology.rtt_s / 2, self._parents, name, digest, parents)
+
+    def _parents(self, name: str, digest: str, parents: dict[int, str]) -> None:
+        d = self.hosts[name].fills[digest].downloader
+        if d is not None:
+            d.on_parents(parents, self.now)
+            self._dirty.add(name)
 
     def _wake(self, name: str) -> None:
         host = self.hosts[name]
@@ -427,10 +474,14 @@ class SwarmSim:
                 self._dirty.add(asker)
 
     def _end_flight(self, name: str, fill: _Fill, piece: int) -> None:
-        """``name``'s request for ``piece`` ended: who waited for its first byte is told 404."""
+        """``name``'s request for ``piece`` ended: who waited for its first byte is told 404
+        (an assigned child waits on: it is parked until the next request or the piece)."""
         flight = fill.flights.pop(piece)
         for asker, req, token in flight.waiters:
-            self._missing(name, fill, asker, req, token)
+            if req.child:
+                fill.parked.setdefault(piece, []).append((asker, req, token))
+            else:
+                self._missing(name, fill, asker, req, token)
 
     def _live(self, asker: str, digest: str, piece: int, token: int) -> _Flight | None:
         flight = self.hosts[asker].fills[digest].flights.get(piece)
@@ -447,9 +498,8 @@ class SwarmSim:
                 [self._origin, owner.down], blob.layout.length(piece),
                 ("origin", digest, piece, owner.name))
             if self.cut_through:
-                for asker, last_resort, token in fill.parked.pop(piece, ()):
-                    self._decide(owner, fill, asker, Request(owner.name, piece, last_resort),
-                                 token, flow)
+                for asker, req, token in fill.parked.pop(piece, ()):
+                    self._decide(owner, fill, asker, req, token, flow)
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -473,12 +523,13 @@ class SwarmSim:
                     return
                 own.waiters.append((asker, req, token))
                 self.answers["waited"] += 1
-                wait = (self.root_feed_wait_s if own.peer == self.owners[digest]
-                        else self.cut_through_wait_s)
-                self._push(self.now + wait, self._first_byte_timeout,
-                           server.name, digest, req.piece, own.token, asker, token)
-            elif root or self.long_poll_everywhere:
-                fill.parked.setdefault(req.piece, []).append((asker, req.last_resort, token))
+                if not req.child:  # an assigned child waits as long as it likes
+                    wait = (self.root_feed_wait_s if own.peer == self.owners[digest]
+                            else self.cut_through_wait_s)
+                    self._push(self.now + wait, self._first_byte_timeout,
+                               server.name, digest, req.piece, own.token, asker, token)
+            elif root or self.long_poll_everywhere or (req.child and self.cut_through):
+                fill.parked.setdefault(req.piece, []).append((asker, req, token))
                 self.answers["parked"] += 1
             else:
                 self._missing(server.name, fill, asker, req, token)
@@ -510,7 +561,7 @@ class SwarmSim:
         if flight is None:
             return
         serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
-                                              fill.done_at is not None, self.now)
+                                              fill.done_at is not None, self.now, req.child)
         self.answers["served" if serve else BUSY] += 1
         if serve:
             if feeder is not None and feeder.active:
@@ -590,8 +641,8 @@ class SwarmSim:
             fill.done_at = self.now
             self._pending -= 1
             self._dirty.add(name)  # an owner's other fills may ask more now (upstream done)
-        for asker, last_resort, token in fill.parked.pop(piece, ()):
-            self._decide(host, fill, asker, Request(name, piece, last_resort), token)
+        for asker, req, token in fill.parked.pop(piece, ()):
+            self._decide(host, fill, asker, req, token)
 
     # -- results ---------------------------------------------------------------------------------
 
@@ -667,6 +718,16 @@ class SchedulerDownloader:
     def on_load(self, peer: str, load: int, now: float) -> None:
         self.scheduler.on_load(peer, load, now)
 
+    def want_join(self, now: float) -> dict[int, str] | None:
+        return self.scheduler.want_join(now)
+
+    def on_parents(self, parents: dict[int, str], now: float) -> None:
+        new = [p for p in parents.values() if p not in self.peers]
+        if new:
+            self.peers.update(dict.fromkeys(new, ROLE_MEMBER))
+            self.scheduler.set_peers(self.peers, self.owner)
+        self.scheduler.set_parents(parents, now)
+
     def on_missing(self, peer: str, piece: int, have: Have, now: float) -> None:
         self.scheduler.on_missing(peer, piece, have, now)
 
@@ -682,10 +743,10 @@ class PolicyUploader:
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
-        now: float,
+        now: float, child: bool = False,
     ) -> tuple[bool, Sequence[str]]:
         admission = self.policy.admit(digest, piece, requester, now=now,
-                                      last_resort=last_resort, seed=seed)
+                                      last_resort=last_resort, seed=seed, child=child)
         if admission.ticket is None:
             self.refused = admission.busy
             return False, admission.hints
@@ -708,6 +769,7 @@ def swarm(
     scheduler: SchedulerConfig | None = None, uploads: UploadConfig | None = None,
     known_fetchers: int = 0, batch_s: float = 0.0005, holders: int = 0,
     flow_engine: str = "fast",
+    tracker: TrackerConfig | None = None,
 ) -> SwarmSim:
     """A simulation of the piece swarm with the node's own scheduler and upload policy.
 
@@ -733,6 +795,8 @@ def swarm(
         seed, names, topology, blobs, downloader,
         lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
         flow_engine=flow_engine,
+        tracker=tracker if tracker is not None or not (scheduler and scheduler.tracker)
+        else TrackerConfig(stripes=scheduler.stripes),
     )  # fmt: skip
 
 
@@ -784,13 +848,19 @@ class StarDownloader:
     def on_load(self, peer: str, load: int, now: float) -> None:
         return None
 
+    def want_join(self, now: float) -> dict[int, str] | None:
+        return None
+
+    def on_parents(self, parents: dict[int, str], now: float) -> None:
+        return None
+
 
 class StarUploader:
     """Today's source: serves every asker, no cap."""
 
     def decide(
         self, digest: str, piece: int, requester: str, last_resort: bool, seed: bool,
-        now: float,
+        now: float, child: bool = False,
     ) -> tuple[bool, Sequence[str]]:
         return True, ()
 

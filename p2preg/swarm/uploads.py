@@ -2,6 +2,10 @@
 
 Owns: ``UploadConfig``, ``UploadPolicy``, ``Admission`` and ``Ticket``. The rules, in order:
 
+0. **Assigned children.** A peer that asks as this node's assigned child in the piece's stripe
+   (``child``: the digest owner's tracker made it so, ``swarm.tracker``) is always served: it
+   takes no slot and no place (the tracker bounds the children: about one copy per node).
+
 1. **Global slots.** At most ``upload_slots`` piece uploads run at once. Beyond that the asker
    gets busy (``BUSY_SLOTS``) with hints: the peers holding a place for that piece (rule 2:
    they have it or pass it on), none if nobody has one. Not peers that recently got *other*
@@ -109,9 +113,13 @@ class UploadPolicy:
         self.refused_slots = 0
 
     def admit(self, digest: str, piece: int, peer: str, *, now: float,
-              last_resort: bool = False, seed: bool = False) -> Admission:
-        """Whether ``peer`` may have ``piece`` of ``digest`` now (rules 1-3); ``seed``: this
-        node holds the whole blob (``seed_piece_cap`` applies)."""
+              last_resort: bool = False, seed: bool = False, child: bool = False) -> Admission:
+        """Whether ``peer`` may have ``piece`` of ``digest`` now (rules 0-3); ``seed``: this
+        node holds the whole blob (``seed_piece_cap`` applies); ``child``: ``peer`` is its
+        assigned child in the piece's stripe (rule 0)."""
+        if child:
+            self._state(digest)
+            return self._grant(Ticket(digest, piece, peer, False))
         cfg = self.config
         cap = cfg.seed_piece_cap if seed else cfg.piece_cap
         state = self._state(digest)
@@ -129,10 +137,12 @@ class UploadPolicy:
             return Admission(None, BUSY_PIECE, tuple(hints[:cfg.hints]))
         if peer in places or len(places) < cap or idle:
             places[peer] = now
-        ticket = Ticket(digest, piece, peer, last_resort)
+        return self._grant(Ticket(digest, piece, peer, last_resort))
+
+    def _grant(self, ticket: Ticket) -> Admission:
         self._active[ticket] = self._active.get(ticket, 0) + 1
         self.active += 1
-        self.active_last_resort += last_resort
+        self.active_last_resort += ticket.last_resort
         return Admission(ticket)
 
     def release(self, ticket: Ticket, *, completed: bool, now: float) -> None:
