@@ -390,6 +390,7 @@ class Scheduler:
     def want_join(self, now: float) -> dict[int, str] | None:
         """Rule 0: send a join now? Returns the parents lost since the last one (``{}``: a
         plain join or refresh), counted as sent; None: not now."""
+        self._now = max(self._now, now)
         if not self.config.tracker or self._join_out or self.done:
             return None
         if not self._lost and now < self._join_at:

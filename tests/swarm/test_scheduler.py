@@ -373,3 +373,107 @@ def test_a_peer_without_loads_counts_as_the_mean_until_an_answer_carries_one() -
     # and one without it marks the peer again
     again = [("a", 4, 0.0), ("u", 1, 0.1), ("u", None, 0.2)]
     assert {first_peer(again, 0.5, seed) for seed in range(16)} == {"a", "u"}
+
+
+# -- rule 0: parents first (coordinated forwarding) ------------------------------------------
+
+
+def _joined(peers: dict[str, str], parents: dict[int, str], **kw: int | float) -> Scheduler:
+    s = sched(peers, tracker=True, **kw)
+    assert s.want_join(0) == {}
+    s.set_parents(parents, 0.001)
+    return s
+
+
+def test_with_the_tracker_on_it_joins_first_and_asks_nobody_before_the_answer() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, tracker=True, join_wait_s=0.5)
+    assert s.want_join(0) == {}
+    assert s.want_join(0) is None  # one join at a time
+    assert s.next_requests(0.001) == []
+    assert s.next_deadline() is not None
+    # No answer within join_wait_s: rules 1-6 as without a tracker.
+    assert s.next_requests(0.5) == [Request("o", 0), Request("o", 1)]
+
+
+def test_without_the_tracker_it_never_joins() -> None:
+    s = sched({"o": ROLE_OWNER})
+    assert s.want_join(0) is None
+
+
+def test_each_piece_is_asked_of_its_stripes_parent_first_up_to_parent_requests() -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER, "h": ROLE_HOLDER},
+                {0: "a", 1: "b"}, parent_requests=2)
+    reqs = s.next_requests(0.002)
+    # A holder has every piece, yet the parents are asked: even pieces of a, odd of b.
+    assert reqs == [Request("a", 0, child=True), Request("b", 1, child=True),
+                    Request("a", 2, child=True), Request("b", 3, child=True)]
+    assert s.next_requests(0.002) == []  # the stripes' other pieces wait for their parents
+    s.on_piece("a", 0, 0.01)
+    assert s.next_requests(0.01) == [Request("a", 4, child=True)]
+
+
+def test_a_parents_404_loses_it_the_piece_falls_back_and_the_loss_is_reported() -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER, "h": ROLE_HOLDER},
+                {0: "a", 1: "b"}, parent_requests=1)
+    assert s.next_requests(0.002) == [Request("a", 0, child=True), Request("b", 1, child=True)]
+    s.on_missing("a", 0, Have(), 0.003)
+    assert s.parents == {1: "b"}
+    assert s.want_join(0.003) == {0: "a"}
+    # Stripe 0 uses rules 1-6 now (the holder has it); stripe 1 still waits for b.
+    reqs = s.next_requests(0.003)
+    assert reqs and all(not r.child and r.piece % 2 == 0 for r in reqs)
+    assert Request("h", 0) in reqs
+    for r in reqs:
+        s.on_failed(r.peer, r.piece, 0.003)
+    # A new parent for stripe 0: its pieces go there again, but not piece 0 (it fell back).
+    s.set_parents({0: "b", 1: "b"}, 0.004)
+    assert s.next_requests(0.004) == []  # b is at parent_requests (piece 1)
+    s.on_piece("b", 1, 0.005)
+    assert s.next_requests(0.005) == [Request("b", 2, child=True)]
+
+
+def test_a_stalled_parent_request_waits_like_a_long_poll_then_loses_the_parent() -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER}, {0: "a"}, stripes=1, parent_requests=1,
+                owner_wait_s=10.0, stall_s=3.0)
+    assert s.next_requests(0.002) == [Request("a", 0, child=True)]
+    assert s.expire(5.0) == []  # a not known to have it: it may wait (a long-poll)
+    assert s.expire(10.01) == [Request("a", 0, child=True)]
+    assert s.parents == {}
+    assert s.want_join(10.01) == {0: "a"}
+
+
+def test_a_moved_place_withdraws_the_requests_still_waiting_at_the_old_parent() -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}, {0: "a"}, stripes=1,
+                parent_requests=2)
+    assert s.next_requests(0.002) == [Request("a", 0, child=True), Request("a", 1, child=True)]
+    s.on_progress("a", 0, 0.003)  # piece 0 is flowing: it stays
+    s.set_parents({0: "b"}, 0.05)
+    assert s.expire(0.05) == [Request("a", 1, child=True)]
+    assert s.next_requests(0.05) == [Request("b", 1, child=True), Request("b", 2, child=True)]
+    assert s.parent_losses == 0  # a move is not a loss
+
+
+def test_it_rejoins_after_rejoin_first_s_doubling_up_to_rejoin_max_s() -> None:
+    s = sched({"o": ROLE_OWNER, "a": ROLE_FETCHER}, tracker=True, rejoin_first_s=0.05,
+              rejoin_max_s=0.2)
+    times = []
+    now = 0.0
+    assert s.want_join(now) == {}
+    while len(times) < 5:
+        s.set_parents({0: "a"}, now)
+        while True:  # a deadline may be a spurious wake-up (an old timer): not a join
+            deadline = s.next_deadline()
+            assert deadline is not None
+            assert s.want_join(deadline - 1e-6) is None
+            now = deadline
+            if s.want_join(now) == {}:
+                break
+        times.append(round(now, 6))
+    assert times == [0.05, 0.15, 0.35, 0.55, 0.75]
+
+
+def test_a_parent_that_leaves_the_peer_set_is_lost() -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER}, {0: "a", 1: "o"})
+    s.set_peers({"o": ROLE_OWNER}, "o")
+    assert s.parents == {1: "o"}
+    assert s.want_join(0.01) == {0: "a"}

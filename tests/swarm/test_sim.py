@@ -165,3 +165,54 @@ def test_the_fast_flow_engine_gives_the_reference_engines_run(shape: str) -> Non
     assert fast == ref
     assert fast_answers == ref_answers
     assert fast.reallocations > 40 and fast_answers["cut_through"] > 0
+
+
+# -- coordinated forwarding: the owner's tracker assigns stripe parents ---------------------
+
+TRACKED = SchedulerConfig(tracker=True)
+
+
+def _requests(sim: object) -> tuple[int, int]:
+    answers = sim.answers  # type: ignore[attr-defined]
+    return sum(answers[k] for k in ("served", "busy", "missing")), answers["served"]
+
+
+def test_with_the_tracker_each_piece_moves_down_its_stripe_with_one_request_per_host() -> None:
+    sim = swarm(1, N, TOPOLOGY, [BLOB], scheduler=TRACKED)
+    result = sim.run(until_s=120)
+    assert result.quantile(1.0) <= 1.02 * ONE_ORIGIN_TRANSFER_S
+    assert result.origin_copies() == pytest.approx(1.0)
+    assert result.max_upload_copies() <= 1.01  # one copy per host, the owner's included
+    sent, served = _requests(sim)
+    assert sent == served == (N - 1) * BLOB.layout.count
+    tracker = sim.trackers[BLOB.digest]
+    assert len(tracker) == N  # the owner and every fill joined
+
+
+def test_with_the_tracker_the_update_phase_takes_one_host_transfer_not_1_25() -> None:
+    one_host_transfer_s = SIZE / (128 * MBIT)
+    before = swarm(1, N, TOPOLOGY, [BLOB], holders=2).run(until_s=120)
+    sim = swarm(1, N, TOPOLOGY, [BLOB], holders=2, scheduler=TRACKED)
+    after = sim.run(until_s=120)
+    assert after.origin_bytes == 0
+    assert after.quantile(1.0) <= 1.05 * one_host_transfer_s < before.quantile(1.0)
+    assert after.max_upload_copies() <= 1.01
+    # The second seed is in the tracker as a complete node, at the top of every stripe.
+    tracker = sim.trackers[BLOB.digest]
+    seeds = [h.name for h in after.hosts if h.done_s == 0.0]
+    assert len(seeds) == 2
+    assert all(tracker.depth(s, stripe) == 0 for s in seeds for stripe in (0, 1))
+
+
+def test_two_layers_with_different_owners_finish_near_one_transfer_with_the_tracker() -> None:
+    # Kraken's case in small: two layers, links the same rate everywhere (no slack).
+    topo = Topology(100e6, 100e6, 100e6, rtt_s=0.001)
+    blobs = [BlobSpec.of("sha256:" + c * 64, 50_000_000, 1 << 20) for c in "ab"]
+    one_s = 1.0
+    before = swarm(1, 12, topo, blobs).run(until_s=60)
+    sim = swarm(1, 12, topo, blobs, scheduler=TRACKED)
+    after = sim.run(until_s=60)
+    assert after.quantile(0.5) <= 1.05 * one_s < before.quantile(0.5)
+    assert after.max_upload_copies() <= 1.02
+    sent, served = _requests(sim)
+    assert sent == served
