@@ -55,7 +55,7 @@ from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.fetch.sources import BlobSource
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.wire import Keyring
-from p2preg.oci.digest import Digest
+from p2preg.oci.digest import Digest, parse_digest
 from p2preg.oci.errors import ErrorCode, RegistryError
 from p2preg.p2p.auth import DEFAULT_MAX_SKEW_S, RequestSigner, RequestVerifier
 from p2preg.p2p.membership import Membership, as_peers
@@ -89,6 +89,7 @@ from p2preg.registry.ranges import RangeSpec
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.metadata import TagConfirmation
 from p2preg.swarm.scheduler import ROLE_MEMBER, SchedulerConfig
+from p2preg.swarm.tracker import TrackerConfig, TrackerRegistry
 from p2preg.swarm.uploads import UploadConfig, UploadPolicy
 from p2preg.upstream.client import READ_BUFFER_BYTES
 from p2preg.upstream.errors import UpstreamError
@@ -124,6 +125,9 @@ class P2PConfig:
     """Non-owners fill piece by piece from many peers (False: one peer after another)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     uploads: UploadConfig = field(default_factory=UploadConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """The trackers this node keeps as a digest's owner (``swarm.tracker``); its ``stripes``
+    follow ``scheduler.stripes``."""
 
 
 @dataclass
@@ -173,9 +177,16 @@ class P2P:
         self.swarm_stats = SwarmStats()
         self._swarm_fills: set[Digest] = set()
         uploads = UploadPolicy(self.config.uploads, random.Random(self._rng.random()))
+        #: the trackers of the digests this node is asked to track as their owner (joins)
+        self.trackers = TrackerRegistry(
+            membership.node_name, replace(self.config.tracker,
+                                          stripes=self.config.scheduler.stripes),
+            random.Random(membership.node_name), holders=self._holder_names,
+            serves=self._serves)
         self.server = P2PServer(blobs, fills=self._in_flight, owner_fill=self._owner_fill,
                                 verifier=verifier, tags=self._own_tag, uploads=uploads,
-                                swarms=self.swarms.get, long_polls=self._is_root)
+                                swarms=self.swarms.get, long_polls=self._is_root,
+                                trackers=self.trackers)
         self.stats = GlueStats()
         self._mirror: MirrorContentSource | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -389,6 +400,18 @@ class P2P:
                              if p.name == owner else ROLE_FETCHER if p.name in fetchers
                              else ROLE_MEMBER)
         return SwarmView(roles, addrs, owner)
+
+    def _holder_names(self, digest: str) -> list[str]:
+        """The live members gossip says hold ``digest`` whole (complete nodes of its tracker)."""
+        try:
+            return [p.name for p in as_peers(self.membership.holders(digest)) if p.http_addr]
+        except RuntimeError:
+            return []
+
+    def _serves(self, digest: str) -> bool:
+        """Whether this node holds or fills ``digest`` (its tracker's root may take children)."""
+        key = parse_digest(digest)
+        return self._blobs.has(key) or self._in_flight(key) is not None
 
     def _upstream_busy(self) -> bool:
         """Whether a fill of this node streams from the upstream now (its swarm fills then

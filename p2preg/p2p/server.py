@@ -42,6 +42,19 @@ A **piece request** (``P2preg-Swarm: 1``, a ``Range`` inside one piece of
   node answers ``404`` with its availability at once. A node asked as owner while its own
   fill is a swarm fill tells that fill (``check_owner``): the real owner may be gone.
 
+**Joins** (coordinated forwarding, ``swarm.tracker``): a request with ``P2preg-Join`` (a
+``HEAD``; ``P2preg-Join: complete`` from a node that holds the blob, ``P2preg-Lost`` with the
+parents the asker lost) is answered by this node's tracker of the digest, made on the first
+join (the asker computed this node as the digest's owner): ``200`` with ``P2preg-Parents``,
+``answer_hold_s`` after it came (the joins of a burst move earlier places first). It never
+starts a fill. A malformed ``P2preg-Lost`` is ignored (a plain join).
+
+A piece request with ``P2preg-Child: 1`` comes from an assigned child in the piece's stripe: it
+is admitted past the piece cap and the slots (``UploadPolicy.admit(child=True)``), and a node
+whose swarm fill does not have the piece yet waits for it (its arrival or the first byte of
+its own request for it) up to ``CHILD_WAIT_S`` instead of answering ``404``; the child treats
+a ``404`` as a lost parent.
+
 A tag request is authenticated the same way, its registry host, repository name and tag are
 checked (``400 NAME_INVALID``/``TAG_INVALID``), and it is answered from ``TagLookup`` alone:
 ``200 {"digest": ..., "confirmed_at": ...}`` or ``404 MANIFEST_UNKNOWN``. It never makes this
@@ -89,16 +102,24 @@ from p2preg.storage.metadata import TagConfirmation
 from p2preg.swarm.pieces import (
     BUSY_HEADER,
     BUSY_PIECE,
+    CHILD_HEADER,
     HAVE_HEADER,
     HINT_HEADER,
+    JOIN_COMPLETE,
+    JOIN_HEADER,
     LAST_RESORT_HEADER,
     LOAD_HEADER,
+    LOST_HEADER,
+    PARENTS_HEADER,
     SIZE_HEADER,
     SWARM_HEADER,
     Have,
     Layout,
+    decode_stripes,
     encode_hints,
+    encode_stripes,
 )
+from p2preg.swarm.tracker import TrackerRegistry
 from p2preg.swarm.uploads import UploadPolicy
 
 log = logging.getLogger(__name__)
@@ -135,6 +156,10 @@ class PieceHolder(Protocol):
 
     def check_owner(self) -> None: ...
 
+    async def wait_piece(self, index: int, timeout: float) -> bool:
+        """Until piece ``index`` is held or arriving (False: not within ``timeout``)."""
+        ...
+
 
 #: How long a root waits for its fill to learn the blob's size before answering a piece request.
 ROOT_WAIT_S = 10.0
@@ -143,6 +168,9 @@ ROOT_WAIT_S = 10.0
 CUT_THROUGH_WAIT_S = 0.5
 #: The same wait when the piece comes from the digest's owner (a root never waits on a peer).
 ROOT_FEED_WAIT_S = 2.0
+#: How long a node waits for a piece an assigned child asks before it has it (its own request
+#: for the piece goes to its parent; a cycle of trackers' answers ends after this).
+CHILD_WAIT_S = 10.0
 
 
 class OwnerFill(Protocol):
@@ -181,6 +209,7 @@ class P2PServer:
         swarms: Callable[[Digest], PieceHolder | None] = lambda digest: None,
         long_polls: Callable[[Digest], bool] = lambda digest: True,
         clock: Clock | None = None,
+        trackers: TrackerRegistry | None = None,
     ) -> None:
         self._blobs = blobs
         self.uploads = uploads or UploadPolicy()
@@ -191,6 +220,7 @@ class P2PServer:
         self._owner_fill = owner_fill
         self._verifier = verifier
         self._tags = tags
+        self.trackers = trackers
         self.stats = ServerStats()
 
     def routes(self) -> web.RouteTableDef:
@@ -289,6 +319,8 @@ class P2PServer:
                 exc.headers["Content-Range"] = f"bytes */{known}"
             raise
         want_body = request.method != "HEAD"
+        if JOIN_HEADER in request.headers:
+            return await self._handle_join(request, node, digest)
         if request.headers.get(SWARM_HEADER) == "1" and want_body and spec is not None:
             return await self._handle_piece(request, node, digest, role, spec)
 
@@ -310,6 +342,27 @@ class P2PServer:
         self.stats.served["not_found"] += 1
         raise RegistryError(ErrorCode.BLOB_UNKNOWN, "this node neither holds nor fetches the blob",
                             {"digest": str(digest)})
+
+    # -- joins -----------------------------------------------------------------------------------
+
+    async def _handle_join(self, request: web.Request, node: str,
+                           digest: Digest) -> web.StreamResponse:
+        trackers = self.trackers
+        if trackers is None:
+            self.stats.served["join_refused"] += 1
+            raise RegistryError(ErrorCode.UNSUPPORTED, "this node keeps no trackers",
+                                {"digest": str(digest)}, status=404)
+        lost: dict[int, str] = {}
+        with contextlib.suppress(ValueError):
+            lost = decode_stripes(request.headers.get(LOST_HEADER, "")) \
+                if request.headers.get(LOST_HEADER) else {}
+        complete = request.headers.get(JOIN_HEADER) == JOIN_COMPLETE
+        trackers.join(str(digest), node, now=self._clock.now(), complete=complete, lost=lost)
+        self.stats.served["join"] += 1
+        await self._clock.sleep(trackers.config.answer_hold_s)
+        response = web.Response(status=200)
+        response.headers[PARENTS_HEADER] = encode_stripes(trackers.parents(str(digest), node))
+        return response
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -348,6 +401,15 @@ class P2PServer:
             raise self._reject("bad_piece", ErrorCode.UNSUPPORTED,
                                "a piece request must stay inside one piece", status=400)
         in_memory = swarm.piece(piece) if swarm is not None else None
+        child = request.headers.get(CHILD_HEADER) == "1"
+        if child and swarm is not None and in_memory is None and not have.has(piece) \
+                and swarm.receiving(piece) is None:
+            # An assigned child: wait until this node holds or receives the piece.
+            self.stats.served["piece_child_wait"] += 1
+            if await swarm.wait_piece(piece, CHILD_WAIT_S):
+                in_memory = swarm.piece(piece)
+                have = Have.of(layout.whole_pieces(fill.writer.size) if fill is not None
+                               else layout.count, swarm.have_in_memory())
         feed = None
         if swarm is not None and in_memory is None and not have.has(piece):
             feed = swarm.receiving(piece)
@@ -355,6 +417,7 @@ class P2PServer:
                                      or byte_range.end >= feed.end):
                 feed = None  # the requester is our source of this piece: never wait on it
         if feed is not None and not await feed.first_byte(
+                CHILD_WAIT_S if child else
                 ROOT_FEED_WAIT_S if feed.from_root else CUT_THROUGH_WAIT_S):
             feed = None
         if not have.has(piece) and in_memory is None and feed is None and not root:
@@ -362,7 +425,9 @@ class P2PServer:
             return _piece_answer(404, have, size, self.uploads.active)
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
         admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
-                                       last_resort=last_resort, seed=fill is None)
+                                       last_resort=last_resort, seed=fill is None, child=child)
+        if child:
+            self.stats.served["piece_child"] += 1
         if admission.ticket is None:
             self.stats.served["piece_busy"] += 1
             response = _piece_answer(503, have, size, self.uploads.active)

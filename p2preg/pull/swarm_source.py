@@ -25,6 +25,14 @@ How a stream runs (the choices are ``swarm.scheduler.Scheduler``'s; this module 
   resumes at the byte it reached. Same when the owner answers errors (not busy, not missing)
   ``OWNER_ERRORS`` times (a ``404`` without ``P2preg-Have``, its own fill failing, counts): it
   could not deliver. This is the only way a non-owner reaches the upstream.
+- **Joins** (the scheduler's rule 0, ``SchedulerConfig.tracker``): when ``want_join`` says
+  so, a ``HEAD`` with ``P2preg-Join: 1`` (and ``P2preg-Lost``) goes to the digest's owner; its
+  ``P2preg-Parents`` -> ``set_parents`` (a name the view has no address for is skipped by the
+  scheduler: the fallback covers its stripe); no answer -> ``on_join_failed``. A request the
+  scheduler marks ``child`` carries ``P2preg-Child: 1``. A dead owner: the view names the
+  successor, the lost parents are reported there on the next join.
+- A peer's child request for a piece this stream does not have yet waits on ``wait_piece``
+  (the piece arrives, or this stream's own request for it is sent).
 - The last ``KEEP_YIELDED_BYTES`` of yielded pieces stay in memory (the writer batches its
   writes; the pieces stay servable until they are in the file). Memory per fill: at most
   ``window_pieces`` + that many pieces.
@@ -69,17 +77,23 @@ from p2preg.pull.piece_feed import PieceFeed
 from p2preg.swarm.pieces import (
     BUSY_HEADER,
     BUSY_SLOTS,
+    CHILD_HEADER,
     FIRST_REQUEST_BYTES,
     HAVE_HEADER,
     HINT_HEADER,
+    JOIN_HEADER,
     LAST_RESORT_HEADER,
     LOAD_HEADER,
+    LOST_HEADER,
+    PARENTS_HEADER,
     SIZE_HEADER,
     SWARM_HEADER,
     Have,
     Layout,
     decode_hints,
     decode_load,
+    decode_stripes,
+    encode_stripes,
 )
 from p2preg.swarm.scheduler import Request, Scheduler, SchedulerConfig
 from p2preg.upstream.errors import UpstreamNotFound
@@ -152,6 +166,11 @@ class SwarmStats:
     missing: int = 0
     failed: int = 0
     handed_over: int = 0
+    joins: int = 0
+    join_failures: int = 0
+    #: pieces received from an assigned parent (``child`` requests answered whole)
+    parent_pieces: int = 0
+    parent_losses: int = 0
 
 
 class SwarmSource:
@@ -235,6 +254,12 @@ class SwarmStream:
         self._owner_check: asyncio.Task[None] | None = None
         self._refreshed_at = source.clock.now()
         self._progress_at = source.clock.now()
+        self._join: asyncio.Task[dict[int, str] | None] | None = None
+        self._losses_seen = 0
+        #: child requests of peers waiting for a piece (``wait_piece``)
+        self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        #: who sent each piece (tests and logs: which parent served what)
+        self.piece_sources: dict[int, str] = {}
 
     # -- what the server reads ---------------------------------------------------------------
 
@@ -258,6 +283,29 @@ class SwarmStream:
     def have_in_memory(self) -> frozenset[int]:
         """The whole pieces this stream holds in memory."""
         return frozenset(i for i in [*self._pieces, *self._yielded] if self.piece(i) is not None)
+
+    async def wait_piece(self, index: int, timeout: float) -> bool:
+        """Until piece ``index`` is in memory or arriving (a child's request waits for it)."""
+        if self.piece(index) is not None or self.receiving(index) is not None:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        waiters = self._piece_waiters.setdefault(index, [])
+        waiters.append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._piece_waiters.pop(index, None)
+        return True
+
+    def _wake_piece(self, index: int) -> None:
+        for future in self._piece_waiters.pop(index, ()):
+            if not future.done():
+                future.set_result(None)
 
     def check_owner(self) -> None:
         """A peer asked this node as the owner: the owner may be gone. Try to connect to it;
@@ -391,11 +439,13 @@ class SwarmStream:
         now = clock.now()
         for req in sched.expire(now):
             self._cancel(req)
+        self._joins(sched, now)
         for req in sched.next_requests(now, upstream_busy=self.src.upstream_busy()):
             start, end = self.layout.span(req.piece)
             start = max(start, pos) if req.piece == self.layout.piece_at(pos) else start
             task = asyncio.get_running_loop().create_task(
-                self._get(req.peer, start, end, last_resort=req.last_resort, piece=req.piece))
+                self._get(req.peer, start, end, last_resort=req.last_resort, piece=req.piece,
+                          child=req.child))
             task.add_done_callback(self._resolve_ready)
             self._tasks[task] = req
             self._started[req] = start
@@ -408,7 +458,8 @@ class SwarmStream:
                                                           max(0.0, deadline - clock.now()))
         # One future per step, resolved by a request's end or a wake-up (cheaper than
         # ``asyncio.wait`` over every request in flight at each step).
-        if not self._woken and not any(task.done() for task in self._tasks):
+        if not self._woken and not any(task.done() for task in self._tasks) \
+                and not (self._join is not None and self._join.done()):
             loop = asyncio.get_running_loop()
             ready = self._ready = loop.create_future()
             timer = loop.call_later(timeout, self._resolve_ready)
@@ -421,9 +472,62 @@ class SwarmStream:
         if woken or clock.now() - self._refreshed_at >= REFRESH_S:
             self._refresh()
         for task, req in list(self._tasks.items()):
-            if task.done():
+            # (an answer applied before may have cancelled the requests to a peer gone)
+            if task.done() and task in self._tasks:
                 del self._tasks[task]
                 self._apply(req, task.result())
+
+    def _joins(self, sched: Scheduler, now: float) -> None:
+        """Rule 0: apply a join's answer; send the next join when the scheduler wants one."""
+        join = self._join
+        if join is not None and join.done():
+            self._join = None
+            parents = None if join.cancelled() or join.exception() else join.result()
+            if parents is None:
+                self.src.stats.join_failures += 1
+                sched.on_join_failed(now)
+            else:
+                sched.set_parents(parents, now)
+        losses = sched.parent_losses
+        if losses > self._losses_seen:
+            self.src.stats.parent_losses += losses - self._losses_seen
+            self._losses_seen = losses
+        if self._join is not None:
+            return
+        lost = sched.want_join(now)
+        if lost is None:
+            return
+        owner = self._view.owner
+        if owner is None or owner == self.src.node_name or owner not in self._view.addrs:
+            sched.on_join_failed(now)
+            return
+        self.src.stats.joins += 1
+        task = self._join = asyncio.get_running_loop().create_task(self._send_join(owner, lost))
+        task.add_done_callback(self._resolve_ready)
+
+    async def _send_join(self, owner: str, lost: dict[int, str]) -> dict[int, str] | None:
+        """``HEAD`` with ``P2preg-Join`` to the owner: its ``P2preg-Parents``, None if none."""
+        src = self.src
+        path = f"{BLOBS_PATH}{self.digest}"
+        headers = {NODE_HEADER: src.node_name, ROUTE_HEADER: ROLE_OWNER, JOIN_HEADER: "1"}
+        if lost:
+            headers[LOST_HEADER] = encode_stripes(lost)
+        if src.signer is not None:
+            headers.update(src.signer.sign("HEAD", path, headers))
+        cfg = src.config
+        timeout = aiohttp.ClientTimeout(total=cfg.idle_timeout_s,
+                                        sock_connect=cfg.connect_timeout_s)
+        url = f"{cfg.scheme}://{self._view.addrs[owner]}{path}"
+        try:
+            async with src.session.head(url, headers=headers, timeout=timeout,
+                                        allow_redirects=False) as response:
+                if response.status != 200:
+                    return None
+                raw = response.headers.get(PARENTS_HEADER, "")
+                return decode_stripes(raw) if raw else {}
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, RuntimeError) as exc:
+            log.info("swarm %s: join at %s failed: %s", self.digest, owner, exc)
+            return None
 
     def _resolve_ready(self, _: object = None) -> None:
         ready = self._ready
@@ -444,7 +548,10 @@ class SwarmStream:
                 self._owner_errors = 0
             self._pieces[req.piece] = (start, answer.data)
             self._progress_at = now
+            self.piece_sources[req.piece] = req.peer
+            stats.parent_pieces += req.child
             sched.on_piece(req.peer, req.piece, now)
+            self._wake_piece(req.piece)
         elif answer.kind == "busy":
             stats.busy += 1
             sched.on_busy(req.peer, req.piece, answer.hints, now, slots=answer.slots)
@@ -503,6 +610,9 @@ class SwarmStream:
         tasks = list(self._tasks)
         if self._owner_check is not None:
             tasks.append(self._owner_check)  # type: ignore[arg-type]
+        if self._join is not None:
+            tasks.append(self._join)  # type: ignore[arg-type]
+            self._join = None
         self._tasks.clear()
         for task in tasks:
             task.cancel()
@@ -525,7 +635,7 @@ class SwarmStream:
     # -- one request ---------------------------------------------------------------------------
 
     async def _get(self, peer: str, start: int, end: int, *, last_resort: bool,
-                   piece: int | None, as_holder: bool = False) -> _Answer:
+                   piece: int | None, as_holder: bool = False, child: bool = False) -> _Answer:
         """Ask ``peer`` for bytes ``[start, end)`` (``end`` clipped to the size by the peer)."""
         src = self.src
         addr = self._view.addrs.get(peer)
@@ -542,6 +652,8 @@ class SwarmStream:
             headers[REPOSITORY_HEADER] = src.origin.repository
         if last_resort:
             headers[LAST_RESORT_HEADER] = "1"
+        if child:
+            headers[CHILD_HEADER] = "1"
         if src.signer is not None:
             headers.update(src.signer.sign("GET", path, headers))
         cfg = src.config
@@ -553,6 +665,7 @@ class SwarmStream:
         feed = PieceFeed(peer, start, end, from_root=role == ROLE_OWNER)
         if piece is not None:
             self._receiving[piece] = feed
+            self._wake_piece(piece)
         try:
             async with src.session.get(url, headers=headers, timeout=timeout,
                                        allow_redirects=False) as response:

@@ -128,7 +128,7 @@ class SchedulerConfig:
     slots_busy_backoff_s: float = 0.1
     #: Rule 0: join the owner's tracker and ask the stripe parents first (False: rules 1-6
     #: only, the swarm before coordinated forwarding).
-    tracker: bool = False
+    tracker: bool = True
     stripes: int = 2
     parent_requests: int = 4
     rejoin_first_s: float = 0.05
@@ -212,8 +212,10 @@ class Scheduler:
         self._off_parent: set[int] = set()
         self._withdrawn: list[Request] = []
         self._join_at = 0.0 if self.config.tracker else math.inf
-        #: Rule 0: no request before the first join's answer (or this time).
-        self._joined_by = math.inf if self.config.tracker else -math.inf
+        #: Rule 0: no request before the first join's answer (or this time; set by the first
+        #: ``want_join``: a caller that never joins is not held back).
+        self._joined_by = -math.inf
+        self._first_join = True
         self._join_out = False
         self._rejoin_gap = self.config.rejoin_first_s
         self.parent_losses = 0
@@ -396,7 +398,8 @@ class Scheduler:
         if not self._lost and now < self._join_at:
             return None
         self._join_out = True
-        if self._joined_by == math.inf:
+        if self._first_join:
+            self._first_join = False
             self._joined_by = self._timer(now + self.config.join_wait_s)
         lost, self._lost = self._lost, {}
         return lost

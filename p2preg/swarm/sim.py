@@ -395,6 +395,10 @@ class SwarmSim:
                 for piece, flight in fill.flights.items():
                     if flight.flow is not None:
                         d.on_progress(flight.peer, piece, self.now)
+                lost = d.want_join(self.now) if digest in self.trackers else None
+                if lost is not None:  # (first: a fill asks nobody before its first answer)
+                    self.joins += 1
+                    self._push(self.now + rtt_half, self._join, name, digest, lost)
                 send, gave_up = d.next_requests(self.now, streaming)
                 for req in gave_up:
                     self._withdraw(host, fill, req)
@@ -408,10 +412,6 @@ class SwarmSim:
                             self._missing(name, fill, asker, wreq, wtoken)
                         else:
                             flight.waiters.append((asker, wreq, wtoken))
-                lost = d.want_join(self.now) if digest in self.trackers else None
-                if lost is not None:
-                    self.joins += 1
-                    self._push(self.now + rtt_half, self._join, name, digest, lost)
                 deadline = d.next_deadline()
                 if deadline is not None:
                     wake = min(wake, max(deadline, self.now))
@@ -795,8 +795,8 @@ def swarm(
         seed, names, topology, blobs, downloader,
         lambda host, rng: PolicyUploader(uploads, rng), batch_s=batch_s, held_by=held_by,
         flow_engine=flow_engine,
-        tracker=tracker if tracker is not None or not (scheduler and scheduler.tracker)
-        else TrackerConfig(stripes=scheduler.stripes),
+        tracker=tracker if tracker is not None or not (scheduler or SchedulerConfig()).tracker
+        else TrackerConfig(stripes=(scheduler or SchedulerConfig()).stripes),
     )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """Who forwards which stripe to whom: the digest owner's tracker, one ``Tracker`` per digest.
 
-Owns: ``TrackerConfig`` and ``Tracker``. The digest's owner (rendezvous over the members, agreed
+Owns: ``TrackerConfig``, ``Tracker`` and ``TrackerRegistry`` (the trackers of the digests a
+node owns, bounded). The digest's owner (rendezvous over the members, agreed
 by every node without messages) keeps one per digest it owns and answers joins with a parent
 per stripe (``P2preg-Join`` -> ``P2preg-Parents``, ``swarm.pieces``). SplitStream over pieces:
 piece ``i`` belongs to stripe ``i % stripes``; every stripe is a tree rooted at the owner, which
@@ -17,11 +18,13 @@ The rules, in order:
    (Slots shared by all stripes without a home stripe let a node take one child in each
    stripe, and the trees become chains as deep as the swarm: each joiner uses the last
    joiner's slots.)
-2. **Complete nodes** (the owner, and a holder that joins saying so) are at depth 0 of every
-   stripe with ``max(1, children // stripes)`` child slots in each: they have every piece,
-   and their uplink carries one copy like everyone's.
+2. **Complete nodes** (the owner, and a holder that joins saying so or that gossip names) are
+   at depth 0 of every stripe with ``max(1, children // stripes)`` child slots in each: they
+   have every piece, and their uplink carries one copy like everyone's. An owner that neither
+   holds nor fills the blob while holders are known takes no children (``root_serves``).
 3. **Parent of a joiner in a stripe**: the shallowest node that may be interior there (its
-   home stripe, or complete) with a free slot; ties: fewest children, then the seeded random.
+   home stripe, or complete) with a free slot; ties: fewest children there, then (complete
+   nodes) fewest children in all stripes, then the seeded random.
    In its home stripe a joiner may instead take the place of a *leaf* child of a node at
    least as shallow (the leaf moves one level down, under the joiner; a free slot at the same
    depth is preferred): leaves sink to the bottom, interior nodes stay near the top, so a
@@ -52,7 +55,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -67,6 +71,10 @@ class TrackerConfig:
     #: (the caller's job: ``parents(name)``): the joins of a burst (every host pulls at
     #: once) move earlier joiners' places, and an answer sent at once would be stale.
     answer_hold_s: float = 0.02
+    #: ``TrackerRegistry``: at most this many digests' trackers (the least recently joined
+    #: dropped first), each forgotten this long after its last join.
+    max_digests: int = 256
+    forget_after_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -97,7 +105,10 @@ class Tracker:
         """Leaves moved down by interior joiners, and nodes moved by a loss or a leave."""
         self.overflows = 0
         """Children placed over their parent's budget (no free slot anywhere)."""
-        self._add_complete(root, -math.inf)
+        self._root = self._add_complete(root, -math.inf)
+        self.root_serves = True
+        """Whether the owner holds or fills the blob (``TrackerRegistry``): when it does not
+        and holders are known, it takes no children (rule 2), or asking it would make it fetch."""
 
     # -- what the owner is told ---------------------------------------------------------------
 
@@ -181,6 +192,9 @@ class Tracker:
         return node
 
     def _cap(self, node: _Node, stripe: int) -> int:
+        if node is self._root and not self.root_serves and len(self._nodes) > 1 and any(
+                n.home is None for n in self._nodes.values() if n is not node):
+            return 0  # rule 2: holders known, and the owner has no fill of its own
         if node.home is None:
             return max(1, self.config.children // self.config.stripes)
         return self.config.children if node.home == stripe else 0
@@ -189,9 +203,9 @@ class Tracker:
         """Give ``name`` (detached in ``stripe``) a parent there (rule 3)."""
         banned = avoid | self._subtree(name, stripe)
         free: list[str] = []
-        free_key: tuple[int, int] | None = None
+        free_key: tuple[int, int, int] | None = None
         leafy: list[tuple[str, str]] = []
-        leaf_key: tuple[int, int] | None = None
+        leaf_key: tuple[int, int, int] | None = None
         for other, o in self._nodes.items():
             if other in banned or stripe in o.closed or stripe not in o.depth:
                 continue
@@ -199,7 +213,8 @@ class Tracker:
             if cap == 0:
                 continue
             kids = o.kids[stripe]
-            key = (o.depth[stripe], len(kids))
+            key = (o.depth[stripe], len(kids),
+                   sum(len(k) for k in o.kids.values()) if o.home is None else 0)
             if len(kids) < cap:
                 if free_key is None or key < free_key:
                     free, free_key = [other], key
@@ -267,3 +282,61 @@ class Tracker:
             self._nodes[old].kids[stripe].remove(name)
         self.moves += 1
         self._attach(name, stripe, avoid=set(avoid), interior=False)
+
+
+class TrackerRegistry:
+    """The trackers of the digests this node is asked as owner (``P2preg-Join``), bounded:
+    at most ``max_digests``, each dropped ``forget_after_s`` after its last join. ``holders``
+    names the nodes known to hold a digest whole (gossip): each joins as a complete node;
+    ``serves`` says whether this node holds or fills the digest (``Tracker.root_serves``)."""
+
+    def __init__(self, node_name: str, config: TrackerConfig | None = None,
+                 rng: random.Random | None = None,
+                 holders: Callable[[str], Iterable[str]] = lambda digest: (),
+                 serves: Callable[[str], bool] = lambda digest: True) -> None:
+        self.node_name = node_name
+        self.config = config or TrackerConfig()
+        self._rng = rng or random.Random(0)
+        self._holders = holders
+        self._serves = serves
+        self._trackers: OrderedDict[str, Tracker] = OrderedDict()
+        self.joins = 0
+
+    def join(self, digest: str, name: str, *, now: float, complete: bool = False,
+             lost: Mapping[int, str] | None = None) -> dict[int, str]:
+        """``Tracker.join`` on the digest's tracker (made on the first join)."""
+        self._expire(now)
+        tracker = self._trackers.get(digest)
+        if tracker is None:
+            tracker = self._trackers[digest] = Tracker(
+                self.node_name, self.config, random.Random(self._rng.random()))
+            while len(self._trackers) > self.config.max_digests:
+                self._trackers.popitem(last=False)
+        else:
+            self._trackers.move_to_end(digest)
+        tracker.root_serves = self._serves(digest)
+        for holder in self._holders(digest):
+            if holder != self.node_name and holder != name:
+                tracker.join(holder, now=now, complete=True)
+        self.joins += 1
+        return tracker.join(name, now=now, complete=complete, lost=lost)
+
+    def parents(self, digest: str, name: str) -> dict[int, str]:
+        tracker = self._trackers.get(digest)
+        return tracker.parents(name) if tracker is not None else {}
+
+    def get(self, digest: str) -> Tracker | None:
+        return self._trackers.get(digest)
+
+    def leave(self, name: str) -> None:
+        """``name`` left the cluster: out of every tree."""
+        for tracker in self._trackers.values():
+            tracker.leave(name)
+
+    def __len__(self) -> int:
+        return len(self._trackers)
+
+    def _expire(self, now: float) -> None:
+        for digest in [d for d, t in self._trackers.items()
+                       if now - t.last_seen() > self.config.forget_after_s]:
+            del self._trackers[digest]

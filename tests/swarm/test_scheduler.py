@@ -20,6 +20,7 @@ LAYOUT = Layout(size=40, piece_bytes=4)  # 10 pieces
 
 def sched(peers: dict[str, str], owner: str | None = "o", layout: Layout = LAYOUT,
           seed: int = 1, **kw: int | float) -> Scheduler:
+    kw.setdefault("tracker", False)  # rules 1-6 alone; rule 0's tests turn it on
     s = Scheduler(layout, self_name="me", config=SchedulerConfig(**kw),  # type: ignore[arg-type]
                   rng=random.Random(seed))
     s.set_peers(peers, owner)

@@ -17,7 +17,7 @@ MB = 1e6
 
 def _sched(**kw: int) -> Scheduler:
     s = Scheduler(Layout(size=40, piece_bytes=4), self_name="me",
-                  config=SchedulerConfig(max_requests=6, per_peer=3, **kw),
+                  config=SchedulerConfig(max_requests=6, per_peer=3, tracker=False, **kw),
                   rng=random.Random(1))
     s.set_peers({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}, "o")
     for name in ("a", "b"):
@@ -48,7 +48,7 @@ def test_owners_that_keep_their_downlink_for_the_origin_stream_finish_everyone_s
         seed: int) -> None:
     def p50(limit: int) -> float:
         sim = swarm(seed, 8, TOPOLOGY, BLOBS,
-                    scheduler=SchedulerConfig(upstream_busy_requests=limit))
+                    scheduler=SchedulerConfig(upstream_busy_requests=limit, tracker=False))
         return sim.run(until_s=60).quantile(0.5)
 
     limited, unlimited = p50(2), p50(8)  # 8 = max_requests: the rule off

@@ -90,12 +90,13 @@ def test_the_schedulers_remembered_idle_picks_change_nothing(
         return pick(self, now)
 
     monkeypatch.setattr(Scheduler, "_pick", counted)
-    sim = swarm(1, 12, topology, blobs)
+    rules_1_6 = SchedulerConfig(tracker=False)  # the tracker's fills send no busy or probe
+    sim = swarm(1, 12, topology, blobs, scheduler=rules_1_6)
     fast = sim.run(until_s=60)
     assert hits > 1000  # the shortcut was taken
     assert sim.answers["missing"] > 200 and sim.answers["busy"] > 1000
     monkeypatch.setattr(Scheduler, "_pick", lambda self, now: self._pick_now(now))
-    slow_sim = swarm(1, 12, topology, blobs)
+    slow_sim = swarm(1, 12, topology, blobs, scheduler=rules_1_6)
     assert slow_sim.run(until_s=60) == fast
     assert slow_sim.answers == sim.answers
 
@@ -135,7 +136,7 @@ def test_a_slots_busy_backoff_cuts_the_busy_answers_and_the_time() -> None:
     runs = []
     for backoff in (0.0, 0.1):
         sim = swarm(1, 12, topology, blobs,
-                    scheduler=SchedulerConfig(slots_busy_backoff_s=backoff))
+                    scheduler=SchedulerConfig(slots_busy_backoff_s=backoff, tracker=False))
         runs.append((sim.run(until_s=60), dict(sim.answers)))
     (hinted, hinted_a), (both, both_a) = runs
     assert hinted_a["served"] == both_a["served"]
@@ -170,6 +171,7 @@ def test_the_fast_flow_engine_gives_the_reference_engines_run(shape: str) -> Non
 # -- coordinated forwarding: the owner's tracker assigns stripe parents ---------------------
 
 TRACKED = SchedulerConfig(tracker=True)
+UNTRACKED = SchedulerConfig(tracker=False)
 
 
 def _requests(sim: object) -> tuple[int, int]:
@@ -191,7 +193,7 @@ def test_with_the_tracker_each_piece_moves_down_its_stripe_with_one_request_per_
 
 def test_with_the_tracker_the_update_phase_takes_one_host_transfer_not_1_25() -> None:
     one_host_transfer_s = SIZE / (128 * MBIT)
-    before = swarm(1, N, TOPOLOGY, [BLOB], holders=2).run(until_s=120)
+    before = swarm(1, N, TOPOLOGY, [BLOB], holders=2, scheduler=UNTRACKED).run(until_s=120)
     sim = swarm(1, N, TOPOLOGY, [BLOB], holders=2, scheduler=TRACKED)
     after = sim.run(until_s=120)
     assert after.origin_bytes == 0
@@ -209,7 +211,7 @@ def test_two_layers_with_different_owners_finish_near_one_transfer_with_the_trac
     topo = Topology(100e6, 100e6, 100e6, rtt_s=0.001)
     blobs = [BlobSpec.of("sha256:" + c * 64, 50_000_000, 1 << 20) for c in "ab"]
     one_s = 1.0
-    before = swarm(1, 12, topo, blobs).run(until_s=60)
+    before = swarm(1, 12, topo, blobs, scheduler=UNTRACKED).run(until_s=60)
     sim = swarm(1, 12, topo, blobs, scheduler=TRACKED)
     after = sim.run(until_s=60)
     assert after.quantile(0.5) <= 1.05 * one_s < before.quantile(0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from p2preg.swarm.scheduler import SchedulerConfig
 from p2preg.swarm.sim import BlobSpec, Topology, swarm
 from p2preg.swarm.trace import CAUSES, LagTrace
 
@@ -16,7 +17,8 @@ N = 6
 
 
 def _run(traced: bool) -> tuple[object, LagTrace | None]:
-    sim = swarm(1, N, TOPOLOGY, BLOBS)
+    # Rules 1-6 (no tracker): their idle time is large enough to check the causes against.
+    sim = swarm(1, N, TOPOLOGY, BLOBS, scheduler=SchedulerConfig(tracker=False))
     if not traced:
         return sim.run(until_s=60), None
     trace = LagTrace(sim, interval_s=0.002)
