@@ -391,6 +391,8 @@ class P2PServer:
             size = fill.size
         if size is None:
             self.stats.served["piece_missing"] += 1
+            if request.headers.get(CHILD_HEADER) == "1":
+                self.stats.served["piece_missing_child_nosize"] += 1
             return _piece_answer(404, Have(), None, self.uploads.active)
         layout = Layout.for_size(size)
         on_disk = layout.count if fill is None else layout.whole_pieces(fill.writer.size)
@@ -402,26 +404,22 @@ class P2PServer:
                                "a piece request must stay inside one piece", status=400)
         in_memory = swarm.piece(piece) if swarm is not None else None
         child = request.headers.get(CHILD_HEADER) == "1"
-        if child and swarm is not None and in_memory is None and not have.has(piece) \
-                and swarm.receiving(piece) is None:
-            # An assigned child: wait until this node holds or receives the piece.
-            self.stats.served["piece_child_wait"] += 1
-            if await swarm.wait_piece(piece, CHILD_WAIT_S):
-                in_memory = swarm.piece(piece)
-                have = Have.of(layout.whole_pieces(fill.writer.size) if fill is not None
-                               else layout.count, swarm.have_in_memory())
         feed = None
         if swarm is not None and in_memory is None and not have.has(piece):
-            feed = swarm.receiving(piece)
-            if feed is not None and (feed.source == node or byte_range.start < feed.start
-                                     or byte_range.end >= feed.end):
-                feed = None  # the requester is our source of this piece: never wait on it
-        if feed is not None and not await feed.first_byte(
-                CHILD_WAIT_S if child else
-                ROOT_FEED_WAIT_S if feed.from_root else CUT_THROUGH_WAIT_S):
-            feed = None
+            if child:
+                feed, in_memory = await self._child_wait(swarm, node, piece, byte_range, fill,
+                                                         layout)
+                if in_memory is not None or feed is not None:
+                    have = Have.of(layout.whole_pieces(fill.writer.size) if fill is not None
+                                   else layout.count, swarm.have_in_memory())
+            else:
+                feed = _usable_feed(swarm.receiving(piece), node, byte_range)
+                if feed is not None and not await feed.first_byte(
+                        ROOT_FEED_WAIT_S if feed.from_root else CUT_THROUGH_WAIT_S):
+                    feed = None
         if not have.has(piece) and in_memory is None and feed is None and not root:
             self.stats.served["piece_missing"] += 1
+            self.stats.served["piece_missing_child"] += child
             return _piece_answer(404, have, size, self.uploads.active)
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
         admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
@@ -443,6 +441,31 @@ class P2PServer:
             return answer
         finally:
             self.uploads.release(admission.ticket, completed=completed, now=self._clock.now())
+
+    async def _child_wait(self, swarm: PieceHolder, node: str, piece: int,
+                          byte_range: ByteRange, fill: Fill | None, layout: Layout
+                          ) -> tuple[PieceFeed | None, bytes | None]:
+        """An assigned child's piece this node does not have: wait (up to ``CHILD_WAIT_S``)
+        until it holds it or receives it with a first byte; this node's own request for the
+        piece may end without it (a moved place, a lost parent) and be sent again."""
+        deadline = self._clock.now() + CHILD_WAIT_S
+        self.stats.served["piece_child_wait"] += 1
+        while (left := deadline - self._clock.now()) > 0:
+            in_memory = swarm.piece(piece)
+            if in_memory is not None or (
+                    fill is not None and layout.whole_pieces(fill.writer.size) > piece):
+                return None, in_memory
+            feed = swarm.receiving(piece)
+            if feed is not None:
+                feed = _usable_feed(feed, node, byte_range)
+                if feed is None:
+                    return None, None  # the child is our source of it: never wait on it
+                if await feed.first_byte(left):
+                    return feed, None
+                continue  # that request ended without the piece: wait for the next
+            if not await swarm.wait_piece(piece, left):
+                break
+        return None, None
 
     async def _send_piece(self, request: web.Request, digest: Digest, size: int,
                           byte_range: ByteRange, fill: Fill | None, in_memory: bytes | None,
@@ -540,6 +563,14 @@ async def _send_file(request: web.Request, response: web.StreamResponse, path: P
                             {"digest": str(digest)}) from None
     request[_STARTED] = True
     return await send_file_slice(request, response, fobj, offset, count)
+
+
+def _usable_feed(feed: PieceFeed | None, node: str, byte_range: ByteRange) -> PieceFeed | None:
+    """``feed`` unless the requester is our source of the piece or asks outside its span."""
+    if feed is None or feed.source == node or byte_range.start < feed.start \
+            or byte_range.end >= feed.end:
+        return None
+    return feed
 
 
 def _origin(request: web.Request) -> BlobOrigin | None:

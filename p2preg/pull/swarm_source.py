@@ -47,9 +47,9 @@ import contextlib
 import logging
 import random
 import socket
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
@@ -171,6 +171,9 @@ class SwarmStats:
     #: pieces received from an assigned parent (``child`` requests answered whole)
     parent_pieces: int = 0
     parent_losses: int = 0
+    #: pieces received by peer, and those of them asked as an assigned child
+    pieces_by_peer: Counter[str] = field(default_factory=Counter)
+    parent_pieces_by_peer: Counter[str] = field(default_factory=Counter)
 
 
 class SwarmSource:
@@ -429,6 +432,7 @@ class SwarmStream:
                     continue
                 await self._step(pos)
         finally:
+            self._count_losses()
             await self._cancel_all()
             self.src.registry.remove(self)
 
@@ -488,10 +492,7 @@ class SwarmStream:
                 sched.on_join_failed(now)
             else:
                 sched.set_parents(parents, now)
-        losses = sched.parent_losses
-        if losses > self._losses_seen:
-            self.src.stats.parent_losses += losses - self._losses_seen
-            self._losses_seen = losses
+        self._count_losses()
         if self._join is not None:
             return
         lost = sched.want_join(now)
@@ -504,6 +505,12 @@ class SwarmStream:
         self.src.stats.joins += 1
         task = self._join = asyncio.get_running_loop().create_task(self._send_join(owner, lost))
         task.add_done_callback(self._resolve_ready)
+
+    def _count_losses(self) -> None:
+        losses = self.sched.parent_losses if self.sched is not None else 0
+        if losses > self._losses_seen:
+            self.src.stats.parent_losses += losses - self._losses_seen
+            self._losses_seen = losses
 
     async def _send_join(self, owner: str, lost: dict[int, str]) -> dict[int, str] | None:
         """``HEAD`` with ``P2preg-Join`` to the owner: its ``P2preg-Parents``, None if none."""
@@ -550,6 +557,9 @@ class SwarmStream:
             self._progress_at = now
             self.piece_sources[req.piece] = req.peer
             stats.parent_pieces += req.child
+            stats.pieces_by_peer[req.peer] += 1
+            if req.child:
+                stats.parent_pieces_by_peer[req.peer] += 1
             sched.on_piece(req.peer, req.piece, now)
             self._wake_piece(req.piece)
         elif answer.kind == "busy":
