@@ -6,8 +6,9 @@ puller's pieces by peer, each server's answers."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
-from p2preg.oci.digest import parse_digest
+from p2preg.oci.digest import Digest, parse_digest
 from p2preg.p2p.routing import hrw_order
 from p2preg.swarm.pieces import Layout
 from tests.p2p.harness import Cluster, ClusterNode, CountingUpstream, payload
@@ -23,17 +24,37 @@ def _received(node: ClusterNode, digest: str) -> int:
     return 0 if fill is None else fill.received
 
 
-async def test_pullers_join_the_owner_and_take_their_stripes_from_their_parents(
-        cluster: Cluster, upstream: CountingUpstream) -> None:
-    size = 16 * PIECE
-    data, digest = payload(size)
+@dataclass
+class _Swarm:
+    data: bytes
+    digest: Digest
+    gate: asyncio.Event
+    nodes: dict[str, ClusterNode]
+    owner: ClusterNode
+    pullers: list[ClusterNode]
+
+
+async def _swarm(cluster: Cluster, upstream: CountingUpstream, hosts: int,
+                 held_pieces: int) -> _Swarm:
+    """``hosts`` nodes, a 16-piece blob whose upstream answer stops after ``held_pieces``
+    until ``gate`` is set (every puller joins before the data flows)."""
+    data, digest = payload(16 * PIECE)
     upstream.add(data)
     gate = asyncio.Event()
-    upstream.holds[str(digest)] = (2 * PIECE, gate)  # every puller joins before data flows
-    names = [f"n{i}" for i in range(6)]
+    upstream.holds[str(digest)] = (held_pieces * PIECE, gate)
+    names = [f"n{i}" for i in range(hosts)]
     nodes = {n: await cluster.add_node(n) for n in names}
     owner = nodes[hrw_order(str(digest), names)[0]]
-    pullers = [n for n in nodes.values() if n is not owner]
+    return _Swarm(data, digest, gate, nodes, owner,
+                  [n for n in nodes.values() if n is not owner])
+
+
+async def test_pullers_join_the_owner_and_take_their_stripes_from_their_parents(
+        cluster: Cluster, upstream: CountingUpstream) -> None:
+    swarm = await _swarm(cluster, upstream, 6, held_pieces=2)
+    data, digest, gate = swarm.data, swarm.digest, swarm.gate
+    nodes, owner, pullers, size = swarm.nodes, swarm.owner, swarm.pullers, len(swarm.data)
+    names = list(nodes)
 
     pulls = [asyncio.create_task(n.get_blob(REPO, str(digest))) for n in pullers]
     await asyncio.wait_for(upstream.held.wait(), 10)
@@ -67,15 +88,9 @@ async def test_pullers_join_the_owner_and_take_their_stripes_from_their_parents(
 
 async def test_a_killed_parent_does_not_stop_its_children(
         cluster: Cluster, upstream: CountingUpstream) -> None:
-    size = 16 * PIECE
-    data, digest = payload(size)
-    upstream.add(data)
-    gate = asyncio.Event()
-    upstream.holds[str(digest)] = (4 * PIECE, gate)
-    names = [f"n{i}" for i in range(7)]
-    nodes = {n: await cluster.add_node(n) for n in names}
-    owner = nodes[hrw_order(str(digest), names)[0]]
-    pullers = [n for n in nodes.values() if n is not owner]
+    swarm = await _swarm(cluster, upstream, 7, held_pieces=4)
+    data, digest, gate = swarm.data, swarm.digest, swarm.gate
+    nodes, owner, pullers, names = swarm.nodes, swarm.owner, swarm.pullers, list(swarm.nodes)
     pulls = {n.name: asyncio.create_task(n.get_blob(REPO, str(digest))) for n in pullers}
     await asyncio.wait_for(upstream.held.wait(), 10)
     await until(lambda: len(owner.p2p.trackers.get(str(digest)) or ()) == len(names))
