@@ -412,6 +412,11 @@ class P2PServer:
                 if in_memory is not None or feed is not None:
                     have = Have.of(layout.whole_pieces(fill.writer.size) if fill is not None
                                    else layout.count, swarm.have_in_memory())
+                elif self._swarms(digest) is not swarm and fill is not None:
+                    # The swarm stream ended: the fill went on from the upstream (this node
+                    # took over from a dead owner): serve as a root, from the growing file.
+                    root = self._long_polls(digest)
+                    have = Have.of(layout.whole_pieces(fill.writer.size))
             else:
                 feed = _usable_feed(swarm.receiving(piece), node, byte_range)
                 if feed is not None and not await feed.first_byte(

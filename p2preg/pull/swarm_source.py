@@ -263,6 +263,7 @@ class SwarmStream:
         self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
         #: who sent each piece (tests and logs: which parent served what)
         self.piece_sources: dict[int, str] = {}
+        self.closed = False
 
     # -- what the server reads ---------------------------------------------------------------
 
@@ -288,7 +289,10 @@ class SwarmStream:
         return frozenset(i for i in [*self._pieces, *self._yielded] if self.piece(i) is not None)
 
     async def wait_piece(self, index: int, timeout: float) -> bool:
-        """Until piece ``index`` is in memory or arriving (a child's request waits for it)."""
+        """Until piece ``index`` is in memory or arriving (a child's request waits for it);
+        False at once once this stream ended (handed over to the upstream, or done)."""
+        if self.closed:
+            return False
         if self.piece(index) is not None or self.receiving(index) is not None:
             return True
         future = asyncio.get_running_loop().create_future()
@@ -303,7 +307,7 @@ class SwarmStream:
                 waiters.remove(future)
             if not waiters:
                 self._piece_waiters.pop(index, None)
-        return True
+        return not self.closed
 
     def _wake_piece(self, index: int) -> None:
         for future in self._piece_waiters.pop(index, ()):
@@ -432,9 +436,16 @@ class SwarmStream:
                     continue
                 await self._step(pos)
         finally:
-            self._count_losses()
+            self._close()
             await self._cancel_all()
             self.src.registry.remove(self)
+
+    def _close(self) -> None:
+        """The stream ended: children waiting for a piece here stop waiting."""
+        self._count_losses()
+        self.closed = True
+        for index in list(self._piece_waiters):
+            self._wake_piece(index)
 
     async def _step(self, pos: int) -> None:
         """Send what the scheduler wants, wait for one answer or deadline, apply it."""
@@ -639,6 +650,7 @@ class SwarmStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._close()
         await self._cancel_all()
         self.src.registry.remove(self)
 
