@@ -257,7 +257,8 @@ class SwarmStream:
         self._owner_check: asyncio.Task[None] | None = None
         self._refreshed_at = source.clock.now()
         self._progress_at = source.clock.now()
-        self._join: asyncio.Task[dict[int, str] | None] | None = None
+        self._join: asyncio.Task[dict[int, str] | _Answer] | None = None
+        self._join_owner: str | None = None
         self._losses_seen = 0
         #: child requests of peers waiting for a piece (``wait_piece``)
         self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
@@ -497,12 +498,20 @@ class SwarmStream:
         join = self._join
         if join is not None and join.done():
             self._join = None
-            parents = None if join.cancelled() or join.exception() else join.result()
-            if parents is None:
+            answer = None if join.cancelled() or join.exception() else join.result()
+            if isinstance(answer, _Answer):  # refused or unreachable
+                self.src.stats.join_failures += 1
+                sched.on_join_failed(now)
+                owner = self._join_owner
+                if answer.connection and owner is not None and owner == self._view.owner:
+                    # An owner that cannot be reached is evidence it is gone, like a piece
+                    # request's (its children may ask nobody else: their parents wait on it).
+                    self._peer_failed(owner, answer)
+            elif answer is None:
                 self.src.stats.join_failures += 1
                 sched.on_join_failed(now)
             else:
-                sched.set_parents(parents, now)
+                sched.set_parents(answer, now)
         self._count_losses()
         if self._join is not None:
             return
@@ -514,6 +523,7 @@ class SwarmStream:
             sched.on_join_failed(now)
             return
         self.src.stats.joins += 1
+        self._join_owner = owner
         task = self._join = asyncio.get_running_loop().create_task(self._send_join(owner, lost))
         task.add_done_callback(self._resolve_ready)
 
@@ -523,8 +533,9 @@ class SwarmStream:
             self.src.stats.parent_losses += losses - self._losses_seen
             self._losses_seen = losses
 
-    async def _send_join(self, owner: str, lost: dict[int, str]) -> dict[int, str] | None:
-        """``HEAD`` with ``P2preg-Join`` to the owner: its ``P2preg-Parents``, None if none."""
+    async def _send_join(self, owner: str, lost: dict[int, str]) -> dict[int, str] | _Answer:
+        """``HEAD`` with ``P2preg-Join`` to the owner: its ``P2preg-Parents``, or a failed
+        ``_Answer`` (``connection``: it could not be reached)."""
         src = self.src
         path = f"{BLOBS_PATH}{self.digest}"
         headers = {NODE_HEADER: src.node_name, ROUTE_HEADER: ROLE_OWNER, JOIN_HEADER: "1"}
@@ -540,12 +551,17 @@ class SwarmStream:
             async with src.session.head(url, headers=headers, timeout=timeout,
                                         allow_redirects=False) as response:
                 if response.status != 200:
-                    return None
+                    return _Answer("failed", reason=f"join answered HTTP {response.status}")
                 raw = response.headers.get(PARENTS_HEADER, "")
                 return decode_stripes(raw) if raw else {}
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                ConnectionError) as exc:
+            log.info("swarm %s: join at %s failed: %s", self.digest, owner, exc)
+            return _Answer("failed", reason=f"join: {type(exc).__name__}: {exc}",
+                           connection=True)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, RuntimeError) as exc:
             log.info("swarm %s: join at %s failed: %s", self.digest, owner, exc)
-            return None
+            return _Answer("failed", reason=f"join: {type(exc).__name__}: {exc}")
 
     def _resolve_ready(self, _: object = None) -> None:
         ready = self._ready

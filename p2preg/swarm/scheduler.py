@@ -59,7 +59,7 @@ they reported (``on_availability``, ``on_load``); it answers ``next_requests(now
    owner assigned this fill a parent per stripe. The missing pieces of the window whose stripe
    has a parent are asked of that parent only, lowest first, marked ``child`` (the parent
    serves an assigned child past its piece cap and slots, and waits for a piece it will get),
-   at most ``parent_requests`` (4) at once per parent (the requests go out early and wait there,
+   at most ``parent_requests`` (1) at once per parent (the requests go out early and wait there,
    so each piece flows down its stripe's tree with about one request per host). A child
    request that fails, stalls, or is answered busy or missing **loses** that parent: the piece
    falls back to rules 1-6 for good, the stripe's other pieces until a new parent comes, and
@@ -130,13 +130,12 @@ class SchedulerConfig:
     #: only, the swarm before coordinated forwarding).
     tracker: bool = True
     stripes: int = 2
-    #: Rule 0: requests in flight to one parent. 1 is faster where measured (Kraken N=100 in
-    #: the simulator p50 1.05x with 2-8, 1.016x with 1; the lab's update N=16, real nodes,
-    #: 1.51-1.82x with 4, 1.28-1.31x with 1; create the same) but with 1 the loopback test of a
-    #: killed owner (tests/p2p/test_swarm.py) sent every fill to the upstream (4 origin GETs
-    #: instead of 2: their one request per parent waited past the peer idle timeout), not
-    #: understood yet: 4 until it is (docs/benchmarks-swarm.md).
-    parent_requests: int = 4
+    #: Rule 0: requests in flight to one parent. 1: a stripe's pieces come one after the
+    #: other (the other stripe's parent fills the downlink in the round trip between two).
+    #: Kraken N=100 in the simulator p50 1.05x with 2-8, 1.016x with 1; the lab's update N=16
+    #: (real nodes) 1.51-1.82x with 4, 1.28-1.31x with 1; create the same
+    #: (docs/benchmarks-swarm.md).
+    parent_requests: int = 1
     rejoin_first_s: float = 0.05
     rejoin_max_s: float = 2.0
     join_wait_s: float = 0.5

@@ -197,7 +197,8 @@ def test_with_the_tracker_the_update_phase_takes_one_host_transfer_not_1_25() ->
     sim = swarm(1, N, TOPOLOGY, [BLOB], holders=2, scheduler=TRACKED)
     after = sim.run(until_s=120)
     assert after.origin_bytes == 0
-    assert after.quantile(1.0) <= 1.05 * one_host_transfer_s < before.quantile(1.0)
+    # (a 0.5 s transfer: the join's round trip and 20 ms answer hold are 4% of it)
+    assert after.quantile(1.0) <= 1.1 * one_host_transfer_s < before.quantile(1.0)
     assert after.max_upload_copies() <= 1.01
     # The second seed is in the tracker as a complete node, at the top of every stripe.
     tracker = sim.trackers[BLOB.digest]
@@ -214,7 +215,7 @@ def test_two_layers_with_different_owners_finish_near_one_transfer_with_the_trac
     before = swarm(1, 12, topo, blobs, scheduler=UNTRACKED).run(until_s=60)
     sim = swarm(1, 12, topo, blobs, scheduler=TRACKED)
     after = sim.run(until_s=60)
-    assert after.quantile(0.5) <= 1.05 * one_s < before.quantile(0.5)
+    assert after.quantile(0.5) <= 1.08 * one_s < before.quantile(0.5)
     assert after.max_upload_copies() <= 1.02
     sent, served = _requests(sim)
     assert sent == served
