@@ -23,6 +23,9 @@ What it does:
   and a penalty for every peer that delivered bytes to a fill whose digest did not match, plus a
   wrong-bytes report to it (``suspect.report_suspect``; the route is in ``routes()`` when the
   node gives ``verify_blob``).
+- Trackers (coordinated forwarding): ``trackers`` answers the joins of the digests this node
+  owns; a member that gossip declares dead or that leaves is taken out of every tree at once
+  (the membership's ``add_event_callback``, when it has one).
 - The server's ``OwnerFill``: asked as owner, the node joins or starts its mirror fill for the
   named upstream and repository, with holders as its only peers (``acting_for_peer``).
 - Tags during an upstream outage: ``peer_tag`` (the mirror's hook) asks up to
@@ -53,6 +56,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from p2preg.clock import Clock, MonotonicClock, WallClock
 from p2preg.fetch.singleflight import Fill, FillError
 from p2preg.fetch.sources import BlobSource
+from p2preg.gossip.events import Event, MemberDead, MemberLeft
 from p2preg.gossip.member import Member, MemberStatus
 from p2preg.gossip.wire import Keyring
 from p2preg.oci.digest import Digest, parse_digest
@@ -183,6 +187,12 @@ class P2P:
                                           stripes=self.config.scheduler.stripes),
             random.Random(membership.node_name), holders=self._holder_names,
             serves=self._serves)
+        # A member gossip declares dead (or that left) leaves every tree at once (rule 6): no
+        # later joiner is given it, its children move on their next join instead of waiting
+        # for one of them to report it lost. (``StaticMembership`` has no events.)
+        add_event_callback = getattr(membership, "add_event_callback", None)
+        if add_event_callback is not None:
+            add_event_callback(self._on_member_event)
         self.server = P2PServer(blobs, fills=self._in_flight, owner_fill=self._owner_fill,
                                 verifier=verifier, tags=self._own_tag, uploads=uploads,
                                 swarms=self.swarms.get, long_polls=self._is_root,
@@ -322,6 +332,10 @@ class P2P:
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                                   read_bufsize=READ_BUFFER_BYTES)
         return self._session
+
+    def _on_member_event(self, event: Event) -> None:
+        if isinstance(event, MemberDead | MemberLeft):
+            self.trackers.leave(event.name)
 
     # -- the mirror's side -----------------------------------------------------------------------
 
@@ -524,10 +538,13 @@ class _P2PCollector(Collector):
         served = CounterMetricFamily("p2preg_p2p_served", "Peer requests answered, by kind "
                                      "(blobs: local, in_progress, owner, not_found; pieces: "
                                      "piece, piece_cut_through (also counted in piece), "
-                                     "piece_busy, piece_missing; tags: tag, tag_unknown).",
+                                     "piece_busy, piece_missing, piece_child (requests of an "
+                                     "assigned child past the 404 check), join (answered as a "
+                                     "tracker); tags: tag, tag_unknown).",
                                      labels=["kind"])
         for kind in ("local", "in_progress", "owner", "not_found", "piece",
-                     "piece_cut_through", "piece_busy", "piece_missing", "tag", "tag_unknown"):
+                     "piece_cut_through", "piece_busy", "piece_missing", "piece_child", "join",
+                     "tag", "tag_unknown"):
             served.add_metric([kind], p2p.server.stats.served[kind])
         yield served
         rejected = CounterMetricFamily("p2preg_p2p_rejected", "Peer blob requests refused, by "
@@ -551,3 +568,38 @@ class _P2PCollector(Collector):
         yield lookups
         yield GaugeMetricFamily("p2preg_p2p_penalty_entries", "Entries in the penalty list.",
                                 value=len(p2p.penalties))
+        yield from _swarm_metrics(p2p)
+
+
+def _swarm_metrics(p2p: P2P) -> Iterator[Metric]:
+    """Coordinated forwarding as a child (``SwarmStats``) and as an owner (its trackers)."""
+    stats, trackers = p2p.swarm_stats, p2p.trackers
+    yield CounterMetricFamily("p2preg_swarm_joins", "Joins this node's swarm fills sent to a "
+                              "digest's owner (answered).", value=stats.joins)
+    yield CounterMetricFamily("p2preg_swarm_parent_losses", "Stripe parents this node's swarm "
+                              "fills lost (failed, stalled or said 404 to a child request).",
+                              value=stats.parent_losses)
+    by_stripe = CounterMetricFamily("p2preg_swarm_parent_pieces", "Pieces this node received "
+                                    "from an assigned stripe parent, by stripe.",
+                                    labels=["stripe"])
+    for stripe in range(p2p.config.scheduler.stripes):
+        by_stripe.add_metric([str(stripe)], stats.parent_pieces_by_stripe[stripe])
+    yield by_stripe
+    parents = GaugeMetricFamily("p2preg_swarm_parents", "The current stripe parents of the "
+                                "swarm fills running here (the owner's last answer): fills by "
+                                "stripe and parent; no series once the fills end.",
+                                labels=["stripe", "peer"])
+    for (stripe, peer), fills in sorted(p2p.swarms.parents().items()):
+        parents.add_metric([str(stripe), peer], fills)
+    yield parents
+    events = CounterMetricFamily("p2preg_tracker_events", "What this node's trackers (as the "
+                                 "owner of digests) were told: join (answered), loss (a child "
+                                 "reported its parent lost and was moved), leave (a member gossip "
+                                 "declared dead or that left, taken out of a tree).",
+                                 labels=["event"])
+    events.add_metric(["join"], trackers.joins)
+    events.add_metric(["loss"], trackers.losses)
+    events.add_metric(["leave"], trackers.leaves)
+    yield events
+    yield GaugeMetricFamily("p2preg_trackers", "Digests this node keeps a tracker for.",
+                            value=len(trackers))

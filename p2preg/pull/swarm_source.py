@@ -94,6 +94,7 @@ from p2preg.swarm.pieces import (
     decode_load,
     decode_stripes,
     encode_stripes,
+    stripe_of,
 )
 from p2preg.swarm.scheduler import Request, Scheduler, SchedulerConfig
 from p2preg.upstream.errors import UpstreamNotFound
@@ -158,6 +159,14 @@ class SwarmRegistry:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def parents(self) -> Counter[tuple[int, str]]:
+        """The current stripe parents of the fills running here: (stripe, parent) -> fills."""
+        out: Counter[tuple[int, str]] = Counter()
+        for stream in self._streams.values():
+            if stream.sched is not None:
+                out.update(stream.sched.parents.items())
+        return out
+
 
 @dataclass
 class SwarmStats:
@@ -174,6 +183,8 @@ class SwarmStats:
     #: pieces received by peer, and those of them asked as an assigned child
     pieces_by_peer: Counter[str] = field(default_factory=Counter)
     parent_pieces_by_peer: Counter[str] = field(default_factory=Counter)
+    #: pieces received from an assigned parent, by stripe
+    parent_pieces_by_stripe: Counter[int] = field(default_factory=Counter)
 
 
 class SwarmSource:
@@ -587,6 +598,8 @@ class SwarmStream:
             stats.pieces_by_peer[req.peer] += 1
             if req.child:
                 stats.parent_pieces_by_peer[req.peer] += 1
+                stripe = stripe_of(req.piece, self.src.scheduler_config.stripes)
+                stats.parent_pieces_by_stripe[stripe] += 1
             sched.on_piece(req.peer, req.piece, now)
             self._wake_piece(req.piece)
         elif answer.kind == "busy":

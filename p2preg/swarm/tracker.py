@@ -36,8 +36,9 @@ The rules, in order:
    stalled, or said 404 for a piece it should have). If ``peer`` is still its parent there, it
    gets a new one, never ``peer`` and never a node of its own subtree in that stripe (so the
    trees never cycle), and ``peer`` takes no new children in that stripe.
-6. **Leave.** ``leave(name)``: the node is gone; its children get new parents (rule 5's
-   choice); they learn it on their next join.
+6. **Leave.** ``leave(name)``: the node is gone (the owner calls it when gossip declares a
+   member dead or it leaves: ``TrackerRegistry.leave``); its children get new parents (rule
+   5's choice), they learn it on their next join, and no later joiner is given it.
 
 Parents are always nodes that joined earlier or are complete, and a node is never re-attached
 below itself, so following parents from any node ends at a depth-0 node
@@ -105,6 +106,8 @@ class Tracker:
         """Leaves moved down by interior joiners, and nodes moved by a loss or a leave."""
         self.overflows = 0
         """Children placed over their parent's budget (no free slot anywhere)."""
+        self.losses = 0
+        """Lost parents reported by their children that moved them (rule 5)."""
         self._root = self._add_complete(root, -math.inf)
         self.root_serves = True
         """Whether the owner holds or fills the blob (``TrackerRegistry``): when it does not
@@ -125,14 +128,15 @@ class Tracker:
                 lost_node = self._nodes.get(peer)
                 if lost_node is not None:
                     lost_node.closed.add(stripe)
+                self.losses += 1
                 self._move(name, stripe, avoid={peer})
         return dict(node.parent)
 
-    def leave(self, name: str) -> None:
-        """``name`` left the swarm (it died, or it was forgotten); rule 6."""
+    def leave(self, name: str) -> bool:
+        """``name`` left the swarm (it died, or it was forgotten); rule 6. Whether it was in."""
         node = self._nodes.get(name)
         if node is None or name == self.root:
-            return
+            return False
         for stripe in range(self.config.stripes):
             parent = node.parent.get(stripe)
             if parent is not None:
@@ -144,6 +148,7 @@ class Tracker:
             for kid in list(kids):
                 self._nodes[kid].parent.pop(stripe, None)
                 self._move(kid, stripe, avoid=set())
+        return True
 
     # -- what it answers ----------------------------------------------------------------------
 
@@ -300,7 +305,11 @@ class TrackerRegistry:
         self._holders = holders
         self._serves = serves
         self._trackers: OrderedDict[str, Tracker] = OrderedDict()
+        #: totals over every tracker this node kept (metrics): joins answered, lost parents
+        #: reported that moved a child (rule 5), members taken out of a tree (rule 6)
         self.joins = 0
+        self.losses = 0
+        self.leaves = 0
 
     def join(self, digest: str, name: str, *, now: float, complete: bool = False,
              lost: Mapping[int, str] | None = None) -> dict[int, str]:
@@ -319,7 +328,10 @@ class TrackerRegistry:
             if holder != self.node_name and holder != name:
                 tracker.join(holder, now=now, complete=True)
         self.joins += 1
-        return tracker.join(name, now=now, complete=complete, lost=lost)
+        before = tracker.losses
+        parents = tracker.join(name, now=now, complete=complete, lost=lost)
+        self.losses += tracker.losses - before
+        return parents
 
     def parents(self, digest: str, name: str) -> dict[int, str]:
         tracker = self._trackers.get(digest)
@@ -329,9 +341,10 @@ class TrackerRegistry:
         return self._trackers.get(digest)
 
     def leave(self, name: str) -> None:
-        """``name`` left the cluster: out of every tree."""
+        """``name`` left the cluster (gossip declared it dead, or it left): out of every tree,
+        its children moved (rule 6). The node calls it on gossip's death and leave events."""
         for tracker in self._trackers.values():
-            tracker.leave(name)
+            self.leaves += tracker.leave(name)
 
     def __len__(self) -> int:
         return len(self._trackers)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from p2preg.oci.digest import Digest, parse_digest
 from p2preg.p2p.routing import hrw_order
 from p2preg.swarm.pieces import Layout
@@ -17,6 +19,19 @@ from tests.support.cluster import until
 
 REPO = "library/app"
 PIECE = 256 * 1024
+
+
+def _metrics(node: ClusterNode) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    node.p2p.register_metrics(registry)
+    return registry
+
+
+def _metric_parents(node: ClusterNode) -> dict[int, str]:
+    """The ``p2preg_swarm_parents`` gauge of ``node`` (one fill running): stripe -> parent."""
+    return {int(s.labels["stripe"]): s.labels["peer"]
+            for metric in _metrics(node).collect() if metric.name == "p2preg_swarm_parents"
+            for s in metric.samples if s.value > 0}
 
 
 def _received(node: ClusterNode, digest: str) -> int:
@@ -60,6 +75,10 @@ async def test_pullers_join_the_owner_and_take_their_stripes_from_their_parents(
     await asyncio.wait_for(upstream.held.wait(), 10)
     await until(lambda: owner.p2p.trackers.get(str(digest)) is not None
                 and len(owner.p2p.trackers.get(str(digest)) or ()) == len(names))
+    held = owner.p2p.trackers.get(str(digest))
+    assert held is not None
+    # /metrics names each fill's current parents: the owner's last answer to it
+    await until(lambda: all(_metric_parents(n) == held.parents(n.name) for n in pullers))
     gate.set()
     assert await asyncio.wait_for(asyncio.gather(*pulls), 30) == [(200, data)] * len(pullers)
 
@@ -77,6 +96,14 @@ async def test_pullers_join_the_owner_and_take_their_stripes_from_their_parents(
     assert taken_from_parents >= len(pullers) * count // 2
     losses = sum(n.p2p.swarm_stats.parent_losses for n in pullers)
     assert losses <= len(pullers)
+    owner_metrics = _metrics(owner)
+    assert owner_metrics.get_sample_value("p2preg_tracker_events_total", {"event": "join"}) \
+        == owner.p2p.trackers.joins >= len(pullers)
+    assert owner_metrics.get_sample_value("p2preg_trackers") == 1
+    for node in pullers:
+        by_stripe = [_metrics(node).get_sample_value("p2preg_swarm_parent_pieces_total",
+                                                     {"stripe": str(s)}) for s in (0, 1)]
+        assert sum(v or 0 for v in by_stripe) == node.p2p.swarm_stats.parent_pieces
     for node in pullers:
         parents = tracker.parents(node.name)
         assert set(parents) == {0, 1}

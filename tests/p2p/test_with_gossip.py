@@ -7,6 +7,7 @@ Waits are on gossip events (a callback sets an ``asyncio.Event``), each bounded 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,9 +15,20 @@ import pytest
 
 from p2preg.clock import FakeClock
 from p2preg.gossip.events import Event
+from p2preg.gossip.member import MemberStatus
 from p2preg.gossip.service import GossipService, GossipServiceConfig, load_keyring
+from p2preg.gossip.wire import Keyring
+from p2preg.p2p.auth import NODE_HEADER, ROUTE_HEADER, RequestSigner
 from p2preg.p2p.membership import Membership
-from p2preg.p2p.routing import owner_of
+from p2preg.p2p.routing import ROLE_OWNER, owner_of
+from p2preg.p2p.source import BLOBS_PATH
+from p2preg.swarm.pieces import (
+    JOIN_HEADER,
+    LOST_HEADER,
+    PARENTS_HEADER,
+    decode_stripes,
+    encode_stripes,
+)
 from tests.p2p.harness import KEY_A, ClusterNode, CountingUpstream, payload, start_node
 
 REPO = "library/app"
@@ -139,3 +151,53 @@ async def test_gossip_nodes_pulling_at_once_cause_one_upstream_get(
     assert upstream.blob_gets[str(digest)] == 1
     owner = owner_of(str(digest), [n.name for n in nodes])
     assert next(n for n in nodes if n.name == owner).p2p.stats.fills_without_peers == 1
+
+
+async def _join(owner: ClusterNode, name: str, digest: str, signer: RequestSigner,
+                lost: dict[int, str] | None = None) -> dict[int, str]:
+    """A real ``P2preg-Join`` by ``name`` at ``owner`` (signed as a fill's): its parents."""
+    path = f"{BLOBS_PATH}{digest}"
+    headers = {NODE_HEADER: name, ROUTE_HEADER: ROLE_OWNER, JOIN_HEADER: "1"}
+    if lost:
+        headers[LOST_HEADER] = encode_stripes(lost)
+    headers.update(signer.sign("HEAD", path, headers))
+    async with owner.http.head(f"http://{owner.host}{path}", headers=headers) as response:
+        assert response.status == 200
+        return decode_stripes(response.headers[PARENTS_HEADER])
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["declared_dead", "left"])
+async def test_a_member_gossip_declares_dead_or_that_left_is_never_a_parent_again(
+        gossip_cluster: GossipCluster, crash: bool) -> None:
+    digest = str(payload(1000, seed=9)[1])  # no fill: the owner's tracker answers joins alone
+    names = [f"t{i}" for i in range(5)]
+    nodes = {n: await gossip_cluster.add_node(n) for n in names}
+    await gossip_cluster.until(gossip_cluster.converged)
+    owner = nodes[owner_of(digest, names)]
+    others = [n for n in names if n != owner.name]
+    signer = RequestSigner(Keyring([KEY_A]), rng=random.Random(5))
+    answers = {n: await _join(owner, n, digest, signer) for n in others}
+    tracker = owner.p2p.trackers.get(digest)
+    assert tracker is not None
+    gone = next(n for n in others if (home := tracker.home(n)) is not None
+                and tracker.children(n, home))
+    children = {n for n, parents in answers.items() if gone in parents.values()}
+    assert children  # a parent of somebody (from the answers themselves)
+
+    node = nodes[gone]
+    gossip_cluster.nodes.remove(node)
+    node.on_stop = None
+    await node.stop()
+    await gossip_cluster.services[gone].stop(leave=not crash)  # crash: no leave message
+    status = MemberStatus.DEAD if crash else MemberStatus.LEFT
+    await gossip_cluster.until(lambda: any(
+        m.name == gone and m.status == status for m in owner.membership.members()))
+
+    # taken out of the trees when gossip said so, before any child reported it lost
+    assert gone not in tracker.members()
+    assert owner.p2p.trackers.leaves == 1 and owner.p2p.trackers.losses == 0
+    for name in [n for n in others if n != gone] + ["late-joiner"]:
+        lost = {s: gone for s, p in answers.get(name, {}).items() if p == gone}
+        parents = await _join(owner, name, digest, signer, lost)
+        assert gone not in parents.values() and set(parents) == {0, 1}, (name, parents)
+    assert owner.p2p.trackers.losses == 0  # the children had moved already

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from p2preg.swarm.pieces import decode_stripes, encode_stripes, stripe_of
-from p2preg.swarm.tracker import Tracker, TrackerConfig
+from p2preg.swarm.tracker import Tracker, TrackerConfig, TrackerRegistry
 
 
 def _tracker(n: int, seed: int = 1, **kw: int) -> Tracker:
@@ -143,6 +143,40 @@ def test_a_leave_reattaches_the_children() -> None:
     for kid in kids:
         assert t.parents(kid)[home] != "n1"
     _check_trees(t)
+
+
+def test_a_dead_interior_node_leaves_every_tree_and_no_later_joiner_is_given_it() -> None:
+    t = _tracker(30)
+    dead = next(n for n in t.members() if (h := t.home(n)) is not None and t.children(n, h))
+    kids = {s: t.children(dead, s) for s in range(2)}
+    assert t.leave(dead)
+    assert dead not in t.members() and not t.leave(dead)
+    assert all(dead not in t.parents(n).values() for n in t.members())
+    for stripe, moved in kids.items():
+        for kid in moved:
+            assert t.parents(kid)[stripe] not in (None, dead)
+    _check_trees(t)
+    for i in range(30):  # later joiners, and re-joins that report the dead node lost
+        assert dead not in t.join(f"late{i}", now=100 + i).values()
+        for kid in kids[0]:
+            assert dead not in t.join(kid, now=200 + i, lost={0: dead}).values()
+    _check_trees(t)
+    assert not t.leave("root")  # the owner never leaves its own tracker
+
+
+def test_the_registry_takes_a_leaver_out_of_every_digest_and_counts_it() -> None:
+    reg = TrackerRegistry("root", TrackerConfig(), random.Random(3))
+    for digest in ("d1", "d2"):
+        for i in range(6):
+            reg.join(digest, f"n{i}", now=float(i))
+    reg.join("d1", "n4", now=7.0, lost={0: reg.parents("d1", "n4")[0]})
+    reg.leave("n1")
+    reg.leave("nobody")
+    assert (reg.joins, reg.losses, reg.leaves) == (13, 1, 2)
+    for digest in ("d1", "d2"):
+        tracker = reg.get(digest)
+        assert tracker is not None and "n1" not in tracker.members()
+        assert all("n1" not in tracker.parents(n).values() for n in tracker.members())
 
 
 @pytest.mark.parametrize("seed", range(8))
