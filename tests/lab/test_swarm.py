@@ -103,3 +103,75 @@ def test_a_host_serving_wrong_bytes_commits_nothing_anywhere_and_is_penalised() 
             stored = _data_dir(lab, host) / "blobs" / algorithm / hexdigest[:2] / hexdigest
             wait_until(stored.exists, 10, what=f"host {host}'s commit")
             assert hashlib.sha256(stored.read_bytes()).hexdigest() == hexdigest
+
+
+PARENTS = "p2preg_swarm_parents"
+PARENT_PIECES = "p2preg_swarm_parent_pieces_total"
+
+
+def _children_of_parents(lab: Lab, owner: int) -> dict[tuple[int, int], list[int]]:
+    """(parent host, stripe) -> the hosts whose fill has it as that stripe's parent now: the
+    owner's last ``P2preg-Parents`` answer to each, from their ``p2preg_swarm_parents``."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for host in range(lab.n_hosts):
+        if host == owner or not lab.node_alive(host):
+            continue
+        for sample in lab.metrics(host):
+            if sample.name == PARENTS and sample.value > 0:
+                parent = (int(sample.labels["peer"].removeprefix("h")),
+                          int(sample.labels["stripe"]))
+                out.setdefault(parent, []).append(host)
+    return out
+
+
+def _interior_parent(lab: Lab) -> tuple[int, int, list[int]] | None:
+    """The lowest-numbered host that is not the owner and is a stripe parent of others now:
+    (host, stripe, its children there); None until the owner's answers name one."""
+    owner = _owner_now(lab)
+    if owner is None:
+        return None
+    interior = sorted((p, kids) for p, kids in _children_of_parents(lab, owner).items()
+                      if p[0] != owner)
+    return (interior[0][0][0], interior[0][0][1], interior[0][1]) if interior else None
+
+
+def test_an_interior_parent_killed_mid_transfer_is_replaced_and_the_origin_sends_once(
+) -> None:
+    size = 24 * MIB  # ~3.1 s at 64 Mbit/s: the kill lands mid-transfer
+    with lab_or_skip(6, host_mbit=64, origin_mbit=64) as lab:
+        digest = lab.push_blob(size, seed=24)
+        lab.start_nodes("p2preg")
+        box: dict[str, list[PullResult]] = {}
+        puller = threading.Thread(
+            target=lambda: box.setdefault("r", lab.pull_many(range(6), digest, timeout_s=60)))
+        puller.start()
+        wait_until(lambda: _interior_parent(lab) is not None, 10,
+                   what="the owner naming an interior parent")
+        found = _interior_parent(lab)
+        assert found is not None
+        victim, stripe, children = found
+        # its children took pieces of its stripe from it; the owner's answers still name it
+        wait_until(lambda: all(lab.metric(c, PARENT_PIECES, stripe=str(stripe)) >= 2
+                               for c in children), 10, what="pieces down the victim's stripe")
+        owner = _owner_now(lab)
+        assert owner is not None and owner != victim
+        still = _children_of_parents(lab, owner).get((victim, stripe), [])
+        assert still, "the victim's children moved before the kill"
+        lab.kill(victim)
+        wait_until(lambda: not lab.node_alive(victim), 5, what="the victim's exit")
+        before = {c: lab.metric(c, PARENT_PIECES, stripe=str(stripe)) for c in still}
+        puller.join(90)
+        assert "r" in box, "the pulls did not end"
+
+        survivors = [r for r in box["r"] if r.host != victim]
+        assert [(r.status, r.nbytes, r.digest_ok) for r in survivors] == [(200, size, True)] * 5
+        assert lab.origin_blob_gets(digest) == (1, size)  # the origin sent the blob once
+        for child in still:
+            # it noticed the dead parent itself, and took the stripe's next pieces from a new
+            # parent (the victim was dead by then: every one of them came from someone else)
+            assert lab.metric(child, "p2preg_swarm_parent_losses_total") >= 1, child
+            after = lab.metric(child, PARENT_PIECES, stripe=str(stripe))
+            assert after > before[child], (child, before[child], after)
+        # gossip declared the victim dead and the owner took it out of its tracker's trees
+        wait_until(lambda: lab.metric(owner, "p2preg_tracker_events_total", event="leave") >= 1,
+                   20, what="the owner's tracker told of the death")
