@@ -34,6 +34,17 @@ def _owner_now(lab: Lab) -> int | None:
     return fetching[0] if fetching else None
 
 
+def _pull_in_background(lab: Lab, digest: str, timeout_s: float
+                        ) -> tuple[threading.Thread, dict[str, list[PullResult]]]:
+    """Every host pulls ``digest`` at once in a started thread; its results land in
+    ``box["r"]`` when all have ended."""
+    box: dict[str, list[PullResult]] = {}
+    puller = threading.Thread(target=lambda: box.setdefault(
+        "r", lab.pull_many(range(lab.n_hosts), digest, timeout_s=timeout_s)))
+    puller.start()
+    return puller, box
+
+
 def test_five_hosts_share_the_uploads_of_a_new_blob() -> None:
     size = 6 * MIB + 4321
     with lab_or_skip(5, host_mbit=64, origin_mbit=32) as lab:
@@ -59,10 +70,7 @@ def test_the_owner_killed_mid_transfer_stops_nobody_and_the_origin_sends_under_t
     with lab_or_skip(5, host_mbit=64, origin_mbit=16) as lab:  # one origin transfer: ~3 s
         digest = lab.push_blob(size, seed=22)
         lab.start_nodes("p2preg")
-        box: dict[str, list[PullResult]] = {}
-        puller = threading.Thread(
-            target=lambda: box.setdefault("r", lab.pull_many(range(5), digest, timeout_s=120)))
-        puller.start()
+        puller, box = _pull_in_background(lab, digest, timeout_s=120)
         wait_until(lambda: _owner_now(lab) is not None, 10, what="the owner fetching")
         time.sleep(1.0)
         owner = _owner_now(lab)
@@ -141,10 +149,7 @@ def test_an_interior_parent_killed_mid_transfer_is_replaced_and_the_origin_sends
     with lab_or_skip(6, host_mbit=64, origin_mbit=64) as lab:
         digest = lab.push_blob(size, seed=24)
         lab.start_nodes("p2preg")
-        box: dict[str, list[PullResult]] = {}
-        puller = threading.Thread(
-            target=lambda: box.setdefault("r", lab.pull_many(range(6), digest, timeout_s=60)))
-        puller.start()
+        puller, box = _pull_in_background(lab, digest, timeout_s=60)
         wait_until(lambda: _interior_parent(lab) is not None, 10,
                    what="the owner naming an interior parent")
         found = _interior_parent(lab)
