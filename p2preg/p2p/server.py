@@ -90,6 +90,7 @@ from p2preg.p2p.auth import (
     AuthFailure,
     RequestVerifier,
 )
+from p2preg.p2p.child_lines import ChildLines
 from p2preg.p2p.routing import ROLE_OWNER, ROLES
 from p2preg.p2p.source import BLOBS_PATH, BlobOrigin
 from p2preg.p2p.tags import TAGS_PATH, validate_registry
@@ -222,6 +223,7 @@ class P2PServer:
         self._tags = tags
         self.trackers = trackers
         self.stats = ServerStats()
+        self._child_lines = ChildLines()
 
     def routes(self) -> web.RouteTableDef:
         """The routes to add to an app: ``app.add_routes(server.routes())``."""
@@ -426,6 +428,18 @@ class P2PServer:
             self.stats.served["piece_missing"] += 1
             self.stats.served["piece_missing_child"] += child
             return _piece_answer(404, have, size, self.uploads.active)
+        if not child:
+            return await self._admit_and_send(request, digest, node, size, byte_range, fill,
+                                              in_memory, have, feed, layout, piece, child)
+        # One answer at a time per child (``child_lines``), in the order they got ready.
+        async with self._child_lines.turn(str(digest), node):
+            return await self._admit_and_send(request, digest, node, size, byte_range, fill,
+                                              in_memory, have, feed, layout, piece, child)
+
+    async def _admit_and_send(self, request: web.Request, digest: Digest, node: str,
+                              size: int, byte_range: ByteRange, fill: Fill | None,
+                              in_memory: bytes | None, have: Have, feed: PieceFeed | None,
+                              layout: Layout, piece: int, child: bool) -> web.StreamResponse:
         last_resort = request.headers.get(LAST_RESORT_HEADER) == "1"
         admission = self.uploads.admit(str(digest), piece, node, now=self._clock.now(),
                                        last_resort=last_resort, seed=fill is None, child=child)

@@ -302,6 +302,10 @@ class SwarmSim:
         self.answers: dict[str, int] = dict.fromkeys(
             ("served", BUSY, MISSING, "parked", "cut_through", "waited", "broken"), 0)
         """How requests were answered (``parked``: long-polled at the owner first)."""
+        self._child_lines: dict[tuple[str, str, str], tuple[Flow, list[tuple[Any, ...]]]] = {}
+        """(server, digest, child) -> the child flow being sent and the child requests queued
+        behind it (``p2p.server``'s child line: one child's requests are served in order)."""
+        self.answers["queued"] = 0
         held_by = held_by or {}
         """The update phase: digest -> hosts holding the whole blob at time 0 (seeds)."""
         for host in self.hosts.values():
@@ -458,6 +462,7 @@ class SwarmSim:
         tag: tuple[str, str, int, str, str, int] = flow.tag  # type: ignore[assignment]
         _, digest, piece, asker, server, _token = tag
         self.hosts[server].uploader.on_upload_end(digest, piece, asker, False, self.now)
+        self._next_in_line(flow, server, digest, asker)
         for relay in followers:
             if not relay.active:
                 continue
@@ -560,6 +565,12 @@ class SwarmSim:
         flight = self._live(asker, digest, req.piece, token)
         if flight is None:
             return
+        line_key = (server.name, digest, asker)
+        line = self._child_lines.get(line_key) if req.child else None
+        if line is not None:  # in order: it waits for the last byte of the one being sent
+            line[1].append((asker, digest, req, token))
+            self.answers["queued"] += 1
+            return
         serve, hints = server.uploader.decide(digest, req.piece, asker, req.last_resort,
                                               fill.done_at is not None, self.now, req.child)
         self.answers["served" if serve else BUSY] += 1
@@ -570,6 +581,8 @@ class SwarmSim:
                 [server.up, self.hosts[asker].down], fill.blob.layout.length(req.piece),
                 ("peer", digest, req.piece, asker, server.name, token), feeder=feeder,
             )
+            if req.child:
+                self._child_lines[line_key] = (flight.flow, [])
             self._push(self.now + self.topology.rtt_s / 2, self._load_seen,
                        asker, digest, req.peer, token, server.uploader.load())
             for waiter, wreq, wtoken in flight.waiters:
@@ -581,6 +594,21 @@ class SwarmSim:
                 and server.uploader.refused == BUSY_SLOTS
             self._reply(asker, digest, req, token, BUSY, tuple(hints), fill.availability(),
                         server.uploader.load(), slots)
+
+    def _next_in_line(self, flow: Flow, server: str, digest: str, child: str) -> None:
+        """``flow`` to ``child`` ended: the child's next queued request is decided now (as it
+        arrived: the piece may be held, fed, or still awaited)."""
+        key = (server, digest, child)
+        line = self._child_lines.get(key)
+        if line is None or line[0] is not flow:
+            return
+        del self._child_lines[key]
+        queue = line[1]
+        while queue:
+            self._arrive(*queue.pop(0))
+            if key in self._child_lines:  # that one is being sent: the rest wait behind it
+                self._child_lines[key][1].extend(queue)
+                return
 
     def _load_seen(self, asker: str, digest: str, server: str, token: int, load: int) -> None:
         fill = self.hosts[asker].fills[digest]
@@ -624,6 +652,7 @@ class SwarmSim:
         _, digest, piece, asker, server_name, token = tag
         server = self.hosts[server_name]
         server.uploader.on_upload_end(digest, piece, asker, True, self.now)
+        self._next_in_line(flow, server_name, digest, asker)
         fill = self.hosts[asker].fills[digest]
         if self._live(asker, digest, piece, token) is not None:
             self._end_flight(asker, fill, piece)

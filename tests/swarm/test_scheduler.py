@@ -443,6 +443,19 @@ def test_a_stalled_parent_request_waits_like_a_long_poll_then_loses_the_parent()
     assert s.want_join(10.01) == {0: "a"}
 
 
+def test_a_second_request_in_line_at_a_parent_that_has_the_piece_waits_like_a_long_poll(
+) -> None:
+    s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER}, {0: "a"}, stripes=1, parent_requests=2,
+                owner_wait_s=10.0, stall_s=3.0)
+    s.on_availability("a", Have.of(4), 0.001)  # the parent holds the pieces
+    assert s.next_requests(0.002) == [Request("a", 0, child=True), Request("a", 1, child=True)]
+    s.on_progress("a", 0, 0.003)
+    # The parent sends one child's answers one at a time: piece 1 has no byte while piece 0
+    # flows; that is no stall (``stall_s``), it is in line. The first one held is a stall.
+    assert s.expire(5.0) == [Request("a", 0, child=True)]
+    assert Request("a", 1, child=True) in s.expire(10.01)
+
+
 def test_a_moved_place_withdraws_the_requests_still_waiting_at_the_old_parent() -> None:
     s = _joined({"o": ROLE_OWNER, "a": ROLE_FETCHER, "b": ROLE_FETCHER}, {0: "a"}, stripes=1,
                 parent_requests=2)

@@ -223,3 +223,25 @@ def test_two_layers_with_different_owners_finish_near_one_transfer_with_the_trac
     assert after.max_upload_copies() <= 1.02
     sent, served = _requests(sim)
     assert sent == served
+
+
+def test_pipelined_parent_requests_hide_a_lab_sized_round_trip_in_the_update() -> None:
+    # The lab's N=16 update with ~100 ms per-hop round trips (tbf queues, a loaded machine):
+    # one request at a time idles each child's stripe a round trip per piece and hop.
+    size = 16 << 20
+    topo = Topology(64 * MBIT, 64 * MBIT, 32 * MBIT, rtt_s=0.1)
+    blob = BlobSpec.of("sha256:" + "6b" * 32, size, piece_bytes(size))
+    one_host_transfer_s = size / (64 * MBIT)
+    done = {}
+    for pr in (1, 2):
+        sim = swarm(1, 16, topo, [blob], holders=2,
+                    scheduler=SchedulerConfig(parent_requests=pr))
+        result = sim.run(until_s=120)
+        assert all(h.done_s is not None for h in result.hosts)
+        assert result.max_upload_copies() <= 1.01
+        done[pr] = result.quantile(1.0) / one_host_transfer_s
+        # The second request waits in line at the parent: one child flow at a time.
+        assert (sim.answers["queued"] > 0) == (pr == 2)
+        assert sim.answers["busy"] == sim.answers["missing"] == 0
+    assert done[1] >= 1.2
+    assert done[2] <= 1.1
