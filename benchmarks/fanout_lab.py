@@ -48,6 +48,10 @@ RECEIVED = "p2preg_fill_received_bytes_total"
 SERVED = "p2preg_p2p_served_total"
 #: The answers to piece requests, summed over the hosts per phase (the swarm's chatter).
 PIECE_ANSWERS = ("piece", "piece_cut_through", "piece_busy", "piece_missing")
+#: Assigned children's answers (coordinated forwarding), summed: how many, how many followed an
+#: earlier one to the same child, the ms the child's link sat idle before those requests came,
+#: and the ms from arrival to sending (nodes without them read 0).
+CHILD_ANSWERS = ("piece_child", "piece_child_next", "piece_child_gap_ms", "piece_child_wait_ms")
 KILL_AFTER_S = 1.5
 OWNER_PROBE_AFTER_S = 1.0
 
@@ -100,7 +104,7 @@ def _sample_hosts(lab: Lab, hosts: Sequence[int]) -> dict[int, dict[str, float]]
                   "from_upstream": total(RECEIVED, source="upstream"),
                   "cpu_s": lab.cpu_seconds(i),
                   "wait_s": lab.runqueue_wait_seconds(i)}  # fmt: skip
-        for kind in PIECE_ANSWERS:
+        for kind in PIECE_ANSWERS + CHILD_ANSWERS:
             out[i][f"served_{kind}"] = total(SERVED, kind=kind)
 
     for i in hosts:
@@ -145,6 +149,8 @@ def _summary(lab: Lab, results: Sequence[PullResult], digest: str, size: int,
         row["received_from_upstream_bytes"] = sum(_delta(after, before, "from_upstream"))
         row["piece_answers"] = {kind: sum(_delta(after, before, f"served_{kind}"))
                                 for kind in PIECE_ANSWERS}  # fmt: skip
+        row["child_answers"] = {kind: sum(_delta(after, before, f"served_{kind}"))
+                                for kind in CHILD_ANSWERS}  # fmt: skip
         # a killed node reads 0 afterwards: its delta is 0, not negative
         cpu = [round(max(0.0, after[i]["cpu_s"] - before.get(i, {}).get("cpu_s", 0.0)), 2)
                for i in sorted(after)]  # fmt: skip

@@ -10,6 +10,10 @@ byte came), and takes the turn in the order the answers got ready (a piece still
 blocks one the parent already has). The line is per (digest, child), as the scheduler counts
 requests per parent.
 
+It also remembers when each child's last answer here ended (the most recent 4,096 children
+by digest), so the server can tell how long the child's link sat idle before its next request
+came (``idle_before``: a request round trip per piece without the pipeline).
+
 Must not import aiohttp, the node, gossip or storage: asyncio only.
 """
 
@@ -17,7 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+
+#: How many (digest, child) end times ``ChildLines`` remembers.
+REMEMBERED_ENDS = 4096
 
 
 class ChildLines:
@@ -25,6 +33,7 @@ class ChildLines:
 
     def __init__(self) -> None:
         self._lines: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._ended: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -33,6 +42,21 @@ class ChildLines:
         """Answers holding or waiting for ``child``'s line for ``digest``."""
         line = self._lines.get((digest, child))
         return 0 if line is None else line[1][0]
+
+    def ended(self, digest: str, child: str, now: float) -> None:
+        """An answer to ``child`` for ``digest`` ended (its last byte was written) at ``now``."""
+        key = (digest, child)
+        self._ended[key] = now
+        self._ended.move_to_end(key)
+        while len(self._ended) > REMEMBERED_ENDS:
+            self._ended.popitem(last=False)
+
+    def idle_before(self, digest: str, child: str, arrived: float) -> float | None:
+        """How long after the child's last answer here ended a request that ``arrived`` came
+        (0 when it was already waiting; None: no earlier answer). Read it in the turn: the
+        answer before it has ended then."""
+        end = self._ended.get((digest, child))
+        return None if end is None else max(0.0, arrived - end)
 
     @contextlib.asynccontextmanager
     async def turn(self, digest: str, child: str) -> AsyncIterator[None]:

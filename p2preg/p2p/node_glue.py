@@ -539,11 +539,16 @@ class _P2PCollector(Collector):
                                      "(blobs: local, in_progress, owner, not_found; pieces: "
                                      "piece, piece_cut_through (also counted in piece), "
                                      "piece_busy, piece_missing, piece_child (requests of an "
-                                     "assigned child past the 404 check), join (answered as a "
-                                     "tracker); tags: tag, tag_unknown).",
+                                     "assigned child past the 404 check), piece_child_next "
+                                     "(after an earlier answer to that child), "
+                                     "piece_child_gap_ms (summed: how long after that answer's "
+                                     "end the request came), piece_child_wait_ms (summed: "
+                                     "arrival to sending), join (answered as a tracker); tags: "
+                                     "tag, tag_unknown).",
                                      labels=["kind"])
         for kind in ("local", "in_progress", "owner", "not_found", "piece",
-                     "piece_cut_through", "piece_busy", "piece_missing", "piece_child", "join",
+                     "piece_cut_through", "piece_busy", "piece_missing", "piece_child",
+                     "piece_child_next", "piece_child_gap_ms", "piece_child_wait_ms", "join",
                      "tag", "tag_unknown"):
             served.add_metric([kind], p2p.server.stats.served[kind])
         yield served

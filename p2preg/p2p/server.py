@@ -370,6 +370,7 @@ class P2PServer:
 
     async def _handle_piece(self, request: web.Request, node: str, digest: Digest, role: str,
                             spec: RangeSpec) -> web.StreamResponse:
+        arrived = self._clock.now()
         size = self._blobs.size(digest)
         fill = None if size is not None else self._fills(digest)
         if size is None and fill is None and role == ROLE_OWNER and self._owner_fill is not None:
@@ -432,9 +433,20 @@ class P2PServer:
             return await self._admit_and_send(request, digest, node, size, byte_range, fill,
                                               in_memory, have, feed, layout, piece, child)
         # One answer at a time per child (``child_lines``), in the order they got ready.
-        async with self._child_lines.turn(str(digest), node):
-            return await self._admit_and_send(request, digest, node, size, byte_range, fill,
-                                              in_memory, have, feed, layout, piece, child)
+        lines, key = self._child_lines, str(digest)
+        async with lines.turn(key, node):
+            now = self._clock.now()
+            self.stats.served["piece_child_wait_ms"] += round(1000 * (now - arrived))
+            idle = lines.idle_before(key, node, arrived)
+            if idle is not None:
+                self.stats.served["piece_child_next"] += 1
+                self.stats.served["piece_child_gap_ms"] += round(1000 * idle)
+            try:
+                return await self._admit_and_send(request, digest, node, size, byte_range,
+                                                  fill, in_memory, have, feed, layout, piece,
+                                                  child)
+            finally:
+                lines.ended(key, node, self._clock.now())
 
     async def _admit_and_send(self, request: web.Request, digest: Digest, node: str,
                               size: int, byte_range: ByteRange, fill: Fill | None,

@@ -15,7 +15,7 @@ import pytest
 from p2preg.fetch.singleflight import BlobFetcher
 from p2preg.oci.digest import Digest
 from p2preg.p2p.auth import NODE_HEADER
-from p2preg.p2p.child_lines import ChildLines
+from p2preg.p2p.child_lines import REMEMBERED_ENDS, ChildLines
 from p2preg.p2p.server import P2PServer
 from p2preg.pull.piece_feed import PieceFeed
 from p2preg.storage.blobs import BlobStore
@@ -78,6 +78,18 @@ async def test_a_cancelled_waiter_leaves_the_line_and_frees_it() -> None:
     release.set()
     await holder
     assert len(lines) == 0
+
+
+def test_idle_before_is_how_long_after_the_last_answer_ended_the_request_came() -> None:
+    lines = ChildLines()
+    assert lines.idle_before("d", "a", 1.0) is None  # no earlier answer
+    lines.ended("d", "a", 1.0)
+    assert lines.idle_before("d", "a", 1.25) == 0.25  # a request round trip of idle link
+    assert lines.idle_before("d", "a", 0.9) == 0.0  # it was already waiting (pipelined)
+    assert lines.idle_before("d", "b", 1.25) is None
+    for i in range(REMEMBERED_ENDS):
+        lines.ended("d", f"c{i}", 2.0)
+    assert lines.idle_before("d", "a", 3.0) is None  # bounded: the oldest is forgotten
 
 
 @dataclass
@@ -190,8 +202,11 @@ async def test_a_childs_second_piece_starts_after_the_first_ones_last_byte(
         assert (answer.status, await answer.read()) == (206, parent.piece(HELD))
     finally:
         answer.release()
-    assert parent.server.stats.served["piece_child"] == 3
+    served = parent.server.stats.served
+    assert served["piece_child"] == 3
     assert len(parent.server._child_lines) == 0
+    # The second request was there before the first answer ended: no idle link between.
+    assert (served["piece_child_next"], served["piece_child_gap_ms"]) == (1, 0)
 
 
 async def test_a_piece_ready_first_is_sent_first_when_the_earlier_one_is_awaited(
