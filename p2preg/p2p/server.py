@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -173,10 +172,6 @@ ROOT_FEED_WAIT_S = 2.0
 #: How long a node waits for a piece an assigned child asks before it has it (its own request
 #: for the piece goes to its parent; a cycle of trackers' answers ends after this).
 CHILD_WAIT_S = 10.0
-#: Unsent bytes the kernel may hold for a connection that carries an assigned child's answers
-#: (``TCP_NOTSENT_LOWAT``): 128 KiB is 33 ms of a 32 Mbit/s stripe, time for a loaded node to
-#: start the next answer in the child's line before the link runs dry.
-CHILD_UNSENT_BYTES = 128 << 10
 
 
 class OwnerFill(Protocol):
@@ -439,7 +434,6 @@ class P2PServer:
                                               in_memory, have, feed, layout, piece, child)
         # One answer at a time per child (``child_lines``), in the order they got ready.
         lines, key = self._child_lines, str(digest)
-        _limit_unsent(request)
         async with lines.turn(key, node):
             now = self._clock.now()
             self.stats.served["piece_child_wait_ms"] += round(1000 * (now - arrived))
@@ -600,20 +594,6 @@ async def _send_file(request: web.Request, response: web.StreamResponse, path: P
                             {"digest": str(digest)}) from None
     request[_STARTED] = True
     return await send_file_slice(request, response, fobj, offset, count)
-
-
-def _limit_unsent(request: web.Request) -> None:
-    """Keep at most ``CHILD_UNSENT_BYTES`` unsent in the kernel for this connection
-    (``TCP_NOTSENT_LOWAT``): an answer's writes then end when its bytes are nearly all on the
-    wire, not when a send buffer of several MiB took them, so a child's line (``child_lines``)
-    really sends one answer after the other. No socket or no option: nothing."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    if sock is None or option is None:
-        return
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, CHILD_UNSENT_BYTES)
 
 
 def _usable_feed(feed: PieceFeed | None, node: str, byte_range: ByteRange) -> PieceFeed | None:

@@ -5,7 +5,6 @@ until the first's last byte is sent."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,9 @@ import pytest
 
 from p2preg.fetch.singleflight import BlobFetcher
 from p2preg.oci.digest import Digest
-from p2preg.p2p import server as server_module
 from p2preg.p2p.auth import NODE_HEADER
 from p2preg.p2p.child_lines import REMEMBERED_ENDS, ChildLines
-from p2preg.p2p.server import CHILD_UNSENT_BYTES, P2PServer
+from p2preg.p2p.server import P2PServer
 from p2preg.pull.piece_feed import PieceFeed
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
@@ -227,29 +225,3 @@ async def test_a_piece_ready_first_is_sent_first_when_the_earlier_one_is_awaited
         assert (answer.status, await answer.read()) == (206, parent.piece(FED))
     finally:
         answer.release()
-
-
-class _Transport:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def get_extra_info(self, name: str) -> object:
-        return self.sock if name == "socket" else None
-
-
-class _Request:
-    def __init__(self, sock: socket.socket) -> None:
-        self.transport = _Transport(sock)
-
-
-@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="Linux TCP option")
-def test_a_childs_connection_keeps_little_unsent_so_the_line_is_real_on_the_wire() -> None:
-    # A whole piece fits in a send buffer: without the mark the first answer's writes end
-    # at once and the second starts while the first is still queued (the link is split).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        option = socket.TCP_NOTSENT_LOWAT
-        before = sock.getsockopt(socket.IPPROTO_TCP, option)
-        server_module._limit_unsent(_Request(sock))  # type: ignore[arg-type]
-        after = sock.getsockopt(socket.IPPROTO_TCP, option)
-    assert (before, after) != (CHILD_UNSENT_BYTES, CHILD_UNSENT_BYTES)
-    assert after == CHILD_UNSENT_BYTES
