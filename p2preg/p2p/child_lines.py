@@ -1,10 +1,11 @@
 """``ChildLines``: an assigned child's piece answers at one parent, sent one at a time.
 
 Coordinated forwarding (``swarm.tracker``, scheduler rule 0) lets a child keep
-``parent_requests`` (2) piece requests at its parent, so the next request is already there
-when the current piece's last byte leaves (no request round trip of idle link per piece and
-hop). Sent at once they would split the parent's upload to that child as 4 concurrent ones
-did (every piece slower, the first one later); so the parent sends them **one at a time**:
+``parent_requests`` piece requests at its parent (1 by default: with 2, the next request is
+already there when the current piece's last byte leaves, no request round trip of idle link
+per piece and hop; measured slower on the lab, docs/benchmarks-swarm.md). Sent at once they
+would split the parent's upload to that child as 4 concurrent ones did (every piece slower,
+the first one later); so the parent sends them **one at a time**:
 an answer waits for its turn in the child's line once it is ready to send (held, or its first
 byte came), and takes the turn in the order the answers got ready (a piece still awaited never
 blocks one the parent already has). The line is per (digest, child), as the scheduler counts

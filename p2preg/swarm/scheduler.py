@@ -59,10 +59,10 @@ they reported (``on_availability``, ``on_load``); it answers ``next_requests(now
    owner assigned this fill a parent per stripe. The missing pieces of the window whose stripe
    has a parent are asked of that parent only, lowest first, marked ``child`` (the parent
    serves an assigned child past its piece cap and slots, and waits for a piece it will get),
-   at most ``parent_requests`` (2) at once per parent (the requests go out early and wait there,
+   at most ``parent_requests`` (1) at once per parent (the requests go out early and wait there,
    so each piece flows down its stripe's tree with about one request per host; the parent
-   sends one child's answers one at a time, so the second is a pipeline, not a split link;
-   it waits in line for its first byte up to ``owner_wait_s``). A child
+   sends one child's answers one at a time, so with 2 the second is a pipeline, not a split
+   link, and it waits in line for its first byte up to ``owner_wait_s``). A child
    request that fails, stalls, or is answered busy or missing **loses** that parent: the piece
    falls back to rules 1-6 for good, the stripe's other pieces until a new parent comes, and
    ``want_join`` reports the loss to the owner (``P2preg-Lost``). Joins: ``want_join(now)``
@@ -132,13 +132,14 @@ class SchedulerConfig:
     #: only, the swarm before coordinated forwarding).
     tracker: bool = True
     stripes: int = 2
-    #: Rule 0: requests in flight to one parent. The parent sends one child's answers one
-    #: at a time (``p2p.child_lines``), so 2 is a pipeline: the next request waits there while
-    #: the current piece flows, and no request round trip idles the link between two pieces
-    #: (with 1: a round trip per piece and hop; the lab's are ~100 ms). Sent at once (before
-    #: the line) 2-8 split the link: Kraken N=100 p50 1.05x; 1 gave 1.016x, the lab's update
-    #: N=16 1.28-1.31x (4: 1.51-1.82x). Pipelined 2: docs/benchmarks-swarm.md.
-    parent_requests: int = 2
+    #: Rule 0: requests in flight to one parent. 1: a stripe's pieces come one after the
+    #: other (the other stripe's parent fills the downlink in the round trip between two).
+    #: Kraken N=100 in the simulator p50 1.05x with 2-8 at once, 1.016x with 1; the lab's
+    #: update N=16 (real nodes) 1.51-1.82x with 4, 1.28-1.31x with 1. 2 in the parent's line
+    #: for the child (``p2p.child_lines``: a pipeline, no request round trip between two
+    #: pieces; the simulator with the lab's ~100 ms per-hop round trip: update 1.25x -> 1.08x)
+    #: measured slower on the lab: 1.74-1.82x vs 1.33-1.35x (docs/benchmarks-swarm.md).
+    parent_requests: int = 1
     rejoin_first_s: float = 0.05
     rejoin_max_s: float = 2.0
     join_wait_s: float = 0.5
