@@ -12,17 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from p2preg.fetch.singleflight import BlobFetcher
 from p2preg.oci.digest import Digest
 from p2preg.p2p.auth import NODE_HEADER
 from p2preg.p2p.child_lines import REMEMBERED_ENDS, ChildLines
 from p2preg.p2p.server import P2PServer
 from p2preg.pull.piece_feed import PieceFeed
-from p2preg.storage.blobs import BlobStore
-from p2preg.storage.layout import StoreLayout
 from p2preg.swarm.pieces import CHILD_HEADER, SWARM_HEADER, Layout
-from tests.p2p.harness import payload, start_app
-from tests.p2p.test_server import HeldSource
+from tests.p2p.test_cut_through import serving
 
 SIZE = 4 << 20
 FED, HELD = 3, 5  # FED arrives through a feed the test drives; HELD is in memory
@@ -145,31 +141,15 @@ class Parent:
 
 @pytest.fixture
 async def parent(tmp_path: Path) -> AsyncIterator[Parent]:
-    blobs = BlobStore(StoreLayout(tmp_path / "store"))
-    blobs.recover()
-    fetcher = BlobFetcher(blobs)
-    data, digest = payload(SIZE)
-    upstream = HeldSource(data, hold=100_000)  # a fill that knows the size, with piece 0 only
-    fill = fetcher.fill(digest, [upstream])
-    await upstream.holding.wait()
     layout = Layout.for_size(SIZE)
     assert layout.count > HELD
-    start, end = layout.span(HELD)
-    swarm = FakeSwarm(data[start:end])
-    start, end = layout.span(FED)
-    swarm.feed = PieceFeed("grandparent", start, end, from_root=False)
-    server = P2PServer(blobs, fills=fetcher.in_flight, swarms=lambda d: swarm,
-                       long_polls=lambda d: False)
-    runner, host = await start_app(server.app())
-    http = aiohttp.ClientSession()
-    try:
-        yield Parent(server, http, host, digest, data, layout, swarm)
-    finally:
-        upstream.gate.set()
-        await fill.wait()
-        await http.close()
-        await fetcher.close()
-        await runner.cleanup()
+    swarm = FakeSwarm(b"")
+    async with serving(tmp_path, SIZE, swarm) as s:
+        start, end = layout.span(HELD)
+        swarm.held = s.data[start:end]
+        start, end = layout.span(FED)
+        swarm.feed = PieceFeed("grandparent", start, end, from_root=False)
+        yield Parent(s.server, s.http, s.host, s.digest, s.data, layout, swarm)
 
 
 async def test_a_childs_second_piece_starts_after_the_first_ones_last_byte(

@@ -5,6 +5,7 @@ the test drives by hand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from p2preg.fetch.singleflight import BlobFetcher
 from p2preg.oci.digest import Digest
 from p2preg.p2p import server as server_module
 from p2preg.p2p.auth import NODE_HEADER
-from p2preg.p2p.server import P2PServer
+from p2preg.p2p.server import P2PServer, PieceHolder
 from p2preg.pull.piece_feed import PieceFeed
 from p2preg.storage.blobs import BlobStore
 from p2preg.storage.layout import StoreLayout
@@ -49,6 +50,9 @@ class FakeSwarm:
     def check_owner(self) -> None:
         return None
 
+    async def wait_piece(self, index: int, timeout: float) -> bool:
+        return False
+
 
 @dataclass
 class Relay:
@@ -71,30 +75,48 @@ class Relay:
                                       "Range": f"bytes={start}-{end - 1}"})
 
 
-@pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+@dataclass
+class Served:
+    """A ``P2PServer`` on loopback whose fill knows the size and holds piece 0 only."""
+
+    server: P2PServer
+    http: aiohttp.ClientSession
+    host: str
+    digest: Digest
+    data: bytes
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, size: int, swarm: PieceHolder) -> AsyncIterator[Served]:
+    """A real ``P2PServer`` over a held fill of ``size`` bytes, its swarm fill ``swarm``."""
     blobs = BlobStore(StoreLayout(tmp_path / "store"))
     blobs.recover()
     fetcher = BlobFetcher(blobs)
-    data, digest = payload(SIZE)
+    data, digest = payload(size)
     upstream = HeldSource(data, hold=100_000)  # a fill that knows the size, with piece 0 only
     fill = fetcher.fill(digest, [upstream])
     await upstream.holding.wait()
-    swarm = FakeSwarm()
     server = P2PServer(blobs, fills=fetcher.in_flight, swarms=lambda d: swarm,
                        long_polls=lambda d: False)
     runner, host = await start_app(server.app())
     http = aiohttp.ClientSession()
-    layout = Layout.for_size(SIZE)
-    assert layout.count > PIECE + 1
     try:
-        yield Relay(server, swarm, http, host, digest, data, layout.span(PIECE))
+        yield Served(server, http, host, digest, data)
     finally:
         upstream.gate.set()
         await fill.wait()
         await http.close()
         await fetcher.close()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    swarm = FakeSwarm()
+    layout = Layout.for_size(SIZE)
+    assert layout.count > PIECE + 1
+    async with serving(tmp_path, SIZE, swarm) as s:
+        yield Relay(s.server, swarm, s.http, s.host, s.digest, s.data, layout.span(PIECE))
 
 
 async def test_a_piece_being_received_is_passed_on_as_its_bytes_arrive(relay: Relay) -> None:
