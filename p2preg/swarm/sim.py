@@ -33,6 +33,10 @@ from one seeded ``random.Random``, one thread.
   feeder's, so it never finishes first); a feeder cancelled breaks its relays (the askers
   count a failure of the relay). Availability (``Have``) lists whole pieces only, as the
   node's; a relay's place in the upload policy makes it a hint as soon as it is admitted.
+- **A child's line** (``p2p.child_lines``): a host sends an assigned child's piece flows one at
+  a time; a child request decided while another flow to that child is on is queued and
+  arrives again (``answers["queued"]``; its wait counts in ``waited`` again) when that flow
+  ends or is cancelled. Only with ``parent_requests`` above 1.
 - Every answer (a piece, busy, missing) carries the peer's availability and its upload load
   (``Uploader.load``, ``P2preg-Load``) at that moment (a piece's reaches the asker with its
   first byte, ``rtt_s / 2`` after the decision).
