@@ -88,10 +88,10 @@ def _row(scenario: str, design: str, nodes: int, piece: int, one_s: float, resul
 
 
 def lab(seed: int, sched: SchedulerConfig, up: UploadConfig,
-        settings: dict[str, float]) -> list[Row]:
+        settings: dict[str, float], rtt_s: float = 0.001) -> list[Row]:
     rows = []
     for n, (host, origin, size, lab_s) in LAB.items():
-        topo = Topology(host * MBIT, host * MBIT, origin * MBIT, rtt_s=0.001)
+        topo = Topology(host * MBIT, host * MBIT, origin * MBIT, rtt_s=rtt_s)
         piece = piece_bytes(size)
         blob = [BlobSpec.of("sha256:" + "1a" * 32, size, piece)]
         one = size / (origin * MBIT)
@@ -112,8 +112,9 @@ def lab(seed: int, sched: SchedulerConfig, up: UploadConfig,
 
 def kraken(seed: int, sizes: list[int], pieces_mib: list[float], sched: SchedulerConfig,
            up: UploadConfig, settings: dict[str, float],
-           scenario: str = "kraken", batch_ms: float = BATCH_MS) -> list[Row]:
-    topo = Topology(KRAKEN_LINK, KRAKEN_LINK, KRAKEN_LINK, rtt_s=0.001)
+           scenario: str = "kraken", batch_ms: float = BATCH_MS,
+           rtt_s: float = 0.001) -> list[Row]:
+    topo = Topology(KRAKEN_LINK, KRAKEN_LINK, KRAKEN_LINK, rtt_s=rtt_s)
     one = 2 * KRAKEN_LAYER / KRAKEN_LINK
     rows = []
     for n in sizes:
@@ -203,6 +204,9 @@ def main() -> None:
     parser.add_argument("--batch-ms", type=float, default=BATCH_MS,
                         help="kraken: events within this many ms share one rate update and "
                         "one round of requests per host (the model's reaction time)")
+    parser.add_argument("--rtt-ms", type=float, default=1.0,
+                        help="the per-hop round trip of the model (1 ms; the lab's tbf queues "
+                        "put ~100 ms on a loaded hop: docs/benchmarks-swarm.md)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KNOB=VALUE",
                         help="SchedulerConfig/UploadConfig fields to override")
     parser.add_argument("--append", action="store_true",
@@ -213,20 +217,22 @@ def main() -> None:
         settings["batch_ms"] = args.batch_ms
     if args.seed != 1:
         settings["seed"] = args.seed
+    if args.rtt_ms != 1.0:
+        settings["rtt_ms"] = args.rtt_ms
     sched_keys = set(SchedulerConfig.__dataclass_fields__)
     sched = SchedulerConfig(**{k: (int(v) if isinstance(getattr(SchedulerConfig(), k), int)
                                    else v) for k, v in settings.items() if k in sched_keys})
     up = UploadConfig(**{k: (int(v) if isinstance(getattr(UploadConfig(), k), int) else v)
                          for k, v in settings.items() if k not in sched_keys
-                         and k not in ("batch_ms", "seed")})
+                         and k not in ("batch_ms", "seed", "rtt_ms")})
     old = json.loads(JSON_OUT.read_text()) if args.append and JSON_OUT.exists() else {}
     rows: list[Row] = [Row(**r) for r in old.get("rows", [])]
     for scenario in args.scenario or ["lab"]:
         if scenario == "lab":
-            rows += lab(args.seed, sched, up, settings)
+            rows += lab(args.seed, sched, up, settings, rtt_s=args.rtt_ms / 1000)
         elif scenario == "kraken":
             rows += kraken(args.seed, args.sizes, args.piece_mib, sched, up, settings,
-                           batch_ms=args.batch_ms)
+                           batch_ms=args.batch_ms, rtt_s=args.rtt_ms / 1000)
         else:
             rows += kraken(args.seed, args.sizes, list(dict.fromkeys([8.0, *args.piece_mib])),
                            sched, up, settings, "pieces")
@@ -236,7 +242,8 @@ def main() -> None:
          f"{' '.join(f'{p:g}' for p in args.piece_mib)}" if args.scenario != ["lab"] else "") + (
         f" --set {' '.join(args.set)}" if args.set else "") + (
         f" --batch-ms {args.batch_ms:g}" if args.batch_ms != BATCH_MS else "") + (
-        f" --seed {args.seed}" if args.seed != 1 else "") + "`"
+        f" --seed {args.seed}" if args.seed != 1 else "") + (
+        f" --rtt-ms {args.rtt_ms:g}" if args.rtt_ms != 1.0 else "") + "`"
     if old.get("command"):
         command = f"{old['command']}, then {command}"
     table = markdown(rows, command)
