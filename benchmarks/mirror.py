@@ -406,7 +406,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| measure | p2preg | Distribution proxy | ratio p2preg / Distribution (goal) |",
         "|---|---|---|---|",
-        f"| cold blob GET, {b['size_MiB']} MiB: stored and verified in the mirror, from the "
+        f"| cold blob GET, {b['size_MiB']} MiB: blob stored and verified in the mirror, from the "
         f"request | {p2p_b['stored_s']} s | {dist_b['stored_s']} s "
         f"| {b['stored_ratio']} (time, ≤ 1.0) |",
         f"| same GET: time to first byte | {p2p_b['ttfb_ms']} ms "

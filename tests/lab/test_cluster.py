@@ -1,11 +1,13 @@
 """A 4-host p2preg cluster on the lab: one origin transfer, correct bytes everywhere, and the
-data-plane counters of the nodes add up (what peers sent is what peers received)."""
+data-plane counters of the nodes add up (what peers received is the blob once per puller, and
+what they sent is that plus at most one withdrawn piece per puller)."""
 
 from __future__ import annotations
 
 import pytest
 
 from benchmarks.lab import Lab
+from p2preg.swarm.pieces import piece_bytes
 from tests.lab.conftest import lab_or_skip
 from tests.support.netns import wait_until
 
@@ -39,7 +41,12 @@ def test_four_hosts_pull_a_new_blob_at_once_with_one_origin_transfer() -> None:
         counters = _counters(lab)
         sent, from_peer, from_upstream = (sum(column) for column in zip(*counters, strict=True))
         assert from_upstream == BLOB_BYTES  # the owner alone went to the origin
-        assert sent == from_peer == 3 * BLOB_BYTES
+        assert from_peer == 3 * BLOB_BYTES
+        # Peers may have sent a little more than was received: a child whose place in a
+        # stripe tree moves during the burst of joins withdraws the request still at its old
+        # parent, which may already have written that piece (one 256 KiB piece was seen in a
+        # fresh-clone CI run). Bounded: at most one piece per pulling host.
+        assert from_peer <= sent <= from_peer + 3 * piece_bytes(BLOB_BYTES)
         assert [round(c[1] + c[2]) for c in counters] == [BLOB_BYTES] * 4
 
         # The same blob as a layer of an image: a host pulls the image through its node and the
