@@ -600,11 +600,13 @@ def _swarm_metrics(p2p: P2P) -> Iterator[Metric]:
     events = CounterMetricFamily("p2preg_tracker_events", "What this node's trackers (as the "
                                  "owner of digests) were told: join (answered), loss (a child "
                                  "reported its parent lost and was moved), leave (a member gossip "
-                                 "declared dead or that left, taken out of a tree).",
+                                 "declared dead or that left, taken out of a tree), refused "
+                                 "(a new node given no parents: the digest's trees were full).",
                                  labels=["event"])
     events.add_metric(["join"], trackers.joins)
     events.add_metric(["loss"], trackers.losses)
     events.add_metric(["leave"], trackers.leaves)
+    events.add_metric(["refused"], trackers.refused)
     yield events
     yield GaugeMetricFamily("p2preg_trackers", "Digests this node keeps a tracker for.",
                             value=len(trackers))

@@ -31,7 +31,9 @@ The rules, in order:
    stripe is about ``log_children(N / stripes) + 1`` deep. No free slot anywhere (a closed
    parent, a leave): the shallowest eligible node with the fewest children, over its budget.
 4. **Idempotent.** A join of a known node returns its current parents (a leaf may have moved
-   since: that is why a fill re-joins now and then, ``SchedulerConfig.rejoin_*``).
+   since: that is why a fill re-joins now and then, ``SchedulerConfig.rejoin_*``). A new node
+   past ``max_nodes`` gets no parents (its fill uses the swarm rules alone): a flood of joins
+   under made-up names cannot grow the owner's memory without bound.
 5. **Lost.** ``join(name, lost={stripe: peer})``: the node lost that parent (it failed,
    stalled, or said 404 for a piece it should have). If ``peer`` is still its parent there, it
    gets a new one, never ``peer`` and never a node of its own subtree in that stripe (so the
@@ -76,6 +78,10 @@ class TrackerConfig:
     #: dropped first), each forgotten this long after its last join.
     max_digests: int = 256
     forget_after_s: float = 600.0
+    #: At most this many nodes in one digest's trees (memory bound against a flood of joins
+    #: under made-up names): a new node past it gets no parents (its fill uses the swarm
+    #: rules alone); the nodes already in keep their places.
+    max_nodes: int = 16384
 
 
 @dataclass(slots=True)
@@ -108,6 +114,8 @@ class Tracker:
         """Children placed over their parent's budget (no free slot anywhere)."""
         self.losses = 0
         """Lost parents reported by their children that moved them (rule 5)."""
+        self.refused = 0
+        """Joins of new nodes answered with no parents: the trees held ``max_nodes``."""
         self._root = self._add_complete(root, -math.inf)
         self.root_serves = True
         """Whether the owner holds or fills the blob (``TrackerRegistry``): when it does not
@@ -121,6 +129,9 @@ class Tracker:
         for a complete node, which needs none). ``lost``: parents it lost (rule 5)."""
         node = self._nodes.get(name)
         if node is None:
+            if len(self._nodes) >= self.config.max_nodes:
+                self.refused += 1
+                return {}
             node = self._add_complete(name, now) if complete else self._add(name)
         node.seen_at = max(node.seen_at, now)
         for stripe, peer in (lost or {}).items():
@@ -310,6 +321,8 @@ class TrackerRegistry:
         self.joins = 0
         self.losses = 0
         self.leaves = 0
+        #: joins of new nodes refused a place because a tree held ``max_nodes``
+        self.refused = 0
 
     def join(self, digest: str, name: str, *, now: float, complete: bool = False,
              lost: Mapping[int, str] | None = None) -> dict[int, str]:
@@ -328,9 +341,10 @@ class TrackerRegistry:
             if holder != self.node_name and holder != name:
                 tracker.join(holder, now=now, complete=True)
         self.joins += 1
-        before = tracker.losses
+        before, refused = tracker.losses, tracker.refused
         parents = tracker.join(name, now=now, complete=complete, lost=lost)
         self.losses += tracker.losses - before
+        self.refused += tracker.refused - refused
         return parents
 
     def parents(self, digest: str, name: str) -> dict[int, str]:

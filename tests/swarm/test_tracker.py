@@ -206,6 +206,21 @@ def test_no_cycles_under_random_joins_losses_and_leaves(seed: int) -> None:
         _check_trees(t)
 
 
+def test_past_max_nodes_a_new_node_gets_no_parents_and_the_others_keep_theirs() -> None:
+    t = _tracker(7, max_nodes=8)  # the root and n0..n6
+    before = {f"n{i}": t.parents(f"n{i}") for i in range(7)}
+    assert t.join("flood", now=10.0) == {}
+    assert t.join("flood-holder", now=10.0, complete=True) == {}
+    assert "flood" not in t.members() and t.refused == 2
+    assert {f"n{i}": t.join(f"n{i}", now=11.0) for i in range(7)} == before
+    registry = TrackerRegistry("root", TrackerConfig(max_nodes=2))
+    registry.join("sha256:d", "a", now=0.0)
+    assert registry.join("sha256:d", "b", now=0.0) == {} and registry.refused == 1
+    t.leave("n6")  # room again
+    assert set(t.join("late", now=12.0)) == {0, 1}
+    _check_trees(t)
+
+
 def test_the_header_form_round_trips_and_refuses_junk() -> None:
     assert encode_stripes({1: "b", 0: "a"}) == "0=a,1=b"
     assert decode_stripes("0=a, 1=node-2.example:5000") == {0: "a", 1: "node-2.example:5000"}
