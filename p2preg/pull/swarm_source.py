@@ -101,6 +101,11 @@ from p2preg.upstream.errors import UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
+#: The failures that say the peer could not be reached (its connection was refused, reset or
+#: closed): evidence it is gone, counted towards dropping it for the fill (``_Answer.connection``).
+_CONNECTION_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
+                      ConnectionError)
+
 DEAD_AFTER_FAILURES = 2
 OWNER_ERRORS = 3
 KEEP_YIELDED_BYTES = 8 << 20
@@ -565,8 +570,7 @@ class SwarmStream:
                     return _Answer("failed", reason=f"join answered HTTP {response.status}")
                 raw = response.headers.get(PARENTS_HEADER, "")
                 return decode_stripes(raw) if raw else {}
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                ConnectionError) as exc:
+        except _CONNECTION_ERRORS as exc:
             log.info("swarm %s: join at %s failed: %s", self.digest, owner, exc)
             return _Answer("failed", reason=f"join: {type(exc).__name__}: {exc}",
                            connection=True)
@@ -722,9 +726,7 @@ class SwarmStream:
                                        allow_redirects=False) as response:
                 return await self._read(peer, response, start, end, piece, feed)
         except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-            connection = isinstance(exc, (aiohttp.ClientConnectorError,
-                                          aiohttp.ServerDisconnectedError,
-                                          ConnectionError))
+            connection = isinstance(exc, _CONNECTION_ERRORS)
             reason = f"{type(exc).__name__}: {exc}"
             src.on_failure(peer, reason)
             return _Answer("failed", reason=reason, connection=connection)
