@@ -398,8 +398,7 @@ class P2PServer:
                 self.stats.served["piece_missing_child_nosize"] += 1
             return _piece_answer(404, Have(), None, self.uploads.active)
         layout = Layout.for_size(size)
-        on_disk = layout.count if fill is None else layout.whole_pieces(fill.writer.size)
-        have = Have.of(on_disk, swarm.have_in_memory() if swarm is not None else ())
+        have = _have_now(layout, fill, swarm)
         byte_range = resolve_range(spec, size)
         piece = layout.piece_at(byte_range.start)
         if byte_range.end >= layout.span(piece)[1]:
@@ -413,13 +412,12 @@ class P2PServer:
                 feed, in_memory = await self._child_wait(swarm, node, piece, byte_range, fill,
                                                          layout)
                 if in_memory is not None or feed is not None:
-                    have = Have.of(layout.whole_pieces(fill.writer.size) if fill is not None
-                                   else layout.count, swarm.have_in_memory())
+                    have = _have_now(layout, fill, swarm)
                 elif self._swarms(digest) is not swarm and fill is not None:
                     # The swarm stream ended: the fill went on from the upstream (this node
                     # took over from a dead owner): serve as a root, from the growing file.
                     root = self._long_polls(digest)
-                    have = Have.of(layout.whole_pieces(fill.writer.size))
+                    have = _have_now(layout, fill, None)
             else:
                 feed = _usable_feed(swarm.receiving(piece), node, byte_range)
                 if feed is not None and not await feed.first_byte(
@@ -594,6 +592,13 @@ async def _send_file(request: web.Request, response: web.StreamResponse, path: P
                             {"digest": str(digest)}) from None
     request[_STARTED] = True
     return await send_file_slice(request, response, fobj, offset, count)
+
+
+def _have_now(layout: Layout, fill: Fill | None, swarm: PieceHolder | None) -> Have:
+    """What this node holds of the blob now: whole pieces on disk (all of them once committed,
+    ``fill`` None) and those ``swarm`` holds in memory."""
+    on_disk = layout.count if fill is None else layout.whole_pieces(fill.writer.size)
+    return Have.of(on_disk, swarm.have_in_memory() if swarm is not None else ())
 
 
 def _usable_feed(feed: PieceFeed | None, node: str, byte_range: ByteRange) -> PieceFeed | None:
