@@ -370,10 +370,7 @@ class Scheduler:
     def set_parents(self, parents: Mapping[int, str], now: float) -> None:
         """The owner's tracker answered a join: ``parents`` by stripe (rule 0). Parents that
         are not peers (the caller could not map the name) are skipped."""
-        self._now = max(self._now, now)
-        self._changed()
-        self._join_out = False
-        self._joined_by = -math.inf
+        self._join_ended(now)
         old = self._parents
         self._parents = {s: p for s, p in parents.items()
                          if p in self._peers and p != self.self_name
@@ -392,11 +389,15 @@ class Scheduler:
 
     def on_join_failed(self, now: float) -> None:
         """The join did not get an answer (the owner failed or refused): retry later."""
+        self._join_ended(now)
+        self._join_at = self._timer(now + self._rejoin_gap)
+
+    def _join_ended(self, now: float) -> None:
+        """The join out is over (answered or failed): requests may go out (rule 0)."""
         self._now = max(self._now, now)
         self._changed()
         self._join_out = False
         self._joined_by = -math.inf
-        self._join_at = self._timer(now + self._rejoin_gap)
 
     def want_join(self, now: float) -> dict[int, str] | None:
         """Rule 0: send a join now? Returns the parents lost since the last one (``{}``: a
